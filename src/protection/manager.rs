@@ -1,0 +1,559 @@
+//! The protection manager: one reconciler task that keeps ECS's protection where the program
+//! wants it.
+//!
+//! Holders take a [`ProtectionGuard`] (or call [`ProtectionManager::acquire`]); the count of
+//! holders is the wanted state. Only the 0→1 and 1→0 transitions wake the reconciler, which asks
+//! [`policy::decide`] what to do and makes at most one call to ECS at a time. Any number of
+//! acquires during a call coalesce into it.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{broadcast, oneshot, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::backend::{BackendError, ErrorKind, ProtectionBackend, ProtectionState};
+use super::policy::{self, Decision, EcsState, Settings};
+
+/// The protection state as the manager last knew it, readable at any time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProtectionStatus {
+    /// The backend's name (`agent`, `api`, `local`).
+    pub backend: &'static str,
+    /// `protected`, `unprotected` or `unknown`.
+    pub state: StateLabel,
+    /// Whether protection is wanted (some holder exists).
+    pub wanted: bool,
+    /// When ECS will drop protection unless refreshed.
+    #[serde(with = "rfc3339_opt")]
+    pub expires_at: Option<SystemTime>,
+    /// The last rejection of the current failure streak, `None` after a success.
+    #[serde(serialize_with = "display_opt")]
+    pub last_rejection: Option<BackendError>,
+    /// How many rejections there have been since start-up (changes with every rejection).
+    pub rejections: u64,
+    /// Whether the hold-over is skipped (the task is draining).
+    pub draining: bool,
+    /// Calls made to ECS since start-up.
+    pub calls_made: u64,
+    /// Calls that failed.
+    pub calls_failed: u64,
+}
+
+/// The three states the task's protection can be known to be in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateLabel {
+    /// ECS said the task is protected.
+    Protected,
+    /// ECS said the task is not protected, or the protection expired.
+    Unprotected,
+    /// Not known yet.
+    Unknown,
+}
+
+/// What happened to protection; any number of subscribers can follow these.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProtectionEvent {
+    /// Protection was set or refreshed.
+    Protected {
+        /// When ECS will drop it unless refreshed.
+        expires_at: Option<SystemTime>,
+        /// `true` for a refresh of protection already held.
+        refreshed: bool,
+    },
+    /// Protection was released, or lapsed.
+    Unprotected,
+    /// A call to ECS failed.
+    Rejected {
+        /// Whether the call was trying to protect (`true`) or release.
+        protecting: bool,
+        /// Why.
+        error: BackendError,
+        /// The number of this failure in the current streak (1 for the first).
+        attempt: u32,
+        /// When the next try will be made.
+        retry_in: Duration,
+    },
+}
+
+/// Why [`ProtectionManager::acquire`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcquireError {
+    /// ECS rejected the protection. The hold stays in place and the manager keeps retrying with
+    /// back-off; call [`ProtectionManager::release`] when the work is done.
+    #[error("task protection rejected: {0}")]
+    Rejected(BackendError),
+    /// The manager has shut down.
+    #[error("the protection manager has shut down")]
+    Shutdown,
+}
+
+/// Keeps the task's scale-in protection in the state the program wants. Cheap to clone.
+#[derive(Clone)]
+pub struct ProtectionManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    holds: AtomicUsize,
+    manual_holds: Mutex<usize>,
+    wake: Notify,
+    skip_hold: AtomicBool,
+    status: watch::Sender<ProtectionStatus>,
+    events: broadcast::Sender<ProtectionEvent>,
+    shutdown: Mutex<Option<oneshot::Sender<()>>>,
+    task: Mutex<Option<JoinHandle<Result<(), BackendError>>>>,
+}
+
+impl Inner {
+    fn add_hold(&self) {
+        if self.holds.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.wake.notify_one();
+        }
+    }
+
+    fn drop_hold(&self) {
+        if self.holds.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// One holder's claim on protection. Dropping it (even by a panic unwinding) gives the claim up.
+#[must_use = "protection is wanted only while the guard is alive"]
+pub struct ProtectionGuard {
+    inner: Arc<Inner>,
+}
+
+impl Drop for ProtectionGuard {
+    fn drop(&mut self) {
+        self.inner.drop_hold();
+    }
+}
+
+impl std::fmt::Debug for ProtectionGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProtectionGuard")
+    }
+}
+
+impl ProtectionManager {
+    /// Starts the manager's reconciler on the current tokio runtime.
+    ///
+    /// Fails if a setting is out of range.
+    pub fn start(
+        backend: Arc<dyn ProtectionBackend>,
+        settings: Settings,
+    ) -> Result<Self, policy::SettingsError> {
+        settings.validate()?;
+        let (status, _) = watch::channel(ProtectionStatus {
+            backend: backend.name(),
+            state: StateLabel::Unknown,
+            wanted: false,
+            expires_at: None,
+            last_rejection: None,
+            rejections: 0,
+            draining: false,
+            calls_made: 0,
+            calls_failed: 0,
+        });
+        let (events, _) = broadcast::channel(64);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let inner = Arc::new(Inner {
+            holds: AtomicUsize::new(0),
+            manual_holds: Mutex::new(0),
+            wake: Notify::new(),
+            skip_hold: AtomicBool::new(false),
+            status,
+            events,
+            shutdown: Mutex::new(Some(stop_tx)),
+            task: Mutex::new(None),
+        });
+        let reconciler = Reconciler {
+            inner: Arc::clone(&inner),
+            backend,
+            settings,
+            ecs: EcsState::Unknown,
+            failures: 0,
+            retry_at: None,
+        };
+        let handle = tokio::spawn(reconciler.run(stop_rx));
+        *lock(&inner.task) = Some(handle);
+        Ok(Self { inner })
+    }
+
+    /// Takes a claim on protection; protection is wanted while any guard is alive.
+    /// Never blocks: the reconciler acts in the background.
+    pub fn guard(&self) -> ProtectionGuard {
+        self.inner.add_hold();
+        ProtectionGuard {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    /// Like the Node.js sample's `acquire()`: takes a claim and waits until ECS confirms
+    /// protection. Unlike the sample, it returns an error as soon as ECS rejects the attempt,
+    /// instead of never settling. Either way the claim stays until [`release`](Self::release).
+    pub async fn acquire(&self) -> Result<(), AcquireError> {
+        let mut rx = self.inner.status.subscribe();
+        let seen = rx.borrow_and_update().rejections;
+        {
+            *lock(&self.inner.manual_holds) += 1;
+        }
+        self.inner.add_hold();
+        loop {
+            {
+                let st = rx.borrow_and_update();
+                if st.state == StateLabel::Protected {
+                    return Ok(());
+                }
+                if st.rejections != seen {
+                    let error = st.last_rejection.clone().unwrap_or_else(|| {
+                        BackendError::new(ErrorKind::Failure, "rejected")
+                    });
+                    return Err(AcquireError::Rejected(error));
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(AcquireError::Shutdown);
+            }
+        }
+    }
+
+    /// Gives up one claim taken by [`acquire`](Self::acquire). Extra calls do nothing.
+    pub fn release(&self) {
+        let mut manual = lock(&self.inner.manual_holds);
+        if *manual > 0 {
+            *manual -= 1;
+            self.inner.drop_hold();
+        }
+    }
+
+    /// How many claims are held now.
+    pub fn holds(&self) -> usize {
+        self.inner.holds.load(Ordering::Acquire)
+    }
+
+    /// The current state.
+    pub fn status(&self) -> ProtectionStatus {
+        let mut status = self.inner.status.borrow().clone();
+        status.wanted = self.holds() > 0;
+        status
+    }
+
+    /// A receiver that sees every change of state.
+    pub fn watch(&self) -> watch::Receiver<ProtectionStatus> {
+        self.inner.status.subscribe()
+    }
+
+    /// A receiver of [`ProtectionEvent`]s from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ProtectionEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Skips (or restores) the hold-over: while set, protection is released as soon as the last
+    /// claim goes. Used when the task is draining.
+    pub fn set_skip_hold_over(&self, skip: bool) {
+        if self.inner.skip_hold.swap(skip, Ordering::AcqRel) != skip {
+            self.inner.status.send_modify(|s| s.draining = skip);
+            self.inner.wake.notify_one();
+        }
+    }
+
+    /// Stops the reconciler and releases protection (regardless of claims: the process is going
+    /// away), waiting at most for one call. Returns the release call's error, if any.
+    pub async fn shutdown(&self) -> Result<(), BackendError> {
+        if let Some(tx) = lock(&self.inner.shutdown).take() {
+            let _ = tx.send(());
+        }
+        let handle = lock(&self.inner.task).take();
+        match handle {
+            Some(h) => h
+                .await
+                .unwrap_or_else(|e| Err(BackendError::new(ErrorKind::Config, e.to_string()))),
+            None => Ok(()),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these locks leaves plain data behind; keep going.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The reconciler: the only code that calls the backend.
+struct Reconciler {
+    inner: Arc<Inner>,
+    backend: Arc<dyn ProtectionBackend>,
+    settings: Settings,
+    ecs: EcsState,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Reconciler {
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) -> Result<(), BackendError> {
+        tracing::info!("Task protection backend: {}", self.backend.describe());
+        tokio::select! {
+            _ = &mut stop => return self.final_release().await,
+            _ = self.read_initial_state() => {}
+        }
+        loop {
+            let now = Instant::now();
+            let decision = policy::decide(policy::Input {
+                wanted: self.inner.holds.load(Ordering::Acquire) > 0,
+                ecs: self.ecs,
+                retry_at: self.retry_at,
+                skip_hold: self.inner.skip_hold.load(Ordering::Acquire),
+                settings: &self.settings,
+                now,
+            });
+            let wait_until = match decision {
+                Decision::Protect | Decision::Release => {
+                    let protect = decision == Decision::Protect;
+                    tokio::select! {
+                        _ = &mut stop => return self.final_release().await,
+                        _ = self.call(protect) => {}
+                    }
+                    continue;
+                }
+                Decision::Lapsed => {
+                    tracing::warn!("Task protection expired before it was refreshed");
+                    self.set_ecs(EcsState::Unprotected, None);
+                    let _ = self.inner.events.send(ProtectionEvent::Unprotected);
+                    continue;
+                }
+                Decision::WaitUntil(t) => t.min(now + self.settings.adjust_interval),
+                Decision::Idle => now + self.settings.adjust_interval,
+            };
+            tokio::select! {
+                _ = &mut stop => return self.final_release().await,
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep_until(wait_until) => {}
+            }
+        }
+    }
+
+    /// Learns whether a previous process left the task protected.
+    async fn read_initial_state(&mut self) {
+        let result = self.timed(self.backend.get_protection()).await;
+        self.count_call(result.is_ok());
+        match result {
+            Ok(state) if state.enabled => {
+                let expires_at = self.expiry_instant(&state);
+                tracing::info!(
+                    "Task protection is already on (expires {}); it will be released unless work arrives",
+                    fmt_time(state.expires_at)
+                );
+                self.set_ecs(
+                    EcsState::Protected {
+                        since: None,
+                        expires_at,
+                    },
+                    state.expires_at,
+                );
+            }
+            Ok(_) => self.set_ecs(EcsState::Unprotected, None),
+            Err(e) => tracing::warn!("Could not read the task protection state: {e}"),
+        }
+    }
+
+    async fn call(&mut self, protect: bool) {
+        let minutes = self.settings.duration_minutes;
+        let result = self
+            .timed(self.backend.set_protection(protect, minutes))
+            .await
+            .and_then(|state| {
+                if state.enabled == protect {
+                    Ok(state)
+                } else {
+                    Err(BackendError::new(
+                        ErrorKind::Malformed,
+                        format!("asked for protectionEnabled={protect}, ECS answered {}", state.enabled),
+                    ))
+                }
+            });
+        self.count_call(result.is_ok());
+        match result {
+            Ok(state) if protect => {
+                let refreshed = matches!(self.ecs, EcsState::Protected { since: Some(_), .. });
+                self.failures = 0;
+                self.retry_at = None;
+                let expires_at = self.expiry_instant(&state);
+                self.set_ecs(
+                    EcsState::Protected {
+                        since: Some(Instant::now()),
+                        expires_at,
+                    },
+                    state.expires_at,
+                );
+                if refreshed {
+                    tracing::info!("Task protection refreshed until {}", fmt_time(state.expires_at));
+                } else {
+                    tracing::info!("Task protection acquired");
+                }
+                let _ = self.inner.events.send(ProtectionEvent::Protected {
+                    expires_at: state.expires_at,
+                    refreshed,
+                });
+            }
+            Ok(_) => {
+                self.failures = 0;
+                self.retry_at = None;
+                self.set_ecs(EcsState::Unprotected, None);
+                tracing::info!("Task protection released");
+                let _ = self.inner.events.send(ProtectionEvent::Unprotected);
+            }
+            Err(error) => {
+                self.failures = self.failures.saturating_add(1);
+                let delay = policy::retry_delay(
+                    self.failures,
+                    self.settings.backoff_base,
+                    self.settings.backoff_max,
+                    rand::random::<f64>(),
+                );
+                self.retry_at = Some(Instant::now() + delay);
+                let what = if protect { "Task protection rejected" } else { "Task protection release failed" };
+                match error.hint() {
+                    Some(hint) => tracing::warn!(
+                        "{what}: {error}; retrying in {:.1} s (attempt {}). Hint: {hint}",
+                        delay.as_secs_f64(),
+                        self.failures
+                    ),
+                    None => tracing::warn!(
+                        "{what}: {error}; retrying in {:.1} s (attempt {})",
+                        delay.as_secs_f64(),
+                        self.failures
+                    ),
+                }
+                self.inner.status.send_modify(|s| {
+                    s.last_rejection = Some(error.clone());
+                    s.rejections += 1;
+                });
+                let _ = self.inner.events.send(ProtectionEvent::Rejected {
+                    protecting: protect,
+                    error,
+                    attempt: self.failures,
+                    retry_in: delay,
+                });
+            }
+        }
+    }
+
+    /// Releases protection on the way out, if it may be on.
+    async fn final_release(mut self) -> Result<(), BackendError> {
+        if matches!(self.ecs, EcsState::Unprotected) {
+            return Ok(());
+        }
+        let result = self
+            .timed(self.backend.set_protection(false, self.settings.duration_minutes))
+            .await;
+        self.count_call(result.is_ok());
+        match result {
+            Ok(_) => {
+                self.set_ecs(EcsState::Unprotected, None);
+                tracing::info!("Task protection released");
+                let _ = self.inner.events.send(ProtectionEvent::Unprotected);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!("Task protection release failed at shutdown: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    async fn timed<F>(&self, call: F) -> Result<ProtectionState, BackendError>
+    where
+        F: std::future::Future<Output = Result<ProtectionState, BackendError>>,
+    {
+        match tokio::time::timeout(self.settings.call_timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::new(
+                ErrorKind::Timeout,
+                format!("no answer within {:?}", self.settings.call_timeout),
+            )),
+        }
+    }
+
+    /// Converts the expiry ECS reported into an instant on the runtime's clock (assuming the full
+    /// duration when ECS did not say).
+    fn expiry_instant(&self, state: &ProtectionState) -> Instant {
+        let left = match state.expires_at {
+            Some(at) => at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO),
+            None => self.settings.duration(),
+        };
+        Instant::now() + left
+    }
+
+    fn set_ecs(&mut self, ecs: EcsState, expires_at: Option<SystemTime>) {
+        self.ecs = ecs;
+        let wanted = self.inner.holds.load(Ordering::Acquire) > 0;
+        self.inner.status.send_modify(|s| {
+            s.wanted = wanted;
+            match ecs {
+                EcsState::Protected { .. } => {
+                    s.state = StateLabel::Protected;
+                    s.expires_at = expires_at;
+                    s.last_rejection = None;
+                }
+                EcsState::Unprotected => {
+                    s.state = StateLabel::Unprotected;
+                    s.expires_at = None;
+                }
+                EcsState::Unknown => s.state = StateLabel::Unknown,
+            }
+        });
+    }
+
+    fn count_call(&self, ok: bool) {
+        let wanted = self.inner.holds.load(Ordering::Acquire) > 0;
+        self.inner.status.send_modify(|s| {
+            s.calls_made += 1;
+            if !ok {
+                s.calls_failed += 1;
+            }
+            s.wanted = wanted;
+        });
+    }
+}
+
+/// Formats an expiry for logs.
+pub fn fmt_time(t: Option<SystemTime>) -> String {
+    match t {
+        Some(t) => rfc3339(t),
+        None => "an unreported time".to_string(),
+    }
+}
+
+/// Formats a time as RFC 3339 (UTC, whole seconds).
+pub fn rfc3339(t: SystemTime) -> String {
+    let dt = time::OffsetDateTime::from(t).replace_nanosecond(0).unwrap_or_else(|_| time::OffsetDateTime::from(t));
+    dt.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| format!("{t:?}"))
+}
+
+fn display_opt<T: std::fmt::Display, S: serde::Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+mod rfc3339_opt {
+    use std::time::SystemTime;
+
+    pub fn serialize<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&super::rfc3339(*t)),
+            None => s.serialize_none(),
+        }
+    }
+}

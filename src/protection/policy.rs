@@ -1,0 +1,454 @@
+//! The pure decision of *when* to call ECS.
+//!
+//! [`decide`] looks at what the program wants, what ECS last said, the settings and the clock, and
+//! answers with one [`Decision`]. It does no I/O and reads no clock, which is what lets every rule
+//! below be tested on its own (see the tests at the end of this file):
+//!
+//! * **Acquire**: protection is wanted and ECS does not have it → call to protect.
+//! * **Refresh**: protection is wanted and ECS has it → call again at the refresh mark,
+//!   `refresh_percent` of the duration into the protection period that ECS reported
+//!   (`expires_at − (100 − refresh_percent)% × duration`).
+//! * **Hold-over**: protection is no longer wanted, but it was set less than `maintain_percent` of
+//!   the duration ago → keep it until that mark, then release. This absorbs connect/disconnect churn.
+//!   While draining, the hold-over is skipped.
+//! * **Release**: protection is not wanted and the hold-over is over → call to release.
+//! * **Lapse**: ECS's expiry has passed without a refresh → protection is gone; record it.
+//! * **Back-off**: after a failed call, no call is made before `retry_at`.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// What the manager knows of ECS's protection state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EcsState {
+    /// Not known yet (start-up before the first answer, or the first read failed).
+    Unknown,
+    /// ECS said the task is not protected.
+    Unprotected,
+    /// ECS said the task is protected.
+    Protected {
+        /// When this process last set protection successfully; `None` if it was found already
+        /// set at start-up (then no hold-over applies: nothing of ours is held).
+        since: Option<Instant>,
+        /// When ECS will drop the protection unless it is refreshed.
+        expires_at: Instant,
+    },
+}
+
+/// The protection settings, with the meaning of the Node.js sample's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// How long each protect call protects the task for, in minutes (1..=2880).
+    pub duration_minutes: u32,
+    /// If protection is released less than this share (0..=100 %) of the duration after it was
+    /// set, keep it until that mark.
+    pub maintain_percent: u8,
+    /// At this share (1..=100 %) of the protection period, extend protection while still wanted.
+    pub refresh_percent: u8,
+    /// The longest the manager waits before re-checking its state.
+    pub adjust_interval: Duration,
+    /// The longest one call to ECS may take before it counts as failed.
+    pub call_timeout: Duration,
+    /// The first retry delay after a failed call; doubled for each further failure.
+    pub backoff_base: Duration,
+    /// The longest retry delay.
+    pub backoff_max: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            duration_minutes: 30,
+            maintain_percent: 10,
+            refresh_percent: 80,
+            adjust_interval: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(10),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A setting outside its allowed range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name} must be in {range}, got {value}")]
+pub struct SettingsError {
+    /// The setting's name.
+    pub name: &'static str,
+    /// The allowed range, as text.
+    pub range: &'static str,
+    /// The value given.
+    pub value: String,
+}
+
+impl Settings {
+    /// Checks every setting against its allowed range.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        fn check(ok: bool, name: &'static str, range: &'static str, value: String) -> Result<(), SettingsError> {
+            if ok {
+                Ok(())
+            } else {
+                Err(SettingsError { name, range, value })
+            }
+        }
+        check(
+            (1..=2880).contains(&self.duration_minutes),
+            "duration_minutes",
+            "1..=2880",
+            self.duration_minutes.to_string(),
+        )?;
+        check(
+            self.maintain_percent <= 100,
+            "maintain_percent",
+            "0..=100",
+            self.maintain_percent.to_string(),
+        )?;
+        check(
+            (1..=100).contains(&self.refresh_percent),
+            "refresh_percent",
+            "1..=100",
+            self.refresh_percent.to_string(),
+        )?;
+        check(
+            !self.adjust_interval.is_zero(),
+            "adjust_interval",
+            "> 0",
+            format!("{:?}", self.adjust_interval),
+        )?;
+        check(
+            !self.call_timeout.is_zero(),
+            "call_timeout",
+            "> 0",
+            format!("{:?}", self.call_timeout),
+        )?;
+        check(
+            !self.backoff_base.is_zero() && self.backoff_base <= self.backoff_max,
+            "backoff_base",
+            "> 0 and <= backoff_max",
+            format!("{:?}", self.backoff_base),
+        )
+    }
+
+    /// The protection duration.
+    pub fn duration(&self) -> Duration {
+        super::backend::minutes(self.duration_minutes)
+    }
+
+    /// `percent` % of the duration.
+    fn share(&self, percent: u8) -> Duration {
+        self.duration() * u32::from(percent) / 100
+    }
+}
+
+/// The inputs of one decision.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// Whether the program wants protection now (some work is in hand).
+    pub wanted: bool,
+    /// What ECS last said.
+    pub ecs: EcsState,
+    /// No call before this instant (back-off after a failure).
+    pub retry_at: Option<Instant>,
+    /// Skip the hold-over: release as soon as protection is no longer wanted (draining).
+    pub skip_hold: bool,
+    /// The settings.
+    pub settings: &'a Settings,
+    /// The current instant.
+    pub now: Instant,
+}
+
+/// What to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Call ECS to protect the task (first time or refresh).
+    Protect,
+    /// Call ECS to release protection.
+    Release,
+    /// ECS's protection has expired without a refresh: record the task as unprotected.
+    Lapsed,
+    /// Nothing to do before this instant (unless the wanted state changes).
+    WaitUntil(Instant),
+    /// Nothing to do until the wanted state changes.
+    Idle,
+}
+
+/// Decides what to do next. Pure: same input, same answer.
+pub fn decide(input: Input<'_>) -> Decision {
+    let Input {
+        wanted,
+        ecs,
+        retry_at,
+        skip_hold,
+        settings,
+        now,
+    } = input;
+    // A call is allowed only once any back-off has passed.
+    let call = |d: Decision| match retry_at {
+        Some(t) if now < t => Decision::WaitUntil(t),
+        _ => d,
+    };
+    match ecs {
+        EcsState::Protected { expires_at, .. } if now >= expires_at => Decision::Lapsed,
+        EcsState::Unknown | EcsState::Unprotected if wanted => call(Decision::Protect),
+        EcsState::Unknown | EcsState::Unprotected => Decision::Idle,
+        EcsState::Protected { expires_at, .. } if wanted => {
+            let refresh_at = expires_at
+                .checked_sub(settings.duration() - settings.share(settings.refresh_percent))
+                .unwrap_or(now);
+            if now >= refresh_at {
+                match call(Decision::Protect) {
+                    // While backing off, still note the expiry.
+                    Decision::WaitUntil(t) => Decision::WaitUntil(t.min(expires_at)),
+                    d => d,
+                }
+            } else {
+                Decision::WaitUntil(refresh_at)
+            }
+        }
+        EcsState::Protected { since, expires_at } => {
+            let hold_until = since.map(|s| s + settings.share(settings.maintain_percent));
+            match hold_until {
+                Some(t) if !skip_hold && now < t => Decision::WaitUntil(t.min(expires_at)),
+                _ => match call(Decision::Release) {
+                    Decision::WaitUntil(t) => Decision::WaitUntil(t.min(expires_at)),
+                    d => d,
+                },
+            }
+        }
+    }
+}
+
+/// The delay before retry number `failures` (1 for the first failure): exponential from `base`,
+/// capped at `max`, with "equal jitter" (`jitter` in `0.0..1.0` picks a point in the upper half),
+/// so that many tasks rejected at once do not retry in lock-step.
+pub fn retry_delay(failures: u32, base: Duration, max: Duration, jitter: f64) -> Duration {
+    let exp = failures.saturating_sub(1).min(30);
+    let full = base.saturating_mul(1u32 << exp).min(max);
+    let jitter = jitter.clamp(0.0, 1.0);
+    full.mul_f64(0.5 + 0.5 * jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    fn settings() -> Settings {
+        Settings {
+            duration_minutes: 10,
+            maintain_percent: 20,
+            refresh_percent: 80,
+            ..Settings::default()
+        }
+    }
+
+    fn input(s: &Settings, now: Instant, wanted: bool, ecs: EcsState) -> Input<'_> {
+        Input {
+            wanted,
+            ecs,
+            retry_at: None,
+            skip_hold: false,
+            settings: s,
+            now,
+        }
+    }
+
+    fn protected(t0: Instant) -> EcsState {
+        EcsState::Protected {
+            since: Some(t0),
+            expires_at: t0 + 10 * MIN,
+        }
+    }
+
+    #[test]
+    fn wanted_and_unprotected_protects() {
+        let s = settings();
+        let now = Instant::now();
+        assert_eq!(decide(input(&s, now, true, EcsState::Unprotected)), Decision::Protect);
+        assert_eq!(decide(input(&s, now, true, EcsState::Unknown)), Decision::Protect);
+    }
+
+    #[test]
+    fn not_wanted_and_unprotected_is_idle() {
+        let s = settings();
+        let now = Instant::now();
+        assert_eq!(decide(input(&s, now, false, EcsState::Unprotected)), Decision::Idle);
+        assert_eq!(decide(input(&s, now, false, EcsState::Unknown)), Decision::Idle);
+    }
+
+    #[test]
+    fn wanted_and_protected_waits_for_the_refresh_mark() {
+        let s = settings();
+        let t0 = Instant::now();
+        // 80 % of 10 minutes = 8 minutes after it was set.
+        assert_eq!(
+            decide(input(&s, t0 + MIN, true, protected(t0))),
+            Decision::WaitUntil(t0 + 8 * MIN)
+        );
+        assert_eq!(decide(input(&s, t0 + 8 * MIN, true, protected(t0))), Decision::Protect);
+    }
+
+    #[test]
+    fn refresh_mark_follows_the_expiry_ecs_reports() {
+        let s = settings();
+        let t0 = Instant::now();
+        // ECS says it expires after 5 minutes, not 10: refresh 2 minutes (20 %) before that.
+        let ecs = EcsState::Protected {
+            since: Some(t0),
+            expires_at: t0 + 5 * MIN,
+        };
+        assert_eq!(decide(input(&s, t0, true, ecs)), Decision::WaitUntil(t0 + 3 * MIN));
+    }
+
+    #[test]
+    fn refresh_percent_100_refreshes_at_expiry_which_is_a_lapse() {
+        let s = Settings {
+            refresh_percent: 100,
+            ..settings()
+        };
+        let t0 = Instant::now();
+        assert_eq!(
+            decide(input(&s, t0, true, protected(t0))),
+            Decision::WaitUntil(t0 + 10 * MIN)
+        );
+        assert_eq!(decide(input(&s, t0 + 10 * MIN, true, protected(t0))), Decision::Lapsed);
+    }
+
+    #[test]
+    fn release_within_maintain_share_holds_over() {
+        let s = settings();
+        let t0 = Instant::now();
+        // maintain 20 % of 10 minutes = 2 minutes.
+        assert_eq!(
+            decide(input(&s, t0 + MIN, false, protected(t0))),
+            Decision::WaitUntil(t0 + 2 * MIN)
+        );
+        assert_eq!(decide(input(&s, t0 + 2 * MIN, false, protected(t0))), Decision::Release);
+    }
+
+    #[test]
+    fn release_after_maintain_share_is_immediate() {
+        let s = settings();
+        let t0 = Instant::now();
+        assert_eq!(decide(input(&s, t0 + 5 * MIN, false, protected(t0))), Decision::Release);
+    }
+
+    #[test]
+    fn maintain_zero_releases_at_once() {
+        let s = Settings {
+            maintain_percent: 0,
+            ..settings()
+        };
+        let t0 = Instant::now();
+        assert_eq!(decide(input(&s, t0, false, protected(t0))), Decision::Release);
+    }
+
+    #[test]
+    fn draining_skips_the_hold_over() {
+        let s = settings();
+        let t0 = Instant::now();
+        let mut i = input(&s, t0 + MIN, false, protected(t0));
+        i.skip_hold = true;
+        assert_eq!(decide(i), Decision::Release);
+    }
+
+    #[test]
+    fn protection_found_at_start_up_is_released_without_hold_over() {
+        let s = settings();
+        let t0 = Instant::now();
+        let ecs = EcsState::Protected {
+            since: None,
+            expires_at: t0 + 5 * MIN,
+        };
+        assert_eq!(decide(input(&s, t0, false, ecs)), Decision::Release);
+    }
+
+    #[test]
+    fn expired_protection_lapses_whether_wanted_or_not() {
+        let s = settings();
+        let t0 = Instant::now();
+        assert_eq!(decide(input(&s, t0 + 10 * MIN, true, protected(t0))), Decision::Lapsed);
+        assert_eq!(decide(input(&s, t0 + 11 * MIN, false, protected(t0))), Decision::Lapsed);
+    }
+
+    #[test]
+    fn back_off_delays_every_call() {
+        let s = settings();
+        let t0 = Instant::now();
+        let retry = t0 + Duration::from_secs(4);
+        let mut i = input(&s, t0, true, EcsState::Unprotected);
+        i.retry_at = Some(retry);
+        assert_eq!(decide(i), Decision::WaitUntil(retry));
+        i.now = retry;
+        assert_eq!(decide(i), Decision::Protect);
+
+        // Release is backed off too.
+        let mut i = input(&s, t0 + 5 * MIN, false, protected(t0));
+        i.retry_at = Some(t0 + 5 * MIN + Duration::from_secs(4));
+        assert_eq!(decide(i), Decision::WaitUntil(t0 + 5 * MIN + Duration::from_secs(4)));
+    }
+
+    #[test]
+    fn back_off_never_hides_the_expiry() {
+        let s = settings();
+        let t0 = Instant::now();
+        let mut i = input(&s, t0 + 9 * MIN, true, protected(t0));
+        i.retry_at = Some(t0 + 20 * MIN);
+        assert_eq!(decide(i), Decision::WaitUntil(t0 + 10 * MIN));
+    }
+
+    #[test]
+    fn back_off_does_not_hold_an_idle_task() {
+        let s = settings();
+        let t0 = Instant::now();
+        let mut i = input(&s, t0, false, EcsState::Unprotected);
+        i.retry_at = Some(t0 + MIN);
+        assert_eq!(decide(i), Decision::Idle);
+    }
+
+    #[test]
+    fn retry_delay_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
+        let base = Duration::from_secs(1);
+        let max = Duration::from_secs(60);
+        assert_eq!(retry_delay(1, base, max, 1.0), Duration::from_secs(1));
+        assert_eq!(retry_delay(2, base, max, 1.0), Duration::from_secs(2));
+        assert_eq!(retry_delay(3, base, max, 1.0), Duration::from_secs(4));
+        assert_eq!(retry_delay(7, base, max, 1.0), Duration::from_secs(60));
+        assert_eq!(retry_delay(1000, base, max, 1.0), Duration::from_secs(60));
+        assert_eq!(retry_delay(3, base, max, 0.0), Duration::from_secs(2));
+        let d = retry_delay(3, base, max, 0.5);
+        assert!(d > Duration::from_secs(2) && d < Duration::from_secs(4));
+    }
+
+    #[test]
+    fn settings_ranges_are_checked() {
+        assert!(Settings::default().validate().is_ok());
+        let bad = Settings {
+            duration_minutes: 0,
+            ..Settings::default()
+        };
+        let e = bad.validate().unwrap_err();
+        assert_eq!(e.name, "duration_minutes");
+        assert_eq!(e.range, "1..=2880");
+        assert!(Settings {
+            duration_minutes: 2881,
+            ..Settings::default()
+        }
+        .validate()
+        .is_err());
+        assert!(Settings {
+            maintain_percent: 101,
+            ..Settings::default()
+        }
+        .validate()
+        .is_err());
+        assert!(Settings {
+            refresh_percent: 0,
+            ..Settings::default()
+        }
+        .validate()
+        .is_err());
+    }
+}
