@@ -1,0 +1,160 @@
+//! Settings, from command-line flags or environment variables alike.
+//!
+//! Every setting has a flag (`--port`) and an environment variable (`PORT`); the flag wins. A value
+//! outside its range stops start-up with a message naming the variable and the range.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::protection::Settings;
+
+/// How the server reaches ECS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// The agent endpoint when `ECS_AGENT_URI` is set, otherwise local.
+    Auto,
+    /// The ECS agent endpoint (`ECS_AGENT_URI`).
+    Agent,
+    /// An in-process simulation: no ECS calls (for laptops and CI).
+    Local,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line (for CloudWatch Logs Insights).
+    Json,
+}
+
+/// The server's settings.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "websocket",
+    version,
+    about = "A WebSocket game/chat server that keeps its Amazon ECS task protected from scale-in while any client is connected"
+)]
+pub struct Config {
+    /// TCP port to listen on (0 picks a free port).
+    #[arg(long, env = "PORT", value_name = "PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// Address to listen on.
+    #[arg(long, env = "BIND_ADDRESS", value_name = "BIND_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub bind_address: IpAddr,
+
+    /// How long each protect call protects the task for, in minutes.
+    #[arg(long, env = "PROTECTION_DURATION_MINUTES", value_name = "PROTECTION_DURATION_MINUTES",
+          default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=2880))]
+    pub protection_duration_minutes: u32,
+
+    /// Hold-over: if the last client leaves less than this share of the duration after protection
+    /// was set, keep protection until that mark (absorbs connect/disconnect churn).
+    #[arg(long, env = "PROTECTION_MAINTAIN_PERCENT", value_name = "PROTECTION_MAINTAIN_PERCENT",
+          default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub protection_maintain_percent: u8,
+
+    /// Refresh protection at this share of its duration while clients are still connected.
+    #[arg(long, env = "PROTECTION_REFRESH_PERCENT", value_name = "PROTECTION_REFRESH_PERCENT",
+          default_value_t = 80, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub protection_refresh_percent: u8,
+
+    /// How often the protection state is re-checked, in milliseconds.
+    #[arg(long, env = "PROTECTION_ADJUST_INTERVAL_MS", value_name = "PROTECTION_ADJUST_INTERVAL_MS",
+          default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub protection_adjust_interval_ms: u64,
+
+    /// Which way to reach ECS.
+    #[arg(long, env = "PROTECTION_BACKEND", value_name = "PROTECTION_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
+    pub protection_backend: BackendChoice,
+
+    /// The ECS agent's URI (set by ECS in every container).
+    #[arg(long, env = "ECS_AGENT_URI", value_name = "ECS_AGENT_URI")]
+    pub ecs_agent_uri: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Most WebSocket clients at once; further upgrades get HTTP 503.
+    #[arg(long, env = "MAX_CONNECTIONS", value_name = "MAX_CONNECTIONS",
+          default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// Largest text message a client may send, in bytes; a larger one closes that client with
+    /// 1009 (message too big).
+    #[arg(long, env = "MAX_MESSAGE_BYTES", value_name = "MAX_MESSAGE_BYTES",
+          default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub max_message_bytes: u32,
+
+    /// Seconds between the server's WebSocket pings (keeps idle connections alive behind a load
+    /// balancer with a 60 s idle timeout); a peer silent for two intervals is dropped.
+    #[arg(long, env = "WS_PING_INTERVAL_SECS", value_name = "WS_PING_INTERVAL_SECS",
+          default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub ws_ping_interval_secs: u64,
+
+    /// Messages that may wait for one client before it counts as too slow and is closed (1008).
+    #[arg(long, env = "CLIENT_QUEUE_MESSAGES", value_name = "CLIENT_QUEUE_MESSAGES",
+          default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub client_queue_messages: u32,
+
+    /// Seconds the server may take to close clients and release protection on SIGTERM.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", value_name = "SHUTDOWN_TIMEOUT_SECS",
+          default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=110))]
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Config {
+    /// The address to listen on.
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind_address, self.port)
+    }
+
+    /// The protection manager's settings.
+    pub fn protection_settings(&self) -> Settings {
+        Settings {
+            duration_minutes: self.protection_duration_minutes,
+            maintain_percent: self.protection_maintain_percent,
+            refresh_percent: self.protection_refresh_percent,
+            adjust_interval: Duration::from_millis(self.protection_adjust_interval_ms),
+            ..Settings::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("websocket").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_readme() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.port, 3000);
+        assert_eq!(c.protection_duration_minutes, 30);
+        assert_eq!(c.protection_maintain_percent, 10);
+        assert_eq!(c.protection_refresh_percent, 80);
+        assert_eq!(c.protection_adjust_interval_ms, 10_000);
+        assert_eq!(c.protection_backend, BackendChoice::Auto);
+        c.protection_settings().validate().unwrap();
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_variable_and_the_range() {
+        let e = parse(&["--protection-duration-minutes", "0"]).unwrap_err().to_string();
+        assert!(e.contains("PROTECTION_DURATION_MINUTES"), "{e}");
+        assert!(e.contains("1..=2880"), "{e}");
+        let e = parse(&["--protection-refresh-percent", "0"]).unwrap_err().to_string();
+        assert!(e.contains("PROTECTION_REFRESH_PERCENT") && e.contains("1..=100"), "{e}");
+        let e = parse(&["--protection-maintain-percent", "101"]).unwrap_err().to_string();
+        assert!(e.contains("PROTECTION_MAINTAIN_PERCENT") && e.contains("0..=100"), "{e}");
+        let e = parse(&["--protection-backend", "cloud"]).unwrap_err().to_string();
+        assert!(e.contains("PROTECTION_BACKEND") && e.contains("auto"), "{e}");
+    }
+}

@@ -150,6 +150,7 @@ impl ProtectionManager {
         settings: Settings,
     ) -> Result<Self, policy::SettingsError> {
         settings.validate()?;
+        tracing::info!("Task protection backend: {}", backend.describe());
         let (status, _) = watch::channel(ProtectionStatus {
             backend: backend.name(),
             state: StateLabel::Unknown,
@@ -297,7 +298,6 @@ struct Reconciler {
 
 impl Reconciler {
     async fn run(mut self, mut stop: oneshot::Receiver<()>) -> Result<(), BackendError> {
-        tracing::info!("Task protection backend: {}", self.backend.describe());
         tokio::select! {
             _ = &mut stop => return self.final_release().await,
             _ = self.read_initial_state() => {}

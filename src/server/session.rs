@@ -1,0 +1,133 @@
+//! One WebSocket client, from welcome to close.
+//!
+//! Each session is a single task that waits on four things at once: the client's next frame, the
+//! room (chat and notices), its ping timer, and the server's phase. The room is a bounded
+//! broadcast ring shared by all sessions, so a message costs one allocation however many clients
+//! there are, and a client that falls more than the ring's length behind is closed (1008) instead
+//! of making memory grow or slowing the others.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::{Outgoing, Phase, Slot};
+
+/// Why a session ended, for the close frame and the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum End {
+    /// The client closed, or the connection dropped.
+    ClientGone,
+    /// Send this close frame, then end.
+    Close(u16, &'static str),
+    /// The connection is unusable (write timed out, peer silent): drop it without a close frame.
+    Drop(&'static str),
+}
+
+/// Runs one session until the client leaves, misbehaves, or the server shuts down.
+pub async fn run(mut socket: WebSocket, slot: Slot) {
+    let hub = Arc::clone(&slot.hub);
+    let id = slot.id;
+    let _protection = hub.manager.guard();
+    let mut room = hub.room.subscribe();
+    let mut phase = hub.phase.subscribe();
+    let limits = hub.limits.clone();
+    let n = hub.connections();
+    tracing::info!("New client connection opened. There are {n} connections");
+
+    let welcome = format!("Welcome! There are {n} connections");
+    let mut end = send(&mut socket, Message::Text(welcome.into()), limits.write_timeout).await;
+
+    let mut ping = tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+
+    while end.is_none() {
+        if *phase.borrow_and_update() == Phase::ShuttingDown {
+            end = Some(End::Close(close_code::AWAY, "server shutting down"));
+            break;
+        }
+        end = tokio::select! {
+            frame = socket.recv() => {
+                last_heard = Instant::now();
+                match frame {
+                    None => Some(End::ClientGone),
+                    Some(Err(e)) => Some(classify(e)),
+                    Some(Ok(Message::Text(text))) => {
+                        if text.as_str() == "ping" {
+                            tracing::debug!("received: ping");
+                            send(&mut socket, Message::Text(Utf8Bytes::from_static("pong")), limits.write_timeout).await
+                        } else {
+                            // Nobody listening is fine: the sender may be alone.
+                            let _ = hub.room.send(Outgoing { from: id, text });
+                            None
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => Some(End::Close(close_code::UNSUPPORTED, "binary messages are not supported")),
+                    Some(Ok(Message::Close(_))) => Some(End::ClientGone),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                }
+            }
+            out = room.recv() => match out {
+                Ok(Outgoing { from, text }) if from != id => {
+                    send(&mut socket, Message::Text(text), limits.write_timeout).await
+                }
+                Ok(_) => None,
+                Err(RecvError::Lagged(_)) => Some(End::Close(close_code::POLICY, "too slow: message queue full")),
+                Err(RecvError::Closed) => Some(End::Close(close_code::AWAY, "server shutting down")),
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > limits.ping_interval * 2 {
+                    Some(End::Drop("peer stopped answering pings"))
+                } else {
+                    send(&mut socket, Message::Ping(Default::default()), limits.write_timeout).await
+                }
+            }
+            _ = phase.changed() => None,
+        };
+    }
+
+    match end {
+        Some(End::Close(code, reason)) => {
+            if code != close_code::AWAY {
+                tracing::info!("Closing a client ({code}): {reason}");
+            }
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            };
+            // Best effort, briefly: a client that cannot take a close frame is dropped anyway.
+            let _ = send(&mut socket, Message::Close(Some(frame)), Duration::from_secs(1)).await;
+        }
+        Some(End::Drop(why)) => tracing::info!("Dropping a client: {why}"),
+        Some(End::ClientGone) | None => {}
+    }
+    drop(socket);
+    drop(slot);
+    tracing::info!(
+        "Client connection closed. There are {} connections",
+        hub.connections()
+    );
+}
+
+/// Sends one message within `timeout`; `Some(end)` if the session must end.
+async fn send(socket: &mut WebSocket, message: Message, timeout: Duration) -> Option<End> {
+    match tokio::time::timeout(timeout, socket.send(message)).await {
+        Ok(Ok(())) => None,
+        Ok(Err(_)) => Some(End::ClientGone),
+        Err(_) => Some(End::Drop("client stopped reading (write timed out)")),
+    }
+}
+
+/// Maps a read error to the close code RFC 6455 prescribes.
+fn classify(error: axum::Error) -> End {
+    let inner = error.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => End::Close(close_code::SIZE, "message too big"),
+        Some(tungstenite::Error::Utf8(_)) => End::Close(close_code::INVALID, "invalid UTF-8 in a text message"),
+        Some(tungstenite::Error::Protocol(_)) => End::Close(close_code::PROTOCOL, "WebSocket protocol error"),
+        _ => End::ClientGone,
+    }
+}
