@@ -20,8 +20,8 @@
 # temporary directory that is removed when the check passes and kept (and printed) when it fails.
 set -uo pipefail
 
-APP_SERVICE=websocket
-APP_ENV=test
+APP_SERVICE='websocket'
+APP_ENV='test'
 
 # Pinned so the check gives the same answer tomorrow: Copilot 1.34.1 is the last release; moto
 # 5.2.5 is the version whose ListStackInstances bug scripts/deploy-check/moto_proxy.py works
@@ -47,9 +47,9 @@ if [[ ! -x $venv/bin/copilot || ! -x $venv/bin/hadolint || ! -x $venv/bin/cfn-li
   rm -rf "$venv"
   mkdir -p "$(dirname "$venv")"
   python3 -m venv "$venv" || die "could not create a virtualenv (is python3-venv installed?)"
-  # shellcheck disable=SC2086  # one requirement per word on purpose
-  "$venv/bin/pip" install --quiet --disable-pip-version-check $REQUIREMENTS \
-    || die "pip could not install: $(echo $REQUIREMENTS)"
+  mapfile -t requirements <<<"$REQUIREMENTS"   # an array: no word splitting or globbing of [server]
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "${requirements[@]}" \
+    || die "pip could not install: ${REQUIREMENTS//$'\n'/ }"
   # Written last: an interrupted install has no marker and is redone next time.
   printf '%s' "$REQUIREMENTS" >"$venv/.requirements"
 fi
@@ -85,7 +85,7 @@ unset AWS_PROFILE AWS_DEFAULT_PROFILE AWS_SESSION_TOKEN AWS_SECURITY_TOKEN AWS_R
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
   AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
   AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null \
-  HTTPS_PROXY=http://127.0.0.1:$port https_proxy=http://127.0.0.1:$port NO_PROXY= \
+  HTTPS_PROXY=http://127.0.0.1:$port https_proxy=http://127.0.0.1:$port NO_PROXY='' \
   AWS_CA_BUNDLE=$ca
 
 proxy_pid=
@@ -126,10 +126,10 @@ rendered=
 if (cd "$root" && copilot svc package -n "$APP_SERVICE" -e "$APP_ENV" --output-dir "$out") \
   >"$out/copilot.log" 2>&1; then
   rendered=1
-  say "  rendered: $(cd "$out" && ls -- *.yml *.json 2>/dev/null | tr '\n' ' ')"
+  say "  rendered: $(cd "$out" && printf '%s ' *.stack.yml *.params.json)"
 else
   sed 's/^/  | /' "$out/copilot.log" | tail -n 15
-  failed+=("copilot: could not render $APP_SERVICE (manifest rejected; full log: $out/copilot.log)")
+  failed+=("copilot: could not render $APP_SERVICE (full log: $out/copilot.log)")
 fi
 stop_proxy   # nothing below needs it
 

@@ -277,7 +277,7 @@ pub async fn run(
     // Wait for the signal to be seen (or the HTTP server to fail), then for the sessions to close.
     let mut phase = hub.phase.subscribe();
     tokio::select! {
-        _ = phase.wait_for(|p| *p == Phase::ShuttingDown) => {}
+        _ = async { phase.wait_for(|p| *p == Phase::ShuttingDown).await.is_ok() } => {}
         ended = &mut serving => {
             hub.begin_shutdown();
             let _ = hub.manager.shutdown().await;
