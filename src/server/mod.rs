@@ -288,12 +288,13 @@ pub async fn run(
     tracing::info!("Shutting down: closing {n} client connections and releasing task protection");
     let orderly = tokio::time::timeout(timeout, async {
         hub.wait_for_no_connections().await;
-        let _ = closed_tx.send(());
         if let Err(e) = hub.manager.shutdown().await {
             tracing::warn!("Could not release task protection on shutdown: {e}");
         }
     })
     .await;
+    // Until here the listener kept answering: health 503, upgrades refused.
+    let _ = closed_tx.send(());
     if orderly.is_err() {
         tracing::warn!("Shutdown took longer than {timeout:?}; exiting anyway");
     }
