@@ -43,6 +43,10 @@ pub struct SessionLimits {
     pub write_timeout: Duration,
     /// Read buffer per connection (tungstenite's default is 128 KiB; a chat line is far smaller).
     pub read_buffer_bytes: usize,
+    /// Chat messages one client may send per second (bursts of twice that); a client that sends
+    /// faster is closed (1008) so that it cannot push everyone else out of the room's queue.
+    /// 0 means no limit. Pings do not count.
+    pub chat_per_sec: u32,
 }
 
 impl Default for SessionLimits {
@@ -53,6 +57,7 @@ impl Default for SessionLimits {
             queue_messages: 256,
             write_timeout: Duration::from_secs(10),
             read_buffer_bytes: 1024,
+            chat_per_sec: 20,
         }
     }
 }

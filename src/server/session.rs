@@ -43,33 +43,18 @@ pub async fn run(mut socket: WebSocket, slot: Slot) {
     let mut ping = tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let mut chat_budget = TokenBucket::new(limits.chat_per_sec);
 
     while end.is_none() {
         if *phase.borrow_and_update() == Phase::ShuttingDown {
             end = Some(End::Close(close_code::AWAY, "server shutting down"));
             break;
         }
+        // Biased: pending output goes out before more input is read, so a session's own chat
+        // never pushes it behind in the room's queue, and a busy client feels back-pressure.
         end = tokio::select! {
-            frame = socket.recv() => {
-                last_heard = Instant::now();
-                match frame {
-                    None => Some(End::ClientGone),
-                    Some(Err(e)) => Some(classify(e)),
-                    Some(Ok(Message::Text(text))) => {
-                        if text.as_str() == "ping" {
-                            tracing::debug!("received: ping");
-                            send(&mut socket, Message::Text(Utf8Bytes::from_static("pong")), limits.write_timeout).await
-                        } else {
-                            // Nobody listening is fine: the sender may be alone.
-                            let _ = hub.room.send(Outgoing { from: id, text });
-                            None
-                        }
-                    }
-                    Some(Ok(Message::Binary(_))) => Some(End::Close(close_code::UNSUPPORTED, "binary messages are not supported")),
-                    Some(Ok(Message::Close(_))) => Some(End::ClientGone),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
-                }
-            }
+            biased;
+            _ = phase.changed() => None,
             out = room.recv() => match out {
                 Ok(Outgoing { from, text }) if from != id => {
                     send(&mut socket, Message::Text(text), limits.write_timeout).await
@@ -85,7 +70,28 @@ pub async fn run(mut socket: WebSocket, slot: Slot) {
                     send(&mut socket, Message::Ping(Default::default()), limits.write_timeout).await
                 }
             }
-            _ = phase.changed() => None,
+            frame = socket.recv() => {
+                last_heard = Instant::now();
+                match frame {
+                    None => Some(End::ClientGone),
+                    Some(Err(e)) => Some(classify(e)),
+                    Some(Ok(Message::Text(text))) => {
+                        if text.as_str() == "ping" {
+                            tracing::debug!("received: ping");
+                            send(&mut socket, Message::Text(Utf8Bytes::from_static("pong")), limits.write_timeout).await
+                        } else if !chat_budget.take() {
+                            Some(End::Close(close_code::POLICY, "too many messages"))
+                        } else {
+                            // Nobody listening is fine: the sender may be alone.
+                            let _ = hub.room.send(Outgoing { from: id, text });
+                            None
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => Some(End::Close(close_code::UNSUPPORTED, "binary messages are not supported")),
+                    Some(Ok(Message::Close(_))) => Some(End::ClientGone),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                }
+            }
         };
     }
 
@@ -129,5 +135,40 @@ fn classify(error: axum::Error) -> End {
         Some(tungstenite::Error::Utf8(_)) => End::Close(close_code::INVALID, "invalid UTF-8 in a text message"),
         Some(tungstenite::Error::Protocol(_)) => End::Close(close_code::PROTOCOL, "WebSocket protocol error"),
         _ => End::ClientGone,
+    }
+}
+
+/// A token bucket: `rate` tokens a second, holding at most `2 × rate`.
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate);
+        Self {
+            rate,
+            tokens: rate * 2.0,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token if there is one; always succeeds when the rate is 0 (no limit).
+    fn take(&mut self) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate * 2.0);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }

@@ -215,6 +215,12 @@ pub async fn ping_pong(ws: &mut Client) {
     assert_eq!(next_text(ws).await, "pong");
 }
 
+/// Sends "ping" and reads past any chat until "pong".
+pub async fn ping_pong_skipping_chat(ws: &mut Client) {
+    ws.send(Message::text("ping")).await.expect("send ping");
+    while next_text(ws).await != "pong" {}
+}
+
 /// Reads until the server's close frame and returns its code, failing after 10 s.
 pub async fn close_code(ws: &mut Client) -> u16 {
     loop {
