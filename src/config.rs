@@ -101,6 +101,12 @@ pub struct Config {
           default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub client_queue_messages: u32,
 
+    /// Chat messages one client may send per second (bursts of twice that); a faster client is
+    /// closed with 1008. 0 turns the limit off. Pings do not count.
+    #[arg(long, env = "CHAT_MESSAGES_PER_SEC", value_name = "CHAT_MESSAGES_PER_SEC",
+          default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub chat_messages_per_sec: u32,
+
     /// Seconds the server may take to close clients and release protection on SIGTERM.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", value_name = "SHUTDOWN_TIMEOUT_SECS",
           default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=110))]
@@ -147,14 +153,31 @@ mod tests {
 
     #[test]
     fn out_of_range_values_name_the_variable_and_the_range() {
-        let e = parse(&["--protection-duration-minutes", "0"]).unwrap_err().to_string();
+        let e = parse(&["--protection-duration-minutes", "0"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("PROTECTION_DURATION_MINUTES"), "{e}");
         assert!(e.contains("1..=2880"), "{e}");
-        let e = parse(&["--protection-refresh-percent", "0"]).unwrap_err().to_string();
-        assert!(e.contains("PROTECTION_REFRESH_PERCENT") && e.contains("1..=100"), "{e}");
-        let e = parse(&["--protection-maintain-percent", "101"]).unwrap_err().to_string();
-        assert!(e.contains("PROTECTION_MAINTAIN_PERCENT") && e.contains("0..=100"), "{e}");
-        let e = parse(&["--protection-backend", "cloud"]).unwrap_err().to_string();
-        assert!(e.contains("PROTECTION_BACKEND") && e.contains("auto"), "{e}");
+        let e = parse(&["--protection-refresh-percent", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("PROTECTION_REFRESH_PERCENT") && e.contains("1..=100"),
+            "{e}"
+        );
+        let e = parse(&["--protection-maintain-percent", "101"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("PROTECTION_MAINTAIN_PERCENT") && e.contains("0..=100"),
+            "{e}"
+        );
+        let e = parse(&["--protection-backend", "cloud"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("PROTECTION_BACKEND") && e.contains("auto"),
+            "{e}"
+        );
     }
 }

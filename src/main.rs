@@ -17,7 +17,10 @@ fn main() -> ExitCode {
     // Clap prints the error (naming the variable and its allowed range) and exits with code 2.
     let config = Config::parse();
     init_logging(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -41,6 +44,7 @@ async fn run(config: Config) -> Result<(), String> {
         max_message_bytes: config.max_message_bytes as usize,
         ping_interval: Duration::from_secs(config.ws_ping_interval_secs),
         queue_messages: config.client_queue_messages as usize,
+        chat_per_sec: config.chat_messages_per_sec,
         ..SessionLimits::default()
     };
     let hub = Hub::new(manager, limits, config.max_connections as usize);
@@ -72,13 +76,17 @@ fn choose_backend(config: &Config) -> Result<Arc<dyn ProtectionBackend>, String>
         (BackendChoice::Agent, None) => Err(
             "PROTECTION_BACKEND=agent needs ECS_AGENT_URI (ECS sets it in every container)".into(),
         ),
-        (BackendChoice::Auto, None) | (BackendChoice::Local, _) => Ok(Arc::new(LocalBackend::new())),
+        (BackendChoice::Auto, None) | (BackendChoice::Local, _) => {
+            Ok(Arc::new(LocalBackend::new()))
+        }
     }
 }
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

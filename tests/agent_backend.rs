@@ -19,7 +19,11 @@ fn backend(agent: &StandInAgent) -> AgentBackend {
 async fn kind_for(fault: Fault) -> ErrorKind {
     let agent = StandInAgent::start().await.unwrap();
     agent.set_fault(fault);
-    backend(&agent).set_protection(true, 30).await.unwrap_err().kind
+    backend(&agent)
+        .set_protection(true, 30)
+        .await
+        .unwrap_err()
+        .kind
 }
 
 #[tokio::test]
@@ -28,12 +32,22 @@ async fn http_200_protection_is_success_with_the_reported_expiry() {
     let b = backend(&agent);
     let state = b.set_protection(true, 30).await.unwrap();
     assert!(state.enabled);
-    let left = state.expires_at.unwrap().duration_since(SystemTime::now()).unwrap();
-    assert!(left > Duration::from_secs(29 * 60) && left <= Duration::from_secs(30 * 60), "{left:?}");
+    let left = state
+        .expires_at
+        .unwrap()
+        .duration_since(SystemTime::now())
+        .unwrap();
+    assert!(
+        left > Duration::from_secs(29 * 60) && left <= Duration::from_secs(30 * 60),
+        "{left:?}"
+    );
     assert!(agent.is_protected());
     // The agent rejects unknown fields and requires ProtectionEnabled: our body passed.
     let calls = agent.put_calls();
-    assert_eq!((calls[0].enabled, calls[0].expires_in_minutes, calls[0].ok), (Some(true), Some(30), true));
+    assert_eq!(
+        (calls[0].enabled, calls[0].expires_in_minutes, calls[0].ok),
+        (Some(true), Some(30), true)
+    );
 
     let state = b.set_protection(false, 30).await.unwrap();
     assert_eq!((state.enabled, state.expires_at), (false, None));
@@ -67,13 +81,25 @@ async fn a_refused_connection_is_unreachable() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let b = AgentBackend::new(&format!("http://127.0.0.1:{port}"), Duration::from_millis(500)).unwrap();
-    assert_eq!(b.set_protection(true, 30).await.unwrap_err().kind, ErrorKind::Unreachable);
+    let b = AgentBackend::new(
+        &format!("http://127.0.0.1:{port}"),
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    assert_eq!(
+        b.set_protection(true, 30).await.unwrap_err().kind,
+        ErrorKind::Unreachable
+    );
 }
 
 #[tokio::test]
 async fn a_bad_agent_uri_is_a_config_error() {
-    assert_eq!(AgentBackend::new("169.254.170.2/v1", Duration::from_secs(1)).unwrap_err().kind, ErrorKind::Config);
+    assert_eq!(
+        AgentBackend::new("169.254.170.2/v1", Duration::from_secs(1))
+            .unwrap_err()
+            .kind,
+        ErrorKind::Config
+    );
 }
 
 #[tokio::test]
@@ -91,20 +117,33 @@ async fn the_manager_never_believes_a_failure_body_and_retries_it_with_back_off(
     agent.wait_for_calls(5).await;
     let st = m.status();
     assert_ne!(st.state, StateLabel::Protected);
-    assert!(st.last_rejection.unwrap().message.contains("TASK_NOT_VALID"));
-    assert!(agent.put_calls().iter().all(|c| !c.ok && c.enabled == Some(true)));
+    assert!(st
+        .last_rejection
+        .unwrap()
+        .message
+        .contains("TASK_NOT_VALID"));
+    assert!(agent
+        .put_calls()
+        .iter()
+        .all(|c| !c.ok && c.enabled == Some(true)));
     // Once ECS accepts, protection is established by the next retry.
     agent.set_fault(Fault::None);
     let mut rx = m.watch();
-    tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.state == StateLabel::Protected))
-        .await
-        .expect("protected after recovery")
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        rx.wait_for(|s| s.state == StateLabel::Protected),
+    )
+    .await
+    .expect("protected after recovery")
+    .unwrap();
     drop(g);
-    tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.state == StateLabel::Unprotected))
-        .await
-        .expect("released")
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        rx.wait_for(|s| s.state == StateLabel::Unprotected),
+    )
+    .await
+    .expect("released")
+    .unwrap();
     let last = agent.put_calls().pop().unwrap();
     assert_eq!((last.enabled, last.ok), (Some(false), true));
 }

@@ -16,7 +16,9 @@ const MIN: Duration = Duration::from_secs(60);
 
 async fn wait_state(m: &ProtectionManager, state: StateLabel) {
     let mut rx = m.watch();
-    rx.wait_for(|s| s.state == state).await.expect("manager alive");
+    rx.wait_for(|s| s.state == state)
+        .await
+        .expect("manager alive");
 }
 
 #[tokio::test(start_paused = true)]
@@ -42,7 +44,10 @@ async fn a_storm_of_1000_guards_makes_one_protect_call_and_one_release() {
     assert_eq!(fake.set_ops(), vec![Op::Protect]);
     assert_eq!(m.holds(), 1000);
 
-    let drops: Vec<_> = guards.into_iter().map(|g| tokio::spawn(async move { drop(g) })).collect();
+    let drops: Vec<_> = guards
+        .into_iter()
+        .map(|g| tokio::spawn(async move { drop(g) }))
+        .collect();
     for d in drops {
         d.await.unwrap();
     }
@@ -81,7 +86,11 @@ async fn release_soon_after_protecting_is_held_over_until_the_maintain_mark() {
     sleep(Duration::from_secs(30)).await;
     drop(g);
     sleep_until(t0 + 2 * MIN - Duration::from_secs(1)).await;
-    assert_eq!(fake.set_ops(), vec![Op::Protect], "released during the hold-over");
+    assert_eq!(
+        fake.set_ops(),
+        vec![Op::Protect],
+        "released during the hold-over"
+    );
     // Work coming back during the hold-over costs no call.
     let g = m.guard();
     sleep(Duration::from_millis(500)).await;
@@ -106,11 +115,20 @@ async fn rejections_are_retried_with_exponential_back_off() {
     // Equal jitter: the n-th delay is in [base·2ⁿ⁻¹ / 2, base·2ⁿ⁻¹].
     let s = |x: f64| Duration::from_secs_f64(x);
     for (gap, (lo, hi)) in gaps.iter().zip([(0.5, 1.0), (1.0, 2.0), (2.0, 4.0)]) {
-        assert!(*gap >= s(lo) && *gap <= s(hi), "gap {gap:?} not in [{lo}, {hi}] s ({gaps:?})");
+        assert!(
+            *gap >= s(lo) && *gap <= s(hi),
+            "gap {gap:?} not in [{lo}, {hi}] s ({gaps:?})"
+        );
     }
     let mut attempts = Vec::new();
     while let Ok(ev) = events.try_recv() {
-        if let ProtectionEvent::Rejected { attempt, error, protecting, .. } = ev {
+        if let ProtectionEvent::Rejected {
+            attempt,
+            error,
+            protecting,
+            ..
+        } = ev
+        {
             assert!(protecting);
             assert_eq!(error.kind, ErrorKind::Server);
             attempts.push(attempt);
@@ -118,7 +136,11 @@ async fn rejections_are_retried_with_exponential_back_off() {
     }
     assert_eq!(attempts, vec![1, 2, 3]);
     let st = m.status();
-    assert_eq!((st.calls_made, st.calls_failed), (5, 3), "1 read + 4 set calls, 3 failed");
+    assert_eq!(
+        (st.calls_made, st.calls_failed),
+        (5, 3),
+        "1 read + 4 set calls, 3 failed"
+    );
     assert!(st.last_rejection.is_none(), "cleared by the success");
 }
 
@@ -131,7 +153,11 @@ async fn release_during_an_in_flight_protect_call_releases_after_it() {
     fake.wait_set_calls(1).await;
     drop(g);
     sleep(Duration::from_secs(2)).await;
-    assert_eq!(fake.set_ops(), vec![Op::Protect], "a second call while one is in flight");
+    assert_eq!(
+        fake.set_ops(),
+        vec![Op::Protect],
+        "a second call while one is in flight"
+    );
     go.send(true).unwrap();
     fake.wait_set_calls(2).await;
     wait_state(&m, StateLabel::Unprotected).await;

@@ -22,7 +22,12 @@ fn agent_backend(agent: &StandInAgent) -> Arc<dyn ProtectionBackend> {
 }
 
 async fn local_server() -> TestServer {
-    TestServer::start(Arc::new(LocalBackend::new()), support::settings(0), SessionLimits::default()).await
+    TestServer::start(
+        Arc::new(LocalBackend::new()),
+        support::settings(0),
+        SessionLimits::default(),
+    )
+    .await
 }
 
 async fn get(url: &str) -> (u16, String) {
@@ -56,7 +61,10 @@ async fn the_page_status_and_health_are_served() {
     assert_eq!(get(&server.http_url("/healthz")).await.0, 200);
 
     let (_c, _) = connect(&server.ws_url()).await;
-    eventually("protected", || server.hub.manager().status().state == task_protection::protection::StateLabel::Protected).await;
+    eventually("protected", || {
+        server.hub.manager().status().state == task_protection::protection::StateLabel::Protected
+    })
+    .await;
     let (status, body) = get(&server.http_url("/status")).await;
     assert_eq!(status, 200);
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -65,15 +73,26 @@ async fn the_page_status_and_health_are_served() {
     assert_eq!(doc["protection"]["backend"], "local");
     assert_eq!(doc["protection"]["state"], "protected");
     assert_eq!(doc["protection"]["wanted"], true);
-    assert!(doc["protection"]["expires_at"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(doc["protection"]["calls_made"], 2, "one read at start-up, one protect");
+    assert!(doc["protection"]["expires_at"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    assert_eq!(
+        doc["protection"]["calls_made"], 2,
+        "one read at start-up, one protect"
+    );
     assert_eq!(doc["protection"]["calls_failed"], 0);
 }
 
 #[tokio::test]
 async fn protection_is_acquired_at_the_first_client_and_released_after_the_last() {
     let agent = StandInAgent::start().await.unwrap();
-    let server = TestServer::start(agent_backend(&agent), support::settings(0), SessionLimits::default()).await;
+    let server = TestServer::start(
+        agent_backend(&agent),
+        support::settings(0),
+        SessionLimits::default(),
+    )
+    .await;
     let (mut a, _) = connect(&server.ws_url()).await;
     eventually("protect call", || agent.put_calls().len() == 1).await;
     assert!(agent.is_protected());
@@ -93,7 +112,12 @@ async fn a_storm_of_1000_clients_makes_exactly_one_protect_and_one_release_call(
     let agent = StandInAgent::start().await.unwrap();
     // A slow agent, so that most clients arrive while the first call is in flight.
     agent.set_fault(Fault::Slow(Duration::from_millis(200)));
-    let server = TestServer::start(agent_backend(&agent), support::settings(0), SessionLimits::default()).await;
+    let server = TestServer::start(
+        agent_backend(&agent),
+        support::settings(0),
+        SessionLimits::default(),
+    )
+    .await;
     let url = server.ws_url();
     let connects: Vec<_> = (0..1000)
         .map(|_| {
@@ -135,8 +159,15 @@ async fn a_failure_body_is_told_to_clients_once_and_never_counted_as_protected()
     assert_eq!(next_text(&mut c).await, REJECTED_NOTICE);
     eventually("several retries", || agent.put_calls().len() >= 5).await;
     let status = server.hub.manager().status();
-    assert_ne!(status.state, task_protection::protection::StateLabel::Protected);
-    assert!(status.last_rejection.unwrap().message.contains("TASK_NOT_VALID"));
+    assert_ne!(
+        status.state,
+        task_protection::protection::StateLabel::Protected
+    );
+    assert!(status
+        .last_rejection
+        .unwrap()
+        .message
+        .contains("TASK_NOT_VALID"));
     // Told once per failure streak, not once per retry: the next message is the pong.
     ping_pong(&mut c).await;
     agent.set_fault(Fault::None);
@@ -149,7 +180,8 @@ async fn misbehaving_clients_are_closed_alone_with_the_right_code() {
         max_message_bytes: 1024,
         ..SessionLimits::default()
     };
-    let server = TestServer::start(Arc::new(LocalBackend::new()), support::settings(0), limits).await;
+    let server =
+        TestServer::start(Arc::new(LocalBackend::new()), support::settings(0), limits).await;
     let (mut good, _) = connect(&server.ws_url()).await;
 
     let (mut binary, _) = connect(&server.ws_url()).await;
@@ -172,7 +204,10 @@ async fn misbehaving_clients_are_closed_alone_with_the_right_code() {
     let (status, _) = get(&server.http_url("/ws")).await;
     assert!((400..500).contains(&status), "status {status}");
     ping_pong(&mut good).await;
-    eventually("only the good client left", || server.hub.connections() == 1).await;
+    eventually("only the good client left", || {
+        server.hub.connections() == 1
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -184,7 +219,8 @@ async fn a_client_that_never_reads_is_dropped_while_the_others_keep_their_pongs(
         chat_per_sec: 0,
         ..SessionLimits::default()
     };
-    let server = TestServer::start(Arc::new(LocalBackend::new()), support::settings(0), limits).await;
+    let server =
+        TestServer::start(Arc::new(LocalBackend::new()), support::settings(0), limits).await;
     // The stalled client: connects, then never reads again.
     let (stalled, _) = connect(&server.ws_url()).await;
     let (mut flooder, _) = connect(&server.ws_url()).await;
@@ -203,7 +239,10 @@ async fn a_client_that_never_reads_is_dropped_while_the_others_keep_their_pongs(
             break;
         }
     }
-    eventually("the stalled client is gone", || server.hub.connections() == 2).await;
+    eventually("the stalled client is gone", || {
+        server.hub.connections() == 2
+    })
+    .await;
     drop(stalled);
     support::ping_pong_skipping_chat(&mut good).await;
     ping_pong(&mut flooder).await;
@@ -215,11 +254,16 @@ async fn a_client_flooding_the_room_is_closed_and_the_others_stay() {
         chat_per_sec: 5,
         ..SessionLimits::default()
     };
-    let server = TestServer::start(Arc::new(LocalBackend::new()), support::settings(0), limits).await;
+    let server =
+        TestServer::start(Arc::new(LocalBackend::new()), support::settings(0), limits).await;
     let (mut flooder, _) = connect(&server.ws_url()).await;
     let (mut good, _) = connect(&server.ws_url()).await;
     for i in 0..50 {
-        if flooder.send(Message::text(format!("spam {i}"))).await.is_err() {
+        if flooder
+            .send(Message::text(format!("spam {i}")))
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -245,7 +289,8 @@ async fn a_silent_peer_is_dropped_after_two_ping_intervals() {
         ping_interval: Duration::from_millis(200),
         ..SessionLimits::default()
     };
-    let server = TestServer::start(Arc::new(LocalBackend::new()), support::settings(0), limits).await;
+    let server =
+        TestServer::start(Arc::new(LocalBackend::new()), support::settings(0), limits).await;
     // Half-open: the client completes the handshake, then is never polled again, so it never
     // answers the server's pings.
     let (silent, _) = connect(&server.ws_url()).await;
@@ -258,7 +303,10 @@ async fn a_silent_peer_is_dropped_after_two_ping_intervals() {
         }
         alive
     });
-    eventually("the silent peer is dropped", || server.hub.connections() == 1).await;
+    eventually("the silent peer is dropped", || {
+        server.hub.connections() == 1
+    })
+    .await;
     let mut alive = keep.await.unwrap();
     ping_pong(&mut alive).await;
     drop(silent);
@@ -284,8 +332,12 @@ async fn upgrades_beyond_max_connections_get_503() {
 #[tokio::test]
 async fn shutdown_closes_every_client_with_1001_and_releases_protection() {
     let agent = StandInAgent::start().await.unwrap();
-    let mut server =
-        TestServer::start(agent_backend(&agent), support::settings(50), SessionLimits::default()).await;
+    let mut server = TestServer::start(
+        agent_backend(&agent),
+        support::settings(50),
+        SessionLimits::default(),
+    )
+    .await;
     let mut clients = Vec::new();
     for _ in 0..3 {
         clients.push(connect(&server.ws_url()).await.0);
@@ -305,7 +357,10 @@ async fn shutdown_closes_every_client_with_1001_and_releases_protection() {
         other => panic!("expected HTTP 503, got {other:?}"),
     }
     agent.release_hangs();
-    tokio::time::timeout(Duration::from_secs(10), server.shutdown()).await.expect("shutdown finishes").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server.shutdown())
+        .await
+        .expect("shutdown finishes")
+        .unwrap();
     let last = agent.put_calls().pop().unwrap();
     assert_eq!((last.enabled, last.ok), (Some(false), true));
     assert!(!agent.is_protected());

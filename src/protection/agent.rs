@@ -49,7 +49,10 @@ impl AgentBackend {
         &self.url
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<ProtectionState, BackendError> {
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<ProtectionState, BackendError> {
         let response = request.send().await.map_err(transport_error)?;
         let status = response.status();
         let body = response.bytes().await.map_err(transport_error)?;
@@ -145,7 +148,10 @@ pub fn parse_answer(status: u16, body: &[u8]) -> Result<ProtectionState, Backend
         let answer = parsed.ok_or_else(|| {
             BackendError::new(
                 ErrorKind::Malformed,
-                format!("HTTP 200 with a body that is not the expected JSON: {}", snippet(body)),
+                format!(
+                    "HTTP 200 with a body that is not the expected JSON: {}",
+                    snippet(body)
+                ),
             )
         })?;
         if let Some(failure) = answer.failure {
@@ -160,7 +166,10 @@ pub fn parse_answer(status: u16, body: &[u8]) -> Result<ProtectionState, Backend
         let protection = answer.protection.ok_or_else(|| {
             BackendError::new(
                 ErrorKind::Malformed,
-                format!("HTTP 200 with neither protection nor failure: {}", snippet(body)),
+                format!(
+                    "HTTP 200 with neither protection nor failure: {}",
+                    snippet(body)
+                ),
             )
         })?;
         let expires_at = match protection.expiration.as_deref() {
@@ -183,14 +192,26 @@ pub fn parse_answer(status: u16, body: &[u8]) -> Result<ProtectionState, Backend
         ("ServerException" | "RequestCanceled", _) | (_, 500..=599) => ErrorKind::Server,
         _ => ErrorKind::InvalidRequest,
     };
-    let code = if code.is_empty() { "no error code".to_string() } else { code };
-    Err(BackendError::new(kind, format!("HTTP {status} {code}: {message}")))
+    let code = if code.is_empty() {
+        "no error code".to_string()
+    } else {
+        code
+    };
+    Err(BackendError::new(
+        kind,
+        format!("HTTP {status} {code}: {message}"),
+    ))
 }
 
 fn parse_time(text: &str) -> Result<SystemTime, BackendError> {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map(SystemTime::from)
-        .map_err(|e| BackendError::new(ErrorKind::Malformed, format!("bad ExpirationDate {text:?}: {e}")))
+        .map_err(|e| {
+            BackendError::new(
+                ErrorKind::Malformed,
+                format!("bad ExpirationDate {text:?}: {e}"),
+            )
+        })
 }
 
 fn snippet(body: &[u8]) -> String {
@@ -223,13 +244,27 @@ mod tests {
 
     #[test]
     fn release_with_null_expiry() {
-        let s = parse_answer(200, br#"{"protection":{"ExpirationDate":null,"ProtectionEnabled":false,"TaskArn":"x"}}"#).unwrap();
-        assert_eq!(s, ProtectionState { enabled: false, expires_at: None });
+        let s = parse_answer(
+            200,
+            br#"{"protection":{"ExpirationDate":null,"ProtectionEnabled":false,"TaskArn":"x"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            ProtectionState {
+                enabled: false,
+                expires_at: None
+            }
+        );
     }
 
     #[test]
     fn http_200_failure_is_a_rejection() {
-        let e = parse_answer(200, br#"{"failure":{"Arn":"arn:x","Detail":null,"Reason":"TASK_NOT_VALID"}}"#).unwrap_err();
+        let e = parse_answer(
+            200,
+            br#"{"failure":{"Arn":"arn:x","Detail":null,"Reason":"TASK_NOT_VALID"}}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Failure);
         assert!(e.message.contains("TASK_NOT_VALID"));
         assert!(e.hint().is_some());
@@ -237,10 +272,19 @@ mod tests {
 
     #[test]
     fn error_codes_map_to_kinds() {
-        let body = |code: &str| format!(r#"{{"requestID":"r","error":{{"Arn":"a","Code":"{code}","Message":"m"}}}}"#);
-        let kind = |status, code: &str| parse_answer(status, body(code).as_bytes()).unwrap_err().kind;
+        let body = |code: &str| {
+            format!(r#"{{"requestID":"r","error":{{"Arn":"a","Code":"{code}","Message":"m"}}}}"#)
+        };
+        let kind = |status, code: &str| {
+            parse_answer(status, body(code).as_bytes())
+                .unwrap_err()
+                .kind
+        };
         assert_eq!(kind(400, "ThrottlingException"), ErrorKind::Throttled);
-        assert_eq!(kind(400, "InvalidParameterException"), ErrorKind::InvalidRequest);
+        assert_eq!(
+            kind(400, "InvalidParameterException"),
+            ErrorKind::InvalidRequest
+        );
         assert_eq!(kind(403, "AccessDeniedException"), ErrorKind::AccessDenied);
         assert_eq!(kind(404, "ResourceNotFoundException"), ErrorKind::NotFound);
         assert_eq!(kind(500, "ServerException"), ErrorKind::Server);
@@ -249,13 +293,25 @@ mod tests {
 
     #[test]
     fn unparsable_bodies_are_malformed_or_classified_by_status() {
-        assert_eq!(parse_answer(200, b"<html>").unwrap_err().kind, ErrorKind::Malformed);
-        assert_eq!(parse_answer(200, b"{}").unwrap_err().kind, ErrorKind::Malformed);
-        assert_eq!(parse_answer(502, b"bad gateway").unwrap_err().kind, ErrorKind::Server);
         assert_eq!(
-            parse_answer(200, br#"{"protection":{"ProtectionEnabled":true,"ExpirationDate":"tomorrow"}}"#)
-                .unwrap_err()
-                .kind,
+            parse_answer(200, b"<html>").unwrap_err().kind,
+            ErrorKind::Malformed
+        );
+        assert_eq!(
+            parse_answer(200, b"{}").unwrap_err().kind,
+            ErrorKind::Malformed
+        );
+        assert_eq!(
+            parse_answer(502, b"bad gateway").unwrap_err().kind,
+            ErrorKind::Server
+        );
+        assert_eq!(
+            parse_answer(
+                200,
+                br#"{"protection":{"ProtectionEnabled":true,"ExpirationDate":"tomorrow"}}"#
+            )
+            .unwrap_err()
+            .kind,
             ErrorKind::Malformed
         );
     }

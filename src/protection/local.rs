@@ -58,7 +58,9 @@ impl ProtectionBackend for LocalBackend {
             );
             *slot = Some(SystemTime::now() + minutes(expires_in_minutes));
         } else {
-            tracing::debug!("local backend: would call ECS UpdateTaskProtection(protectionEnabled=false)");
+            tracing::debug!(
+                "local backend: would call ECS UpdateTaskProtection(protectionEnabled=false)"
+            );
             *slot = None;
         }
         Ok(self.current(&slot))

@@ -213,9 +213,10 @@ impl ProtectionManager {
                     return Ok(());
                 }
                 if st.rejections != seen {
-                    let error = st.last_rejection.clone().unwrap_or_else(|| {
-                        BackendError::new(ErrorKind::Failure, "rejected")
-                    });
+                    let error = st
+                        .last_rejection
+                        .clone()
+                        .unwrap_or_else(|| BackendError::new(ErrorKind::Failure, "rejected"));
                     return Err(AcquireError::Rejected(error));
                 }
             }
@@ -373,7 +374,10 @@ impl Reconciler {
                 } else {
                     Err(BackendError::new(
                         ErrorKind::Malformed,
-                        format!("asked for protectionEnabled={protect}, ECS answered {}", state.enabled),
+                        format!(
+                            "asked for protectionEnabled={protect}, ECS answered {}",
+                            state.enabled
+                        ),
                     ))
                 }
             });
@@ -392,7 +396,10 @@ impl Reconciler {
                     state.expires_at,
                 );
                 if refreshed {
-                    tracing::info!("Task protection refreshed until {}", fmt_time(state.expires_at));
+                    tracing::info!(
+                        "Task protection refreshed until {}",
+                        fmt_time(state.expires_at)
+                    );
                 } else {
                     tracing::info!("Task protection acquired");
                 }
@@ -417,7 +424,11 @@ impl Reconciler {
                     rand::random::<f64>(),
                 );
                 self.retry_at = Some(Instant::now() + delay);
-                let what = if protect { "Task protection rejected" } else { "Task protection release failed" };
+                let what = if protect {
+                    "Task protection rejected"
+                } else {
+                    "Task protection release failed"
+                };
                 match error.hint() {
                     Some(hint) => tracing::warn!(
                         "{what}: {error}; retrying in {:.1} s (attempt {}). Hint: {hint}",
@@ -450,7 +461,10 @@ impl Reconciler {
             return Ok(());
         }
         let result = self
-            .timed(self.backend.set_protection(false, self.settings.duration_minutes))
+            .timed(
+                self.backend
+                    .set_protection(false, self.settings.duration_minutes),
+            )
             .await;
         self.count_call(result.is_ok());
         match result {
@@ -484,7 +498,9 @@ impl Reconciler {
     /// duration when ECS did not say).
     fn expiry_instant(&self, state: &ProtectionState) -> Instant {
         let left = match state.expires_at {
-            Some(at) => at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO),
+            Some(at) => at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
             None => self.settings.duration(),
         };
         Instant::now() + left
@@ -532,7 +548,9 @@ pub fn fmt_time(t: Option<SystemTime>) -> String {
 
 /// Formats a time as RFC 3339 (UTC, whole seconds).
 pub fn rfc3339(t: SystemTime) -> String {
-    let dt = time::OffsetDateTime::from(t).replace_nanosecond(0).unwrap_or_else(|_| time::OffsetDateTime::from(t));
+    let dt = time::OffsetDateTime::from(t)
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| time::OffsetDateTime::from(t));
     dt.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| format!("{t:?}"))
 }
@@ -550,7 +568,10 @@ fn display_opt<T: std::fmt::Display, S: serde::Serializer>(
 mod rfc3339_opt {
     use std::time::SystemTime;
 
-    pub fn serialize<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        t: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match t {
             Some(t) => s.serialize_str(&super::rfc3339(*t)),
             None => s.serialize_none(),

@@ -85,7 +85,12 @@ pub struct SettingsError {
 impl Settings {
     /// Checks every setting against its allowed range.
     pub fn validate(&self) -> Result<(), SettingsError> {
-        fn check(ok: bool, name: &'static str, range: &'static str, value: String) -> Result<(), SettingsError> {
+        fn check(
+            ok: bool,
+            name: &'static str,
+            range: &'static str,
+            value: String,
+        ) -> Result<(), SettingsError> {
             if ok {
                 Ok(())
             } else {
@@ -266,16 +271,28 @@ mod tests {
     fn wanted_and_unprotected_protects() {
         let s = settings();
         let now = Instant::now();
-        assert_eq!(decide(input(&s, now, true, EcsState::Unprotected)), Decision::Protect);
-        assert_eq!(decide(input(&s, now, true, EcsState::Unknown)), Decision::Protect);
+        assert_eq!(
+            decide(input(&s, now, true, EcsState::Unprotected)),
+            Decision::Protect
+        );
+        assert_eq!(
+            decide(input(&s, now, true, EcsState::Unknown)),
+            Decision::Protect
+        );
     }
 
     #[test]
     fn not_wanted_and_unprotected_is_idle() {
         let s = settings();
         let now = Instant::now();
-        assert_eq!(decide(input(&s, now, false, EcsState::Unprotected)), Decision::Idle);
-        assert_eq!(decide(input(&s, now, false, EcsState::Unknown)), Decision::Idle);
+        assert_eq!(
+            decide(input(&s, now, false, EcsState::Unprotected)),
+            Decision::Idle
+        );
+        assert_eq!(
+            decide(input(&s, now, false, EcsState::Unknown)),
+            Decision::Idle
+        );
     }
 
     #[test]
@@ -287,7 +304,10 @@ mod tests {
             decide(input(&s, t0 + MIN, true, protected(t0))),
             Decision::WaitUntil(t0 + 8 * MIN)
         );
-        assert_eq!(decide(input(&s, t0 + 8 * MIN, true, protected(t0))), Decision::Protect);
+        assert_eq!(
+            decide(input(&s, t0 + 8 * MIN, true, protected(t0))),
+            Decision::Protect
+        );
     }
 
     #[test]
@@ -299,7 +319,10 @@ mod tests {
             since: Some(t0),
             expires_at: t0 + 5 * MIN,
         };
-        assert_eq!(decide(input(&s, t0, true, ecs)), Decision::WaitUntil(t0 + 3 * MIN));
+        assert_eq!(
+            decide(input(&s, t0, true, ecs)),
+            Decision::WaitUntil(t0 + 3 * MIN)
+        );
     }
 
     #[test]
@@ -313,7 +336,10 @@ mod tests {
             decide(input(&s, t0, true, protected(t0))),
             Decision::WaitUntil(t0 + 10 * MIN)
         );
-        assert_eq!(decide(input(&s, t0 + 10 * MIN, true, protected(t0))), Decision::Lapsed);
+        assert_eq!(
+            decide(input(&s, t0 + 10 * MIN, true, protected(t0))),
+            Decision::Lapsed
+        );
     }
 
     #[test]
@@ -325,14 +351,20 @@ mod tests {
             decide(input(&s, t0 + MIN, false, protected(t0))),
             Decision::WaitUntil(t0 + 2 * MIN)
         );
-        assert_eq!(decide(input(&s, t0 + 2 * MIN, false, protected(t0))), Decision::Release);
+        assert_eq!(
+            decide(input(&s, t0 + 2 * MIN, false, protected(t0))),
+            Decision::Release
+        );
     }
 
     #[test]
     fn release_after_maintain_share_is_immediate() {
         let s = settings();
         let t0 = Instant::now();
-        assert_eq!(decide(input(&s, t0 + 5 * MIN, false, protected(t0))), Decision::Release);
+        assert_eq!(
+            decide(input(&s, t0 + 5 * MIN, false, protected(t0))),
+            Decision::Release
+        );
     }
 
     #[test]
@@ -342,7 +374,10 @@ mod tests {
             ..settings()
         };
         let t0 = Instant::now();
-        assert_eq!(decide(input(&s, t0, false, protected(t0))), Decision::Release);
+        assert_eq!(
+            decide(input(&s, t0, false, protected(t0))),
+            Decision::Release
+        );
     }
 
     #[test]
@@ -369,8 +404,14 @@ mod tests {
     fn expired_protection_lapses_whether_wanted_or_not() {
         let s = settings();
         let t0 = Instant::now();
-        assert_eq!(decide(input(&s, t0 + 10 * MIN, true, protected(t0))), Decision::Lapsed);
-        assert_eq!(decide(input(&s, t0 + 11 * MIN, false, protected(t0))), Decision::Lapsed);
+        assert_eq!(
+            decide(input(&s, t0 + 10 * MIN, true, protected(t0))),
+            Decision::Lapsed
+        );
+        assert_eq!(
+            decide(input(&s, t0 + 11 * MIN, false, protected(t0))),
+            Decision::Lapsed
+        );
     }
 
     #[test]
@@ -387,7 +428,10 @@ mod tests {
         // Release is backed off too.
         let mut i = input(&s, t0 + 5 * MIN, false, protected(t0));
         i.retry_at = Some(t0 + 5 * MIN + Duration::from_secs(4));
-        assert_eq!(decide(i), Decision::WaitUntil(t0 + 5 * MIN + Duration::from_secs(4)));
+        assert_eq!(
+            decide(i),
+            Decision::WaitUntil(t0 + 5 * MIN + Duration::from_secs(4))
+        );
     }
 
     #[test]

@@ -149,7 +149,10 @@ impl StandInAgent {
 
     /// The PUT calls so far (protect and release), in order.
     pub fn put_calls(&self) -> Vec<Call> {
-        self.calls().into_iter().filter(|c| c.method == "PUT").collect()
+        self.calls()
+            .into_iter()
+            .filter(|c| c.method == "PUT")
+            .collect()
     }
 
     /// Whether the simulated task is protected now.
@@ -175,7 +178,11 @@ async fn list_calls(State(shared): State<Shared>) -> Json<Vec<Call>> {
 
 async fn state(State(shared): State<Shared>, method: Method, body: axum::body::Bytes) -> Response {
     let put = method == Method::PUT;
-    let parsed = if put { parse_put(&body) } else { Ok((None, None)) };
+    let parsed = if put {
+        parse_put(&body)
+    } else {
+        Ok((None, None))
+    };
     let (enabled, expires) = match &parsed {
         Ok(v) => *v,
         Err(_) => (None, None),
@@ -203,24 +210,42 @@ async fn state(State(shared): State<Shared>, method: Method, body: axum::body::B
     }
 
     let (status, body) = match (&fault, parsed) {
-        (_, Err(message)) => (StatusCode::BAD_REQUEST, error_body("InvalidParameterException", &message)),
+        (_, Err(message)) => (
+            StatusCode::BAD_REQUEST,
+            error_body("InvalidParameterException", &message),
+        ),
         (Fault::Failure(reason), _) => (
             StatusCode::OK,
             json!({"failure": {"Arn": TASK_ARN, "Detail": null, "Reason": reason}}).to_string(),
         ),
-        (Fault::Throttled, _) => (StatusCode::BAD_REQUEST, error_body("ThrottlingException", "Rate exceeded")),
+        (Fault::Throttled, _) => (
+            StatusCode::BAD_REQUEST,
+            error_body("ThrottlingException", "Rate exceeded"),
+        ),
         (Fault::AccessDenied, _) => (
             StatusCode::FORBIDDEN,
-            error_body("AccessDeniedException", "Task role credentials are not available"),
+            error_body(
+                "AccessDeniedException",
+                "Task role credentials are not available",
+            ),
         ),
         (Fault::NotFound, _) => (
             StatusCode::NOT_FOUND,
-            error_body("ResourceNotFoundException", "Failed to find a task for the request"),
+            error_body(
+                "ResourceNotFoundException",
+                "Failed to find a task for the request",
+            ),
         ),
-        (Fault::ServerError, _) => (StatusCode::INTERNAL_SERVER_ERROR, error_body("ServerException", "internal error")),
+        (Fault::ServerError, _) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            error_body("ServerException", "internal error"),
+        ),
         (Fault::GatewayTimeout, _) => (
             StatusCode::GATEWAY_TIMEOUT,
-            error_body("RequestCanceled", "Timed out calling ECS Task Protection API"),
+            error_body(
+                "RequestCanceled",
+                "Timed out calling ECS Task Protection API",
+            ),
         ),
         (Fault::Malformed, _) => (StatusCode::OK, "<html>not json</html>".to_string()),
         (Fault::None | Fault::Hang | Fault::Slow(_), Ok((enabled, expires))) => {
@@ -258,7 +283,8 @@ async fn state(State(shared): State<Shared>, method: Method, body: axum::body::B
 /// Validates a PUT body the way the agent does: `ProtectionEnabled` required, `ExpiresInMinutes`
 /// optional in 1..=2880, no other fields.
 fn parse_put(body: &[u8]) -> Result<(Option<bool>, Option<u32>), String> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
     let object = value.as_object().ok_or("body must be a JSON object")?;
     if let Some(unknown) = object
         .keys()
@@ -273,7 +299,10 @@ fn parse_put(body: &[u8]) -> Result<(Option<bool>, Option<u32>), String> {
     let expires = match object.get("ExpiresInMinutes") {
         None | Some(Value::Null) => None,
         Some(v) => {
-            let m = v.as_u64().filter(|m| (1..=2880).contains(m)).ok_or("ExpiresInMinutes must be in 1..=2880")?;
+            let m = v
+                .as_u64()
+                .filter(|m| (1..=2880).contains(m))
+                .ok_or("ExpiresInMinutes must be in 1..=2880")?;
             Some(m as u32)
         }
     };

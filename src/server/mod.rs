@@ -107,7 +107,11 @@ pub struct StatusDoc {
 
 impl Hub {
     /// A hub whose connection count drives `manager`.
-    pub fn new(manager: ProtectionManager, limits: SessionLimits, max_connections: usize) -> Arc<Self> {
+    pub fn new(
+        manager: ProtectionManager,
+        limits: SessionLimits,
+        max_connections: usize,
+    ) -> Arc<Self> {
         let (room, _) = broadcast::channel(limits.queue_messages.max(1));
         let hub = Arc::new(Self {
             manager,
@@ -250,7 +254,10 @@ async fn upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> Response 
         return (StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n").into_response();
     }
     let Some(slot) = hub.reserve() else {
-        tracing::warn!("Refused a client: {} connections is the maximum", hub.max_connections);
+        tracing::warn!(
+            "Refused a client: {} connections is the maximum",
+            hub.max_connections
+        );
         return (StatusCode::SERVICE_UNAVAILABLE, "server full\n").into_response();
     };
     let limits = &hub.limits;
@@ -272,12 +279,13 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let hub_for_signal = Arc::clone(&hub);
     let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve = axum::serve(listener, router(Arc::clone(&hub))).with_graceful_shutdown(async move {
-        signal.await;
-        hub_for_signal.begin_shutdown();
-        // Keep answering (503 health, refused upgrades) until the clients are closed.
-        let _ = closed_rx.await;
-    });
+    let serve =
+        axum::serve(listener, router(Arc::clone(&hub))).with_graceful_shutdown(async move {
+            signal.await;
+            hub_for_signal.begin_shutdown();
+            // Keep answering (503 health, refused upgrades) until the clients are closed.
+            let _ = closed_rx.await;
+        });
     let mut serving = tokio::spawn(async move { serve.await });
     // Wait for the signal to be seen (or the HTTP server to fail), then for the sessions to close.
     let mut phase = hub.phase.subscribe();

@@ -38,9 +38,15 @@ pub async fn run(mut socket: WebSocket, slot: Slot) {
     tracing::info!("New client connection opened. There are {n} connections");
 
     let welcome = format!("Welcome! There are {n} connections");
-    let mut end = send(&mut socket, Message::Text(welcome.into()), limits.write_timeout).await;
+    let mut end = send(
+        &mut socket,
+        Message::Text(welcome.into()),
+        limits.write_timeout,
+    )
+    .await;
 
-    let mut ping = tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let mut chat_budget = TokenBucket::new(limits.chat_per_sec);
@@ -105,7 +111,12 @@ pub async fn run(mut socket: WebSocket, slot: Slot) {
                 reason: Utf8Bytes::from_static(reason),
             };
             // Best effort, briefly: a client that cannot take a close frame is dropped anyway.
-            let _ = send(&mut socket, Message::Close(Some(frame)), Duration::from_secs(1)).await;
+            let _ = send(
+                &mut socket,
+                Message::Close(Some(frame)),
+                Duration::from_secs(1),
+            )
+            .await;
         }
         Some(End::Drop(why)) => tracing::info!("Dropping a client: {why}"),
         Some(End::ClientGone) | None => {}
@@ -132,8 +143,12 @@ fn classify(error: axum::Error) -> End {
     let inner = error.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(_)) => End::Close(close_code::SIZE, "message too big"),
-        Some(tungstenite::Error::Utf8(_)) => End::Close(close_code::INVALID, "invalid UTF-8 in a text message"),
-        Some(tungstenite::Error::Protocol(_)) => End::Close(close_code::PROTOCOL, "WebSocket protocol error"),
+        Some(tungstenite::Error::Utf8(_)) => {
+            End::Close(close_code::INVALID, "invalid UTF-8 in a text message")
+        }
+        Some(tungstenite::Error::Protocol(_)) => {
+            End::Close(close_code::PROTOCOL, "WebSocket protocol error")
+        }
         _ => End::ClientGone,
     }
 }

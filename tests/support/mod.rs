@@ -64,7 +64,13 @@ impl FakeBackend {
     }
 
     pub fn set_calls(&self) -> Vec<(Instant, Op)> {
-        self.calls.lock().unwrap().iter().copied().filter(|c| c.1 != Op::Get).collect()
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .copied()
+            .filter(|c| c.1 != Op::Get)
+            .collect()
     }
 
     /// Waits (on the runtime's clock) until `n` set calls have arrived.
@@ -134,7 +140,11 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    pub async fn start(backend: Arc<dyn ProtectionBackend>, settings: Settings, limits: SessionLimits) -> Self {
+    pub async fn start(
+        backend: Arc<dyn ProtectionBackend>,
+        settings: Settings,
+        limits: SessionLimits,
+    ) -> Self {
         Self::start_with_max(backend, settings, limits, 10_000).await
     }
 
@@ -146,7 +156,9 @@ impl TestServer {
     ) -> Self {
         let manager = ProtectionManager::start(backend, settings).expect("valid settings");
         let hub = Hub::new(manager, limits, max);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let done = tokio::spawn(server::run(
@@ -193,7 +205,9 @@ pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Connects a client and reads its welcome.
 pub async fn connect(url: &str) -> (Client, String) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect");
     let welcome = next_text(&mut ws).await;
     (ws, welcome)
 }
@@ -239,7 +253,10 @@ pub async fn close_code(ws: &mut Client) -> u16 {
 pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !f() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

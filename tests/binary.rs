@@ -1,0 +1,162 @@
+//! The `websocket` binary as ECS runs it: settings from the environment, SIGTERM with clients
+//! connected, and start-up errors.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{close_code, connect, ping_pong};
+use task_protection::protection::stand_in::StandInAgent;
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn server(envs: &[(&str, String)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_websocket"));
+    cmd.env_clear()
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Collects the child's stdout lines on a thread.
+fn capture(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+async fn wait_healthy(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "server did not become healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_closes_clients_with_1001_releases_protection_and_exits_0() {
+    let agent = StandInAgent::start().await.unwrap();
+    let port = free_port();
+    let mut child = server(&[("PORT", port.to_string()), ("ECS_AGENT_URI", agent.uri())])
+        .spawn()
+        .unwrap();
+    let lines = capture(&mut child);
+    wait_healthy(port).await;
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(connect(&url).await.0);
+    }
+    for c in clients.iter_mut() {
+        ping_pong(c).await;
+    }
+    support::eventually("protected", || agent.is_protected()).await;
+
+    let started = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    for c in clients.iter_mut() {
+        assert_eq!(close_code(c).await, 1001);
+    }
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "still running 15 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    let calls: Vec<_> = agent
+        .put_calls()
+        .iter()
+        .map(|c| (c.enabled, c.ok))
+        .collect();
+    assert_eq!(calls, vec![(Some(true), true), (Some(false), true)]);
+    let log: Vec<String> = lines.try_iter().collect();
+    let text = log.join("\n");
+    for expected in [
+        "Task protection backend: ECS agent endpoint",
+        "New client connection opened. There are 1 connections",
+        "Task protection acquired",
+        "Shutting down: SIGTERM received",
+        "Task protection released",
+        "Shutdown complete",
+    ] {
+        assert!(text.contains(expected), "log lacks {expected:?}:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn without_ecs_it_runs_on_the_local_backend_and_says_so_first() {
+    let port = free_port();
+    let mut child = server(&[("PORT", port.to_string())]).spawn().unwrap();
+    let lines = capture(&mut child);
+    wait_healthy(port).await;
+    let (mut c, welcome) = connect(&format!("ws://127.0.0.1:{port}/ws")).await;
+    assert_eq!(welcome, "Welcome! There are 1 connections");
+    ping_pong(&mut c).await;
+    drop(c);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let first = lines.recv_timeout(Duration::from_secs(1)).unwrap();
+    assert!(
+        first.contains("Task protection backend: local"),
+        "first line: {first}"
+    );
+}
+
+#[test]
+fn a_bad_setting_stops_start_up_naming_the_variable_and_range() {
+    for (var, value, range) in [
+        ("PROTECTION_DURATION_MINUTES", "0", "1..=2880"),
+        ("PROTECTION_MAINTAIN_PERCENT", "150", "0..=100"),
+        ("PROTECTION_REFRESH_PERCENT", "0", "1..=100"),
+        ("PORT", "70000", "65535"),
+    ] {
+        let out = server(&[(var, value.to_string())]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}={value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(var) && err.contains(range),
+            "{var}={value}: {err}"
+        );
+    }
+    let out = server(&[("PROTECTION_BACKEND", "agent".into())])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("ECS_AGENT_URI"), "{text}");
+}
