@@ -123,7 +123,12 @@ impl Run {
     /// The server's `/status` document.
     async fn server_status(&self) -> Result<Value, String> {
         let url = format!("http://127.0.0.1:{}/status", self.port);
-        let response = self.http.get(&url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
         if !response.status().is_success() {
             return Err(format!("GET {url}: HTTP {}", response.status()));
         }
@@ -139,6 +144,7 @@ impl Run {
             .env("PROTECTION_BACKEND", "local")
             .env("LOG_FORMAT", "text")
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .env_remove("ECS_AGENT_URI");
         let name = format!("server #{}", self.servers.len() + 1);
         self.servers.push(Proc::spawn(&name, command, false)?);
@@ -154,7 +160,9 @@ impl Run {
                 Err(e) => e.to_string(),
             };
             if start.elapsed() > STEP {
-                return Err(format!("{name}: GET {url} did not answer 200 within {STEP:?}: {last}"));
+                return Err(format!(
+                    "{name}: GET {url} did not answer 200 within {STEP:?}: {last}"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -185,10 +193,17 @@ impl Run {
             None => text.push_str("--- the page was never read ---\n"),
         }
         for server in &self.servers {
-            text.push_str(&format!("--- {} output (tail) ---\n{}", server.name, server.output.tail(40)));
+            text.push_str(&format!(
+                "--- {} output (tail) ---\n{}",
+                server.name,
+                server.output.tail(40)
+            ));
         }
         if let Some(driver) = &self.chromedriver {
-            text.push_str(&format!("--- chromedriver output (tail) ---\n{}", driver.output.tail(20)));
+            text.push_str(&format!(
+                "--- chromedriver output (tail) ---\n{}",
+                driver.output.tail(20)
+            ));
         }
         text
     }
@@ -202,7 +217,11 @@ fn in_order(log: &[String], wanted: &[&str]) -> bool {
 
 /// Index of the `n`-th (0-based) line equal to `wanted`.
 fn nth_index(log: &[String], wanted: &str, n: usize) -> Option<usize> {
-    log.iter().enumerate().filter(|(_, l)| *l == wanted).nth(n).map(|(i, _)| i)
+    log.iter()
+        .enumerate()
+        .filter(|(_, l)| *l == wanted)
+        .nth(n)
+        .map(|(i, _)| i)
 }
 
 const WELCOME_ONE: &str = "Server says: \"Welcome! There are 1 connections\"";
@@ -261,25 +280,42 @@ async fn scenario(run: &mut Run, tools: &Tools) -> Result<(), String> {
 
     // Connected, welcomed as the only client.
     run.wait_page("\"Connected!\" and the welcome", |p| {
-        p.ws == "open" && in_order(&p.log, &["Attempting to connect...", "Connected!", WELCOME_ONE])
+        p.ws == "open"
+            && in_order(
+                &p.log,
+                &["Attempting to connect...", "Connected!", WELCOME_ONE],
+            )
     })
     .await?;
     // The page pings every 2 s and the server answers.
-    run.wait_page("a ping and its pong", |p| in_order(&p.log, &["Connected!", WELCOME_ONE, PING, PONG]))
-        .await?;
-    run.wait_page("the badge: 1 client, protected, an expiry, backend local", badge_shows_one_protected_local)
-        .await?;
+    run.wait_page("a ping and its pong", |p| {
+        in_order(&p.log, &["Connected!", WELCOME_ONE, PING, PONG])
+    })
+    .await?;
+    run.wait_page(
+        "the badge: 1 client, protected, an expiry, backend local",
+        badge_shows_one_protected_local,
+    )
+    .await?;
 
     // The server agrees.
     let status = run.server_status().await?;
-    if status["connections"] != 1 || status["protection"]["state"] != "protected" || status["protection"]["backend"] != "local" {
-        return Err(format!("/status should say 1 connection, protected, backend local: {status}"));
+    if status["connections"] != 1
+        || status["protection"]["state"] != "protected"
+        || status["protection"]["backend"] != "local"
+    {
+        return Err(format!(
+            "/status should say 1 connection, protected, backend local: {status}"
+        ));
     }
     run.mark("/status: 1 connection, protected");
 
     let png = run.session().screenshot().await?;
     std::fs::write(SCREENSHOT, &png).map_err(|e| format!("cannot write {SCREENSHOT}: {e}"))?;
-    run.mark(&format!("screenshot ({} bytes) saved to {SCREENSHOT}", png.len()));
+    run.mark(&format!(
+        "screenshot ({} bytes) saved to {SCREENSHOT}",
+        png.len()
+    ));
 
     // Chat from the form, typed and clicked as a user would.
     let input = run.session().find("#chat-input").await?;
@@ -287,38 +323,68 @@ async fn scenario(run: &mut Run, tools: &Tools) -> Result<(), String> {
     let send = run.session().find("#chat-send").await?;
     run.session().click(&send).await?;
     let said = format!("You said: \"{CHAT}\"");
-    run.wait_page("the chat line", |p| p.log.contains(&said)).await?;
+    run.wait_page("the chat line", |p| p.log.contains(&said))
+        .await?;
 
     // SIGTERM: the server closes the page's connection with 1001 and exits 0.
     let lines_before = run.read_page().await?.log.len();
     run.server().signal("TERM")?;
     run.mark("sent SIGTERM to the server");
-    run.wait_page("a close line with code 1001, and body[data-ws=closed]", |p| {
-        p.ws == "closed"
-            && p.log[lines_before.min(p.log.len())..]
-                .iter()
-                .any(|l| l.starts_with("Connection closed") && l.contains("code 1001"))
-    })
+    run.wait_page(
+        "a close line with code 1001, and body[data-ws=closed]",
+        |p| {
+            p.ws == "closed"
+                && p.log[lines_before.min(p.log.len())..]
+                    .iter()
+                    .any(|l| l.starts_with("Connection closed") && l.contains("code 1001"))
+        },
+    )
     .await?;
     let exit = run.server().wait_exit(STEP).await?;
     if exit.code() != Some(0) {
-        return Err(format!("the server should exit 0 on SIGTERM, it ended with {exit}"));
+        return Err(format!(
+            "the server should exit 0 on SIGTERM, it ended with {exit}"
+        ));
     }
     run.mark("server exited with code 0");
+    // From here on, a "Connected!" can only be to the new server.
+    let page = run.read_page().await?;
+    if page.ws != "closed" {
+        return Err(format!(
+            "with the server gone the page should not be open, body[data-ws]={:?}",
+            page.ws
+        ));
+    }
+    let lines_at_exit = page.log.len();
+    // Let the page fail at least once against the closed port, so that the reconnect below goes
+    // through its back-off rather than winning a race with the restart.
+    run.wait_page("a failed reconnect attempt while the server is down", |p| {
+        p.ws == "closed"
+            && p.log[lines_at_exit.min(p.log.len())..]
+                .iter()
+                .any(|l| l.starts_with("Connection closed (code 1006"))
+    })
+    .await?;
 
     // Start again on the same port: the page comes back by itself.
     run.start_server().await?;
     run.wait_page("a second \"Connected!\" followed by a new welcome", |p| {
+        let since_exit = &p.log[lines_at_exit.min(p.log.len())..];
         p.ws == "open"
-            && nth_index(&p.log, "Connected!", 1)
-                .is_some_and(|i| p.log[i..].iter().any(|l| l == WELCOME_ONE))
+            && nth_index(&p.log, "Connected!", 1).is_some()
+            && in_order(since_exit, &["Connected!", WELCOME_ONE])
     })
     .await?;
-    run.wait_page("the badge after reconnecting: 1 client, protected, not stale", badge_shows_one_protected_local)
-        .await?;
+    run.wait_page(
+        "the badge after reconnecting: 1 client, protected, not stale",
+        badge_shows_one_protected_local,
+    )
+    .await?;
     let status = run.server_status().await?;
     if status["connections"] != 1 || status["protection"]["state"] != "protected" {
-        return Err(format!("/status after the restart should say 1 connection, protected: {status}"));
+        return Err(format!(
+            "/status after the restart should say 1 connection, protected: {status}"
+        ));
     }
     run.mark("/status after the restart: 1 connection, protected");
     Ok(())
@@ -376,6 +442,7 @@ async fn the_page_connects_shows_pongs_and_reconnects_after_a_server_restart() {
     };
     let result = scenario(&mut run, &tools).await;
     let diagnostics = result.is_err().then(|| run.diagnostics());
+    let final_log = run.last_page.take().map(|p| p.log).unwrap_or_default();
     if let Some(session) = run.session.take() {
         if let Err(e) = session.quit().await {
             eprintln!("could not end the browser session: {e}");
@@ -384,7 +451,13 @@ async fn the_page_connects_shows_pongs_and_reconnects_after_a_server_restart() {
     let elapsed = run.start.elapsed();
     drop(run); // kills the driver's process group and any server still running
     match (result, diagnostics) {
-        (Ok(()), _) => println!("browser test passed in {:.2}s", elapsed.as_secs_f64()),
+        (Ok(()), _) => {
+            println!("the page's activity log at the end:");
+            for line in final_log {
+                println!("  {line}");
+            }
+            println!("browser test passed in {:.2}s", elapsed.as_secs_f64());
+        }
         (Err(e), diagnostics) => panic!("{e}\n{}", diagnostics.unwrap_or_default()),
     }
 }

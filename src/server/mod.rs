@@ -62,13 +62,32 @@ impl Default for SessionLimits {
     }
 }
 
-/// The server's phase, which every session follows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Phase {
-    /// Accepting and serving clients.
-    Serving,
+/// Told to every client once when the server starts draining; the reason follows.
+pub const DRAINING_NOTICE: &str = "server draining";
+
+/// What every session follows, through a watch channel: each session acts once on each change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerState {
     /// Shutting down: upgrades refused, health 503, every client closed with 1001.
-    ShuttingDown,
+    pub shutting_down: bool,
+    /// Draining, and why: new clients are refused (503), connected ones are told once and kept
+    /// until they leave; protection is released as soon as the last one leaves.
+    pub draining: Option<Drain>,
+    /// The drain deadline passed: the remaining clients are closed with 1001.
+    pub evicting: bool,
+    /// Id of the current streak of protection rejections (0: none). Each streak is told to every
+    /// client once.
+    pub rejection_streak: u64,
+}
+
+/// Why the server is draining.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drain {
+    /// Human-readable reason, shown in `/status`, the page and the notice.
+    pub reason: Arc<str>,
+    /// Whether the drain ends by itself when its cause goes away (the drain watcher's
+    /// observations); an operator's request does not.
+    pub reversible: bool,
 }
 
 /// A message for the room: chat from client `from`, or a server notice (`from == 0`).
@@ -87,7 +106,7 @@ pub struct Hub {
     idle: Notify,
     next_id: AtomicU64,
     room: broadcast::Sender<Outgoing>,
-    phase: watch::Sender<Phase>,
+    state: watch::Sender<ServerState>,
     limits: SessionLimits,
     max_connections: usize,
 }
@@ -101,6 +120,10 @@ pub struct StatusDoc {
     pub max_connections: usize,
     /// Whether the server is shutting down.
     pub shutting_down: bool,
+    /// Whether the server is draining (refusing new clients).
+    pub draining: bool,
+    /// Why it is draining.
+    pub drain_reason: Option<String>,
     /// The protection manager's state.
     pub protection: ProtectionStatus,
 }
@@ -119,11 +142,14 @@ impl Hub {
             idle: Notify::new(),
             next_id: AtomicU64::new(1),
             room,
-            phase: watch::channel(Phase::Serving).0,
+            state: watch::channel(ServerState::default()).0,
             limits,
             max_connections,
         });
-        tokio::spawn(relay_rejections(Arc::clone(&hub)));
+        tokio::spawn(relay_rejections(
+            Arc::downgrade(&hub),
+            hub.manager.subscribe(),
+        ));
         hub
     }
 
@@ -137,31 +163,77 @@ impl Hub {
         self.connections.load(Ordering::Acquire)
     }
 
-    /// The current phase.
-    pub fn phase(&self) -> Phase {
-        self.phase.borrow().clone()
+    /// The current state.
+    pub fn state(&self) -> ServerState {
+        self.state.borrow().clone()
     }
 
-    /// Enters the shutting-down phase: health turns 503, upgrades are refused, and every session
-    /// closes its client with 1001.
+    /// Whether the server is shutting down.
+    pub fn is_shutting_down(&self) -> bool {
+        self.state.borrow().shutting_down
+    }
+
+    /// Enters shutdown: health turns 503, upgrades are refused, and every session closes its
+    /// client with 1001.
     pub fn begin_shutdown(&self) {
-        self.phase.send_replace(Phase::ShuttingDown);
+        self.state
+            .send_if_modified(|s| !std::mem::replace(&mut s.shutting_down, true));
     }
 
-    /// Sends a server notice to every client.
-    pub fn notify_all(&self, text: &str) {
-        let _ = self.room.send(Outgoing {
-            from: 0,
-            text: Utf8Bytes::from(text),
+    /// Starts draining for `reason` (a no-op if already draining): new upgrades get 503, every
+    /// client is told once, and protection is released as soon as the last client leaves,
+    /// skipping the hold-over. Health stays 200 (a failing health check would make ECS stop the
+    /// task and cut every player off). `reversible` drains end by [`end_drain`](Self::end_drain).
+    pub fn begin_drain(&self, reason: &str, reversible: bool) {
+        let started = self.state.send_if_modified(|s| {
+            if s.draining.is_some() {
+                return false;
+            }
+            s.draining = Some(Drain {
+                reason: Arc::from(reason),
+                reversible,
+            });
+            true
         });
+        if started {
+            tracing::warn!(
+                "Draining: {reason}. New clients are refused; protection is released when the last of {} leaves",
+                self.connections()
+            );
+            self.manager.set_skip_hold_over(true);
+        }
+    }
+
+    /// Ends a reversible drain whose cause went away; an operator's drain stays.
+    pub fn end_drain(&self) {
+        let ended = self.state.send_if_modified(|s| match &s.draining {
+            Some(d) if d.reversible && !s.evicting => {
+                s.draining = None;
+                true
+            }
+            _ => false,
+        });
+        if ended {
+            tracing::info!("No longer draining: accepting new clients again");
+            self.manager.set_skip_hold_over(false);
+        }
+    }
+
+    /// Closes every remaining client with 1001 (the drain deadline passed).
+    pub fn evict_all(&self) {
+        self.state
+            .send_if_modified(|s| !std::mem::replace(&mut s.evicting, true));
     }
 
     /// The `/status` document.
     pub fn status(&self) -> StatusDoc {
+        let state = self.state();
         StatusDoc {
             connections: self.connections(),
             max_connections: self.max_connections,
-            shutting_down: self.phase() == Phase::ShuttingDown,
+            shutting_down: state.shutting_down,
+            draining: state.draining.is_some(),
+            drain_reason: state.draining.map(|d| d.reason.to_string()),
             protection: self.manager.status(),
         }
     }
@@ -207,18 +279,34 @@ impl Drop for Slot {
     }
 }
 
-/// Tells clients once per failure streak that protection was rejected.
-async fn relay_rejections(hub: Arc<Hub>) {
-    let mut events = hub.manager.subscribe();
+/// Starts a new rejection streak at each first rejection of a protect call, and ends it when
+/// protection is set, so that each client is told once per streak.
+async fn relay_rejections(
+    hub: std::sync::Weak<Hub>,
+    mut events: broadcast::Receiver<ProtectionEvent>,
+) {
+    let mut streaks = 0u64;
     loop {
-        match events.recv().await {
-            Ok(ProtectionEvent::Rejected {
+        let event = match events.recv().await {
+            Ok(e) => e,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(hub) = hub.upgrade() else { return };
+        match event {
+            ProtectionEvent::Rejected {
                 protecting: true,
                 attempt: 1,
                 ..
-            }) => hub.notify_all(REJECTED_NOTICE),
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(broadcast::error::RecvError::Closed) => return,
+            } => {
+                streaks += 1;
+                hub.state.send_modify(|s| s.rejection_streak = streaks);
+            }
+            ProtectionEvent::Protected { .. } => {
+                hub.state
+                    .send_if_modified(|s| std::mem::take(&mut s.rejection_streak) != 0);
+            }
+            _ => {}
         }
     }
 }
@@ -239,9 +327,12 @@ async fn index() -> Response {
 }
 
 async fn health(State(hub): State<Arc<Hub>>) -> Response {
-    match hub.phase() {
-        Phase::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
-        Phase::Serving => (StatusCode::OK, "ok\n").into_response(),
+    // Draining keeps 200: a failing health check would make ECS stop the task and cut every
+    // player off.
+    if hub.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else {
+        (StatusCode::OK, "ok\n").into_response()
     }
 }
 
@@ -250,8 +341,15 @@ async fn status(State(hub): State<Arc<Hub>>) -> Response {
 }
 
 async fn upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> Response {
-    if hub.phase() == Phase::ShuttingDown {
-        return (StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n").into_response();
+    {
+        let state = hub.state.borrow();
+        if state.shutting_down {
+            return (StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n").into_response();
+        }
+        if let Some(drain) = &state.draining {
+            let body = format!("{DRAINING_NOTICE}: {}\n", drain.reason);
+            return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+        }
     }
     let Some(slot) = hub.reserve() else {
         tracing::warn!(
@@ -288,9 +386,9 @@ pub async fn run(
         });
     let mut serving = tokio::spawn(async move { serve.await });
     // Wait for the signal to be seen (or the HTTP server to fail), then for the sessions to close.
-    let mut phase = hub.phase.subscribe();
+    let mut state = hub.state.subscribe();
     tokio::select! {
-        _ = async { phase.wait_for(|p| *p == Phase::ShuttingDown).await.is_ok() } => {}
+        _ = async { state.wait_for(|s| s.shutting_down).await.is_ok() } => {}
         ended = &mut serving => {
             hub.begin_shutdown();
             let _ = hub.manager.shutdown().await;

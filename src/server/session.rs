@@ -1,7 +1,8 @@
 //! One WebSocket client, from welcome to close.
 //!
 //! Each session is a single task that waits on four things at once: the client's next frame, the
-//! room (chat and notices), its ping timer, and the server's phase. The room is a bounded
+//! room (chat), its ping timer, and the server's state (shutdown, drain, rejection notices: each
+//! change acted on once per session, however often it is looked at). The room is a bounded
 //! broadcast ring shared by all sessions, so a message costs one allocation however many clients
 //! there are, and a client that falls more than the ring's length behind is closed (1008) instead
 //! of making memory grow or slowing the others.
@@ -13,7 +14,7 @@ use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::{Outgoing, Phase, Slot};
+use super::{Outgoing, ServerState, Slot, DRAINING_NOTICE, REJECTED_NOTICE};
 
 /// Why a session ended, for the close frame and the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +33,7 @@ pub async fn run(mut socket: WebSocket, slot: Slot) {
     let id = slot.id;
     let _protection = hub.manager.guard();
     let mut room = hub.room.subscribe();
-    let mut phase = hub.phase.subscribe();
+    let mut state = hub.state.subscribe();
     let limits = hub.limits.clone();
     let n = hub.connections();
     tracing::info!("New client connection opened. There are {n} connections");
@@ -50,17 +51,20 @@ pub async fn run(mut socket: WebSocket, slot: Slot) {
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let mut chat_budget = TokenBucket::new(limits.chat_per_sec);
+    let mut told = Told::default();
 
     while end.is_none() {
-        if *phase.borrow_and_update() == Phase::ShuttingDown {
-            end = Some(End::Close(close_code::AWAY, "server shutting down"));
+        // The state as it is now; a client arriving mid-streak or mid-drain is told too.
+        let now = state.borrow_and_update().clone();
+        end = told.act_on(&now, &mut socket, limits.write_timeout).await;
+        if end.is_some() {
             break;
         }
         // Biased: pending output goes out before more input is read, so a session's own chat
         // never pushes it behind in the room's queue, and a busy client feels back-pressure.
         end = tokio::select! {
             biased;
-            _ = phase.changed() => None,
+            _ = state.changed() => None,
             out = room.recv() => match out {
                 Ok(Outgoing { from, text }) if from != id => {
                     send(&mut socket, Message::Text(text), limits.write_timeout).await
@@ -184,6 +188,53 @@ impl TokenBucket {
             true
         } else {
             false
+        }
+    }
+}
+
+/// What one session has told its client of the server's state so far.
+#[derive(Debug, Default)]
+struct Told {
+    rejection_streak: u64,
+    drained: bool,
+}
+
+impl Told {
+    /// Closes the client if the server is going away, and tells it once of each new rejection
+    /// streak and of a drain.
+    async fn act_on(
+        &mut self,
+        state: &ServerState,
+        socket: &mut WebSocket,
+        timeout: Duration,
+    ) -> Option<End> {
+        if state.shutting_down {
+            return Some(End::Close(close_code::AWAY, "server shutting down"));
+        }
+        if state.evicting {
+            return Some(End::Close(close_code::AWAY, "server draining"));
+        }
+        if state.rejection_streak != 0 && state.rejection_streak != self.rejection_streak {
+            self.rejection_streak = state.rejection_streak;
+            let notice = Message::Text(Utf8Bytes::from_static(REJECTED_NOTICE));
+            if let Some(end) = send(socket, notice, timeout).await {
+                return Some(end);
+            }
+        }
+        match &state.draining {
+            Some(drain) if !self.drained => {
+                self.drained = true;
+                let notice = format!(
+                    "{DRAINING_NOTICE}: {}. Reconnect to join another server.",
+                    drain.reason
+                );
+                send(socket, Message::Text(notice.into()), timeout).await
+            }
+            Some(_) => None,
+            None => {
+                self.drained = false;
+                None
+            }
         }
     }
 }

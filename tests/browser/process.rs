@@ -57,11 +57,16 @@ pub struct Proc {
 impl Proc {
     /// Starts `command` with its output captured; `own_group` puts it in a new process group.
     pub fn spawn(name: &str, mut command: Command, own_group: bool) -> Result<Self, String> {
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         if own_group {
             command.process_group(0);
         }
-        let mut child = command.spawn().map_err(|e| format!("cannot start {name}: {e}"))?;
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
         let output = Output::default();
         output.capture(child.stdout.take().expect("piped stdout"), "stdout");
         output.capture(child.stderr.take().expect("piped stderr"), "stderr");
@@ -89,8 +94,13 @@ impl Proc {
 
     /// Sends `signal` (such as "TERM") to the process.
     pub fn signal(&self, signal: &str) -> Result<(), String> {
-        send_signal(signal, &self.pid().to_string())
-            .map_err(|e| format!("cannot send SIG{signal} to {} (pid {}): {e}", self.name, self.pid()))
+        send_signal(signal, &self.pid().to_string()).map_err(|e| {
+            format!(
+                "cannot send SIG{signal} to {} (pid {}): {e}",
+                self.name,
+                self.pid()
+            )
+        })
     }
 
     /// Waits (without blocking the runtime) until the process exits, at most `limit`.
@@ -101,7 +111,11 @@ impl Proc {
                 return Ok(status);
             }
             if start.elapsed() > limit {
-                return Err(format!("{} (pid {}) still running {limit:?} after being told to stop", self.name, self.pid()));
+                return Err(format!(
+                    "{} (pid {}) still running {limit:?} after being told to stop",
+                    self.name,
+                    self.pid()
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -126,7 +140,11 @@ impl Drop for Proc {
 /// `kill -SIGNAL -- TARGET`; falls back to the shell's built-in `kill` where procps is missing.
 fn send_signal(signal: &str, target: &str) -> Result<(), String> {
     let flag = format!("-{signal}");
-    let status = match Command::new("kill").args([flag.as_str(), "--", target]).stderr(Stdio::null()).status() {
+    let status = match Command::new("kill")
+        .args([flag.as_str(), "--", target])
+        .stderr(Stdio::null())
+        .status()
+    {
         Ok(status) => status,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Command::new("sh")
             // dash's `kill` takes no `--` but reads `-SIGNAL -PGID` right.
@@ -153,7 +171,8 @@ impl TempDir {
             .map(|d| d.as_nanos())
             .unwrap_or_default();
         let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        std::fs::create_dir_all(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         Ok(Self(path))
     }
 }

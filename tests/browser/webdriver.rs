@@ -29,20 +29,34 @@ fn client() -> Client {
 }
 
 /// One WebDriver command; the `value` of the answer, or the driver's error.
-async fn call(http: &Client, method: Method, url: &str, body: Option<Value>) -> Result<Value, String> {
+async fn call(
+    http: &Client,
+    method: Method,
+    url: &str,
+    body: Option<Value>,
+) -> Result<Value, String> {
     let mut request = http.request(method.clone(), url);
     if let Some(body) = body {
         request = request.json(&body);
     }
-    let response = request.send().await.map_err(|e| format!("{method} {url}: {e}"))?;
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("{method} {url}: {e}"))?;
     let status = response.status();
-    let text = response.text().await.map_err(|e| format!("{method} {url}: reading the answer: {e}"))?;
+    let text = response
+        .text()
+        .await
+        .map_err(|e| format!("{method} {url}: reading the answer: {e}"))?;
     let answer: Value = serde_json::from_str(&text)
         .map_err(|e| format!("{method} {url}: HTTP {status}, not JSON ({e}): {text}"))?;
     let value = answer.get("value").cloned().unwrap_or(Value::Null);
     if !status.is_success() {
         let message = value["message"].as_str().unwrap_or(&text);
-        return Err(format!("{method} {url}: HTTP {status}: {} {message}", value["error"]));
+        return Err(format!(
+            "{method} {url}: HTTP {status}: {} {message}",
+            value["error"]
+        ));
     }
     Ok(value)
 }
@@ -66,7 +80,9 @@ impl Driver {
                 Err(e) => e,
             };
             if start.elapsed() > limit {
-                return Err(format!("chromedriver did not become ready within {limit:?}: {last}"));
+                return Err(format!(
+                    "chromedriver did not become ready within {limit:?}: {last}"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -82,7 +98,13 @@ impl Driver {
                 }
             }
         });
-        let value = call(&self.http, Method::POST, &format!("{}/session", self.base), Some(body)).await?;
+        let value = call(
+            &self.http,
+            Method::POST,
+            &format!("{}/session", self.base),
+            Some(body),
+        )
+        .await?;
         let id = value["sessionId"]
             .as_str()
             .ok_or_else(|| format!("no sessionId in the new session's answer: {value}"))?;
@@ -100,19 +122,29 @@ impl Session {
 
     /// Opens `url` (returns once the page has loaded).
     pub async fn goto(&self, url: &str) -> Result<(), String> {
-        self.cmd(Method::POST, "/url", Some(json!({ "url": url }))).await.map(drop)
+        self.cmd(Method::POST, "/url", Some(json!({ "url": url })))
+            .await
+            .map(drop)
     }
 
     /// Runs `script` (a function body) in the page and returns what it returns.
     pub async fn execute(&self, script: &str) -> Result<Value, String> {
-        self.cmd(Method::POST, "/execute/sync", Some(json!({ "script": script, "args": [] })))
-            .await
+        self.cmd(
+            Method::POST,
+            "/execute/sync",
+            Some(json!({ "script": script, "args": [] })),
+        )
+        .await
     }
 
     /// The element matching a CSS selector.
     pub async fn find(&self, css: &str) -> Result<String, String> {
         let value = self
-            .cmd(Method::POST, "/element", Some(json!({ "using": "css selector", "value": css })))
+            .cmd(
+                Method::POST,
+                "/element",
+                Some(json!({ "using": "css selector", "value": css })),
+            )
             .await?;
         value[ELEMENT_KEY]
             .as_str()
@@ -122,22 +154,32 @@ impl Session {
 
     /// Types `text` into an element, as a user would.
     pub async fn send_keys(&self, element: &str, text: &str) -> Result<(), String> {
-        self.cmd(Method::POST, &format!("/element/{element}/value"), Some(json!({ "text": text })))
-            .await
-            .map(drop)
+        self.cmd(
+            Method::POST,
+            &format!("/element/{element}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await
+        .map(drop)
     }
 
     /// Clicks an element.
     pub async fn click(&self, element: &str) -> Result<(), String> {
-        self.cmd(Method::POST, &format!("/element/{element}/click"), Some(json!({})))
-            .await
-            .map(drop)
+        self.cmd(
+            Method::POST,
+            &format!("/element/{element}/click"),
+            Some(json!({})),
+        )
+        .await
+        .map(drop)
     }
 
     /// A PNG of the viewport.
     pub async fn screenshot(&self) -> Result<Vec<u8>, String> {
         let value = self.cmd(Method::GET, "/screenshot", None).await?;
-        let text = value.as_str().ok_or_else(|| format!("screenshot is not a string: {value}"))?;
+        let text = value
+            .as_str()
+            .ok_or_else(|| format!("screenshot is not a string: {value}"))?;
         base64_decode(text)
     }
 
@@ -161,7 +203,10 @@ fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
     }
     let mut out = Vec::with_capacity(text.len() / 4 * 3);
     let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
+    for c in text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+    {
         let v = sextet(c).ok_or_else(|| format!("not base64: byte {c:#04x}"))?;
         acc = (acc << 6) | v;
         bits += 6;
@@ -176,7 +221,13 @@ fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
 
 #[test]
 fn base64_decodes_the_rfc_4648_vectors() {
-    for (text, plain) in [("", ""), ("Zg==", "f"), ("Zm8=", "fo"), ("Zm9v", "foo"), ("Zm9vYmFy", "foobar")] {
+    for (text, plain) in [
+        ("", ""),
+        ("Zg==", "f"),
+        ("Zm8=", "fo"),
+        ("Zm9v", "foo"),
+        ("Zm9vYmFy", "foobar"),
+    ] {
         assert_eq!(base64_decode(text).unwrap(), plain.as_bytes());
     }
 }

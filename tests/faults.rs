@@ -1,0 +1,222 @@
+//! Faults and pressure: a hanging agent, an outage, random sequences of claims and failures, and
+//! storms. Deterministic: assertions are about order and counts, never about how fast.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use proptest::prelude::*;
+use support::{connect, eventually, next_text, ping_pong, settings, FakeBackend, Op, TestServer};
+use task_protection::protection::agent::AgentBackend;
+use task_protection::protection::stand_in::{Fault, StandInAgent};
+use task_protection::protection::{
+    BackendError, ErrorKind, ProtectionBackend, ProtectionManager, Settings, StateLabel,
+};
+use task_protection::server::{SessionLimits, REJECTED_NOTICE};
+
+fn agent_backend(agent: &StandInAgent) -> Arc<dyn ProtectionBackend> {
+    Arc::new(AgentBackend::new(&agent.uri(), Duration::from_secs(30)).unwrap())
+}
+
+#[tokio::test]
+async fn a_client_gets_its_pong_while_the_agent_call_hangs() {
+    let agent = StandInAgent::start().await.unwrap();
+    agent.set_fault(Fault::Hang);
+    let server =
+        TestServer::start(agent_backend(&agent), settings(0), SessionLimits::default()).await;
+    let (mut c, welcome) = connect(&server.ws_url()).await;
+    assert_eq!(welcome, "Welcome! There are 1 connections");
+    agent.wait_for_calls(2).await; // the start-up GET answered, the protect PUT hanging
+    ping_pong(&mut c).await;
+    let calls = agent.put_calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].status, 0, "the protect call is still unanswered");
+    let (mut d, welcome) = connect(&server.ws_url()).await;
+    assert_eq!(welcome, "Welcome! There are 2 connections");
+    ping_pong(&mut d).await;
+    agent.release_hangs();
+    eventually("protected once the agent answers", || agent.is_protected()).await;
+    assert_eq!(agent.put_calls().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_outage_follows_the_back_off_schedule_and_recovers_at_once() {
+    let fake = FakeBackend::new();
+    let m = ProtectionManager::start(fake.clone(), Settings::default()).unwrap();
+    fake.push((0..1000).map(|_| {
+        Err(BackendError::new(
+            ErrorKind::Server,
+            "HTTP 500 ServerException",
+        ))
+    }));
+    let _g = m.guard();
+    fake.wait_set_calls(1).await;
+    let t0 = fake.set_calls()[0].0;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let calls = fake.set_calls();
+    // 1 s, 2 s, 4 s, 8 s, 16 s (× 0.5–1): at most 6 calls in 30 s, at least 5.
+    let in_window = calls
+        .iter()
+        .filter(|c| c.0 - t0 <= Duration::from_secs(30))
+        .count();
+    assert!((5..=6).contains(&in_window), "{in_window} calls in 30 s");
+    let gaps: Vec<f64> = calls
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0).as_secs_f64())
+        .collect();
+    for (i, gap) in gaps.iter().enumerate() {
+        let full = 2f64.powi(i as i32).min(60.0);
+        assert!(
+            *gap >= full / 2.0 && *gap <= full,
+            "gap {i} = {gap} s, expected within [{}, {full}]",
+            full / 2.0
+        );
+    }
+    // The agent recovers: the very next retry protects.
+    fake.script.lock().unwrap().clear();
+    let before = fake.set_calls().len();
+    let mut rx = m.watch();
+    rx.wait_for(|s| s.state == StateLabel::Protected)
+        .await
+        .unwrap();
+    assert_eq!(fake.set_calls().len(), before + 1);
+}
+
+#[tokio::test]
+async fn during_an_outage_each_client_is_told_once_and_protection_returns_with_the_agent() {
+    let agent = StandInAgent::start().await.unwrap();
+    agent.set_fault(Fault::ServerError);
+    let fast = Settings {
+        backoff_base: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(40),
+        ..settings(0)
+    };
+    let server = TestServer::start(agent_backend(&agent), fast, SessionLimits::default()).await;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(connect(&server.ws_url()).await.0);
+    }
+    eventually("many failed calls", || agent.put_calls().len() >= 10).await;
+    agent.set_fault(Fault::None);
+    eventually("protected after the outage", || agent.is_protected()).await;
+    for c in clients.iter_mut() {
+        // Exactly one notice, then the pong: nothing per retry.
+        let mut notices = 0;
+        c.send(tokio_tungstenite::tungstenite::Message::text("ping"))
+            .await
+            .unwrap();
+        loop {
+            let t = next_text(c).await;
+            if t == "pong" {
+                break;
+            }
+            assert_eq!(t, REJECTED_NOTICE);
+            notices += 1;
+        }
+        assert_eq!(notices, 1);
+    }
+}
+
+#[tokio::test]
+async fn after_ten_storms_the_count_is_zero_and_exactly_one_release_is_outstanding() {
+    let agent = StandInAgent::start().await.unwrap();
+    // 1 minute protection, 10 % hold-over = 6 s.
+    let s = Settings {
+        duration_minutes: 1,
+        maintain_percent: 10,
+        ..settings(10)
+    };
+    let server = TestServer::start(agent_backend(&agent), s, SessionLimits::default()).await;
+    let url = server.ws_url();
+    for _ in 0..10 {
+        let connects: Vec<_> = (0..100)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { connect(&url).await.0 })
+            })
+            .collect();
+        let mut clients = Vec::new();
+        for c in connects {
+            clients.push(c.await.unwrap());
+        }
+        for mut c in clients {
+            c.close(None).await.unwrap();
+        }
+        eventually("storm closed", || server.hub.connections() == 0).await;
+    }
+    let status = server.hub.manager().status();
+    assert_eq!(server.hub.connections(), 0);
+    assert!(!status.wanted);
+    assert_eq!(status.state, StateLabel::Protected, "held over");
+    let calls: Vec<_> = agent.put_calls().iter().map(|c| c.enabled).collect();
+    assert_eq!(
+        calls,
+        vec![Some(true)],
+        "one protect for all ten storms, the release outstanding"
+    );
+    eventually("the one release", || agent.put_calls().len() == 2).await;
+    let calls: Vec<_> = agent.put_calls().iter().map(|c| c.enabled).collect();
+    assert_eq!(calls, vec![Some(true), Some(false)]);
+}
+
+/// One step of a random history.
+#[derive(Debug, Clone)]
+enum Step {
+    /// A new holder appears.
+    Claim,
+    /// The holder at this index (modulo the number held) goes away.
+    Drop(usize),
+    /// The next `n` calls to ECS fail.
+    Fail(u8),
+    /// Time passes.
+    Wait(u16),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => Just(Step::Claim),
+        3 => any::<usize>().prop_map(Step::Drop),
+        1 => (1u8..6).prop_map(Step::Fail),
+        2 => (0u16..400).prop_map(Step::Wait),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Whatever happens, once the faults stop the protection converges to what is wanted, every
+    /// call is counted, and the task (unprotected at start-up) is never sent a release first.
+    #[test]
+    fn protection_converges_to_what_is_wanted(steps in proptest::collection::vec(step(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+        rt.block_on(async move {
+            let fake = FakeBackend::new();
+            let m = ProtectionManager::start(fake.clone(), settings(20)).unwrap();
+            let mut held = Vec::new();
+            for s in steps {
+                match s {
+                    Step::Claim => held.push(m.guard()),
+                    Step::Drop(i) if !held.is_empty() => { let n = held.len(); drop(held.remove(i % n)); }
+                    Step::Drop(_) => {}
+                    Step::Fail(n) => fake.push((0..n).map(|_| Err(BackendError::new(ErrorKind::Throttled, "Rate exceeded")))),
+                    Step::Wait(s) => tokio::time::sleep(Duration::from_secs(s.into())).await,
+                }
+                tokio::task::yield_now().await;
+            }
+            fake.script.lock().unwrap().clear();
+            // Longer than the back-off cap plus the hold-over (2 minutes).
+            tokio::time::sleep(Duration::from_secs(240)).await;
+            let wanted = !held.is_empty();
+            let st = m.status();
+            let expected = if wanted { StateLabel::Protected } else { StateLabel::Unprotected };
+            // With nothing ever wanted, the task stays as it started: unprotected after the read.
+            assert_eq!(st.state, expected, "wanted={wanted}, status {st:?}, calls {:?}", fake.ops());
+            assert_eq!(st.calls_made as usize, fake.ops().len());
+            let ops = fake.set_ops();
+            prop_assert!(ops.first().map_or(true, |o| *o == Op::Protect));
+            Ok(())
+        })?;
+    }
+}
