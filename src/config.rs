@@ -107,6 +107,18 @@ pub struct Config {
           default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub chat_messages_per_sec: u32,
 
+    /// Once draining, close the clients still connected after this many seconds (with 1001, so
+    /// the page reconnects to another task). 0 keeps them until they leave.
+    #[arg(long, env = "DRAIN_DEADLINE_SECS", value_name = "DRAIN_DEADLINE_SECS",
+          default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=172_800))]
+    pub drain_deadline_secs: u64,
+
+    /// Start draining once protection has been held without a break for this many minutes, so
+    /// that a server that is never empty still lets a deployment replace it. 0 turns it off.
+    #[arg(long, env = "MAX_PROTECTED_MINUTES", value_name = "MAX_PROTECTED_MINUTES",
+          default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=525_600))]
+    pub max_protected_minutes: u32,
+
     /// Seconds the server may take to close clients and release protection on SIGTERM.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", value_name = "SHUTDOWN_TIMEOUT_SECS",
           default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=110))]

@@ -48,6 +48,14 @@ async fn run(config: Config) -> Result<(), String> {
         ..SessionLimits::default()
     };
     let hub = Hub::new(manager, limits, config.max_connections as usize);
+    server::drain::on_sigusr1(&hub);
+    if config.drain_deadline_secs > 0 {
+        server::drain::evict_after(&hub, Duration::from_secs(config.drain_deadline_secs));
+    }
+    if config.max_protected_minutes > 0 {
+        let limit = Duration::from_secs(u64::from(config.max_protected_minutes) * 60);
+        server::drain::after_protected_for(&hub, limit);
+    }
     let addr = config.listen_addr();
     let listener = tokio::net::TcpListener::bind(addr)
         .await

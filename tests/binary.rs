@@ -160,3 +160,37 @@ fn a_bad_setting_stops_start_up_naming_the_variable_and_range() {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("ECS_AGENT_URI"), "{text}");
 }
+
+#[tokio::test]
+async fn sigusr1_starts_a_drain_that_refuses_new_clients_and_keeps_health_200() {
+    let port = free_port();
+    let mut child = server(&[("PORT", port.to_string())]).spawn().unwrap();
+    let _lines = capture(&mut child);
+    wait_healthy(port).await;
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let (mut c, _) = connect(&url).await;
+    Command::new("kill")
+        .args(["-USR1", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let notice = support::next_text(&mut c).await;
+    assert!(
+        notice.starts_with("server draining: operator request (SIGUSR1)"),
+        "{notice}"
+    );
+    ping_pong(&mut c).await;
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    let health = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(close_code(&mut c).await, 1001);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

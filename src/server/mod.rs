@@ -5,6 +5,7 @@
 //! * `GET /healthz` 200, or 503 while shutting down;
 //! * `GET /status` JSON: connections, protection state and expiry, backend, call counters.
 
+pub mod drain;
 pub mod session;
 pub mod shutdown;
 

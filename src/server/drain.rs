@@ -1,0 +1,133 @@
+//! The ways a drain starts and ends, each a small task feeding [`Hub::begin_drain`]:
+//! an operator's SIGUSR1, the drain watcher's view of ECS, a maximum protected lifetime, and the
+//! deadline after which the remaining clients are closed.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+
+use super::Hub;
+use crate::protection::ProtectionEvent;
+
+/// Drains on SIGUSR1 (an operator's request, e.g. `kill -USR1 1` through `copilot svc exec`).
+/// Not reversible.
+pub fn on_sigusr1(hub: &Arc<Hub>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut usr1 = match signal(SignalKind::user_defined1()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("Cannot listen for SIGUSR1 (operator drain): {e}");
+                return;
+            }
+        };
+        let hub = Arc::downgrade(hub);
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                let Some(hub) = hub.upgrade() else { return };
+                hub.begin_drain("operator request (SIGUSR1)", false);
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = hub;
+}
+
+/// Follows the drain watcher: drains (reversibly) while it reports a reason, stops when it
+/// reports none.
+pub fn follow_watcher(hub: &Arc<Hub>, mut reasons: watch::Receiver<Option<String>>) {
+    let hub = Arc::downgrade(hub);
+    tokio::spawn(async move {
+        loop {
+            let reason = reasons.borrow_and_update().clone();
+            {
+                let Some(hub) = hub.upgrade() else { return };
+                match reason {
+                    Some(reason) => hub.begin_drain(&reason, true),
+                    None => hub.end_drain(),
+                }
+            }
+            if reasons.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Closes the remaining clients with 1001 once a drain has lasted `deadline`.
+pub fn evict_after(hub: &Arc<Hub>, deadline: Duration) {
+    let weak = Arc::downgrade(hub);
+    let mut state = hub.state.subscribe();
+    tokio::spawn(async move {
+        loop {
+            if state.wait_for(|s| s.draining.is_some()).await.is_err() {
+                return;
+            }
+            let ended = async {
+                let _ = state.wait_for(|s| s.draining.is_none()).await;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(deadline) => {
+                    let Some(hub) = weak.upgrade() else { return };
+                    tracing::warn!(
+                        "Drain deadline ({deadline:?}) passed: closing the remaining {} clients",
+                        hub.connections()
+                    );
+                    hub.evict_all();
+                    return;
+                }
+                _ = ended => {}
+            }
+        }
+    });
+}
+
+/// Drains once protection has been held without a break for `limit`, so that a server that is
+/// never empty still lets a deployment replace it eventually.
+pub fn after_protected_for(hub: &Arc<Hub>, limit: Duration) {
+    let events = hub.manager().subscribe();
+    let since = hub.manager().status().state == crate::protection::StateLabel::Protected;
+    tokio::spawn(lifetime_limit(
+        Arc::downgrade(hub),
+        events,
+        limit,
+        since.then(Instant::now),
+    ));
+}
+
+async fn lifetime_limit(
+    hub: Weak<Hub>,
+    mut events: broadcast::Receiver<ProtectionEvent>,
+    limit: Duration,
+    mut protected_since: Option<Instant>,
+) {
+    loop {
+        let deadline = protected_since.map(|t| t + limit);
+        let next = async {
+            match deadline {
+                Some(d) => {
+                    tokio::time::sleep_until(d).await;
+                    None
+                }
+                None => Some(std::future::pending::<()>().await),
+            }
+        };
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(ProtectionEvent::Protected { refreshed: false, .. }) => protected_since = Some(Instant::now()),
+                Ok(ProtectionEvent::Unprotected) => protected_since = None,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = next => {
+                let Some(hub) = hub.upgrade() else { return };
+                let minutes = limit.as_secs() / 60;
+                hub.begin_drain(&format!("protected for {minutes} minutes, the most allowed (MAX_PROTECTED_MINUTES)"), false);
+                return;
+            }
+        }
+    }
+}
