@@ -108,11 +108,8 @@ async fn lifetime_limit(
         let deadline = protected_since.map(|t| t + limit);
         let next = async {
             match deadline {
-                Some(d) => {
-                    tokio::time::sleep_until(d).await;
-                    None
-                }
-                None => Some(std::future::pending::<()>().await),
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending::<()>().await,
             }
         };
         tokio::select! {
