@@ -241,3 +241,19 @@ async fn draining_skips_the_hold_over() {
     assert!(fake.set_calls()[1].0 - t0 < Duration::from_secs(1));
     assert!(m.status().draining);
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_last_manager_handle_releases_protection() {
+    let fake = FakeBackend::new();
+    let m = ProtectionManager::start(fake.clone(), settings(50)).unwrap();
+    let g = m.guard();
+    wait_state(&m, StateLabel::Protected).await;
+    let clone = m.clone();
+    drop(m);
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(fake.set_ops(), vec![Op::Protect], "a clone is still alive");
+    drop(clone);
+    fake.wait_set_calls(2).await;
+    assert_eq!(fake.set_ops(), vec![Op::Protect, Op::Release]);
+    drop(g);
+}

@@ -93,9 +93,14 @@ pub enum AcquireError {
 }
 
 /// Keeps the task's scale-in protection in the state the program wants. Cheap to clone.
+///
+/// When the last clone is dropped (without [`shutdown`](Self::shutdown)), the reconciler releases
+/// protection and stops, as on shutdown.
 #[derive(Clone)]
 pub struct ProtectionManager {
     inner: Arc<Inner>,
+    /// Dropping the last clone drops the sender, which stops the reconciler.
+    stop: Arc<Mutex<Option<oneshot::Sender<()>>>>,
 }
 
 struct Inner {
@@ -105,7 +110,6 @@ struct Inner {
     skip_hold: AtomicBool,
     status: watch::Sender<ProtectionStatus>,
     events: broadcast::Sender<ProtectionEvent>,
-    shutdown: Mutex<Option<oneshot::Sender<()>>>,
     task: Mutex<Option<JoinHandle<Result<(), BackendError>>>>,
 }
 
@@ -171,7 +175,6 @@ impl ProtectionManager {
             skip_hold: AtomicBool::new(false),
             status,
             events,
-            shutdown: Mutex::new(Some(stop_tx)),
             task: Mutex::new(None),
         });
         let reconciler = Reconciler {
@@ -184,7 +187,10 @@ impl ProtectionManager {
         };
         let handle = tokio::spawn(reconciler.run(stop_rx));
         *lock(&inner.task) = Some(handle);
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            stop: Arc::new(Mutex::new(Some(stop_tx))),
+        })
     }
 
     /// Takes a claim on protection; protection is wanted while any guard is alive.
@@ -269,7 +275,7 @@ impl ProtectionManager {
     /// Stops the reconciler and releases protection (regardless of claims: the process is going
     /// away), waiting at most for one call. Returns the release call's error, if any.
     pub async fn shutdown(&self) -> Result<(), BackendError> {
-        if let Some(tx) = lock(&self.inner.shutdown).take() {
+        if let Some(tx) = lock(&self.stop).take() {
             let _ = tx.send(());
         }
         let handle = lock(&self.inner.task).take();
