@@ -131,17 +131,7 @@ async fn after_ten_storms_the_count_is_zero_and_exactly_one_release_is_outstandi
     let server = TestServer::start(agent_backend(&agent), s, SessionLimits::default()).await;
     let url = server.ws_url();
     for _ in 0..10 {
-        let connects: Vec<_> = (0..100)
-            .map(|_| {
-                let url = url.clone();
-                tokio::spawn(async move { connect(&url).await.0 })
-            })
-            .collect();
-        let mut clients = Vec::new();
-        for c in connects {
-            clients.push(c.await.unwrap());
-        }
-        for mut c in clients {
+        for mut c in support::connect_many(&url, 100).await {
             c.close(None).await.unwrap();
         }
         eventually("storm closed", || server.hub.connections() == 0).await;

@@ -118,17 +118,7 @@ async fn a_storm_of_1000_clients_makes_exactly_one_protect_and_one_release_call(
         SessionLimits::default(),
     )
     .await;
-    let url = server.ws_url();
-    let connects: Vec<_> = (0..1000)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { connect(&url).await.0 })
-        })
-        .collect();
-    let mut clients = Vec::new();
-    for c in connects {
-        clients.push(c.await.unwrap());
-    }
+    let clients = support::connect_many(&server.ws_url(), 1000).await;
     assert_eq!(server.hub.connections(), 1000);
     eventually("protected", || agent.is_protected()).await;
     let closes: Vec<_> = clients

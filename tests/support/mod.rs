@@ -212,6 +212,21 @@ pub async fn connect(url: &str) -> (Client, String) {
     (ws, welcome)
 }
 
+/// Connects `n` clients at once (each in its own task) and returns them once all are welcomed.
+pub async fn connect_many(url: &str, n: usize) -> Vec<Client> {
+    let connects: Vec<_> = (0..n)
+        .map(|_| {
+            let url = url.to_string();
+            tokio::spawn(async move { connect(&url).await.0 })
+        })
+        .collect();
+    let mut clients = Vec::with_capacity(n);
+    for c in connects {
+        clients.push(c.await.expect("connect task"));
+    }
+    clients
+}
+
 /// The next text message (skipping pings), failing the test after 10 s of silence.
 pub async fn next_text(ws: &mut Client) -> String {
     loop {
