@@ -53,7 +53,7 @@ async fn wait_value(
 }
 
 /// One interval with its jitter, plus the time one call takes on a busy machine.
-const ONE_INTERVAL: Duration = Duration::from_millis(200 * 11 / 10 + 300);
+const ONE_INTERVAL: Duration = Duration::from_millis(200 * 11 / 10 + 400);
 
 #[tokio::test]
 async fn a_newer_primary_deployment_is_noticed_within_one_interval_and_clears_when_it_goes_away() {

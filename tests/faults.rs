@@ -23,12 +23,13 @@ fn agent_backend(agent: &StandInAgent) -> Arc<dyn ProtectionBackend> {
 #[tokio::test]
 async fn a_client_gets_its_pong_while_the_agent_call_hangs() {
     let agent = StandInAgent::start().await.unwrap();
-    agent.set_fault(Fault::Hang);
     let server =
         TestServer::start(agent_backend(&agent), settings(0), SessionLimits::default()).await;
+    agent.wait_for_calls(1).await; // the start-up GET, answered
+    agent.set_fault(Fault::Hang);
     let (mut c, welcome) = connect(&server.ws_url()).await;
     assert_eq!(welcome, "Welcome! There are 1 connections");
-    agent.wait_for_calls(2).await; // the start-up GET answered, the protect PUT hanging
+    agent.wait_for_calls(2).await; // the protect PUT, hanging
     ping_pong(&mut c).await;
     let calls = agent.put_calls();
     assert_eq!(calls.len(), 1);
