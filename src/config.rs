@@ -13,10 +13,13 @@ use crate::protection::Settings;
 /// How the server reaches ECS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
-    /// The agent endpoint when `ECS_AGENT_URI` is set, otherwise local.
+    /// The agent endpoint when `ECS_AGENT_URI` is set, else the ECS API when
+    /// `ECS_CONTAINER_METADATA_URI_V4` is set, otherwise local.
     Auto,
     /// The ECS agent endpoint (`ECS_AGENT_URI`).
     Agent,
+    /// The ECS API (`UpdateTaskProtection` with the task role's credentials).
+    Api,
     /// An in-process simulation: no ECS calls (for laptops and CI).
     Local,
 }
@@ -74,6 +77,34 @@ pub struct Config {
     /// The ECS agent's URI (set by ECS in every container).
     #[arg(long, env = "ECS_AGENT_URI", value_name = "ECS_AGENT_URI")]
     pub ecs_agent_uri: Option<String>,
+
+    /// The task metadata endpoint (set by ECS in every container); gives the cluster, task ARN
+    /// and service name to the ECS API backend and the drain watcher.
+    #[arg(
+        long,
+        env = "ECS_CONTAINER_METADATA_URI_V4",
+        value_name = "ECS_CONTAINER_METADATA_URI_V4"
+    )]
+    pub ecs_metadata_uri: Option<String>,
+
+    /// Cluster name or ARN for the ECS API backend outside ECS (with `ECS_TASK_ARN`).
+    #[arg(long, env = "ECS_CLUSTER", value_name = "ECS_CLUSTER")]
+    pub ecs_cluster: Option<String>,
+
+    /// Task ARN for the ECS API backend outside ECS (with `ECS_CLUSTER`).
+    #[arg(long, env = "ECS_TASK_ARN", value_name = "ECS_TASK_ARN")]
+    pub ecs_task_arn: Option<String>,
+
+    /// Endpoint override for the ECS API (a local stand-in, a VPC endpoint).
+    #[arg(long, env = "ECS_ENDPOINT_URL", value_name = "ECS_ENDPOINT_URL")]
+    pub ecs_endpoint_url: Option<String>,
+
+    /// How often (seconds, jittered ±10 %) to ask ECS whether this task is being replaced (a
+    /// deployment to another task definition, or a scale-in); 0 turns the watcher off. Needs the
+    /// task metadata endpoint; off on the local backend.
+    #[arg(long, env = "DRAIN_WATCH_INTERVAL_SECS", value_name = "DRAIN_WATCH_INTERVAL_SECS",
+          default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub drain_watch_interval_secs: u64,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

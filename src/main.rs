@@ -8,9 +8,12 @@ use std::time::Duration;
 use clap::Parser;
 use task_protection::config::{BackendChoice, Config, LogFormat};
 use task_protection::protection::agent::AgentBackend;
+use task_protection::protection::drain_watch::spawn_drain_watch;
+use task_protection::protection::ecs_api::EcsApiBackend;
 use task_protection::protection::local::LocalBackend;
-use task_protection::protection::{ProtectionBackend, ProtectionManager};
+use task_protection::protection::{BackendError, ProtectionBackend, ProtectionManager};
 use task_protection::server::{self, Hub, SessionLimits};
+use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -37,7 +40,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), String> {
-    let backend = choose_backend(&config)?;
+    let (backend, drain_reasons) = choose_backend(&config).await?;
     let manager = ProtectionManager::start(backend, config.protection_settings())
         .map_err(|e| format!("invalid protection settings: {e}"))?;
     let limits = SessionLimits {
@@ -49,6 +52,9 @@ async fn run(config: Config) -> Result<(), String> {
     };
     let hub = Hub::new(manager, limits, config.max_connections as usize);
     server::drain::on_sigusr1(&hub);
+    if let Some(reasons) = drain_reasons {
+        server::drain::follow_watcher(&hub, reasons);
+    }
     if config.drain_deadline_secs > 0 {
         server::drain::evict_after(&hub, Duration::from_secs(config.drain_deadline_secs));
     }
@@ -72,21 +78,71 @@ async fn run(config: Config) -> Result<(), String> {
     .map_err(|e| format!("server failed: {e}"))
 }
 
-fn choose_backend(config: &Config) -> Result<Arc<dyn ProtectionBackend>, String> {
-    let agent_uri = config.ecs_agent_uri.as_deref().filter(|u| !u.is_empty());
-    let agent = |uri: &str| -> Result<Arc<dyn ProtectionBackend>, String> {
-        AgentBackend::new(uri, Duration::from_secs(5))
-            .map(|b| Arc::new(b) as Arc<dyn ProtectionBackend>)
-            .map_err(|e| e.to_string())
+/// The protection backend, and the drain watcher's reasons when the watcher runs.
+type Chosen = (
+    Arc<dyn ProtectionBackend>,
+    Option<watch::Receiver<Option<String>>>,
+);
+
+/// `auto`: the agent endpoint if `ECS_AGENT_URI` is set, else the ECS API if the task metadata
+/// endpoint is set, else local. The drain watcher runs wherever the task metadata endpoint is
+/// (it needs the service name), on both ECS backends.
+async fn choose_backend(config: &Config) -> Result<Chosen, String> {
+    let set = |v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
     };
-    match (config.protection_backend, agent_uri) {
-        (BackendChoice::Agent | BackendChoice::Auto, Some(uri)) => agent(uri),
-        (BackendChoice::Agent, None) => Err(
-            "PROTECTION_BACKEND=agent needs ECS_AGENT_URI (ECS sets it in every container)".into(),
-        ),
-        (BackendChoice::Auto, None) | (BackendChoice::Local, _) => {
-            Ok(Arc::new(LocalBackend::new()))
+    let agent_uri = set(&config.ecs_agent_uri);
+    let metadata_uri = set(&config.ecs_metadata_uri);
+    let choice = match (config.protection_backend, &agent_uri, &metadata_uri) {
+        (BackendChoice::Auto, Some(_), _) => BackendChoice::Agent,
+        (BackendChoice::Auto, None, Some(_)) => BackendChoice::Api,
+        (BackendChoice::Auto, None, None) => BackendChoice::Local,
+        (forced, _, _) => forced,
+    };
+    let api = || {
+        EcsApiBackend::from_env(
+            set(&config.ecs_endpoint_url),
+            set(&config.ecs_cluster),
+            set(&config.ecs_task_arn),
+            metadata_uri.clone(),
+        )
+    };
+    let interval = Duration::from_secs(config.drain_watch_interval_secs);
+    let watch_with = |b: &EcsApiBackend| {
+        (!interval.is_zero() && metadata_uri.is_some())
+            .then(|| spawn_drain_watch(b.client().clone(), b.identity_source().clone(), interval))
+    };
+    let explain = |e: BackendError| match e.hint() {
+        Some(hint) => format!("{e} ({hint})"),
+        None => e.to_string(),
+    };
+    match choice {
+        BackendChoice::Agent => {
+            let uri = agent_uri.ok_or(
+                "PROTECTION_BACKEND=agent needs ECS_AGENT_URI (ECS sets it in every container)",
+            )?;
+            let agent = AgentBackend::new(&uri, Duration::from_secs(5)).map_err(explain)?;
+            let drain = match &metadata_uri {
+                Some(_) => match api().await {
+                    Ok(b) => watch_with(&b),
+                    Err(e) => {
+                        tracing::warn!("Drain watcher off: {}", explain(e));
+                        None
+                    }
+                },
+                None => None,
+            };
+            Ok((Arc::new(agent), drain))
         }
+        BackendChoice::Api => {
+            let backend = api().await.map_err(explain)?;
+            let drain = watch_with(&backend);
+            Ok((Arc::new(backend), drain))
+        }
+        BackendChoice::Local | BackendChoice::Auto => Ok((Arc::new(LocalBackend::new()), None)),
     }
 }
 

@@ -194,3 +194,76 @@ async fn sigusr1_starts_a_drain_that_refuses_new_clients_and_keeps_health_200() 
     assert_eq!(close_code(&mut c).await, 1001);
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+#[tokio::test]
+async fn on_the_ecs_api_a_newer_deployment_drains_the_server_and_the_last_client_releases_at_once()
+{
+    use task_protection::protection::ecs_stand_in::{task_definition_arn, StandInEcs};
+    let ecs = StandInEcs::start().await.unwrap();
+    let port = free_port();
+    let mut child = server(&[
+        ("PORT", port.to_string()),
+        // auto picks the API because the metadata endpoint is set and the agent's is not.
+        ("ECS_CONTAINER_METADATA_URI_V4", ecs.metadata_uri()),
+        ("ECS_ENDPOINT_URL", ecs.endpoint_url()),
+        ("AWS_ACCESS_KEY_ID", "AKIDTEST".into()),
+        ("AWS_SECRET_ACCESS_KEY", "secret".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("DRAIN_WATCH_INTERVAL_SECS", "1".into()),
+        // A 50 % hold-over would keep protection for 15 minutes: draining skips it.
+        ("PROTECTION_MAINTAIN_PERCENT", "50".into()),
+    ])
+    .spawn()
+    .unwrap();
+    let lines = capture(&mut child);
+    wait_healthy(port).await;
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let (mut a, _) = connect(&url).await;
+    let (mut b, _) = connect(&url).await;
+    support::eventually("protected through the API", || ecs.is_protected()).await;
+    assert_eq!(ecs.updates(), vec![true]);
+
+    ecs.begin_deployment(&task_definition_arn(2));
+    for c in [&mut a, &mut b] {
+        let notice = support::next_text(c).await;
+        assert!(
+            notice.starts_with("server draining: deployment in progress"),
+            "{notice}"
+        );
+        ping_pong(c).await;
+    }
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("expected 503 while draining, got {other:?}"),
+    }
+    let status: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["draining"], true);
+    assert_eq!(status["protection"]["backend"], "api");
+
+    drop(a);
+    ping_pong(&mut b).await;
+    assert_eq!(
+        ecs.updates(),
+        vec![true],
+        "one client left: still protected"
+    );
+    drop(b);
+    support::eventually("released as soon as the last client left", || {
+        ecs.updates() == vec![true, false]
+    })
+    .await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let log: Vec<String> = lines.try_iter().collect();
+    let text = log.join("\n");
+    assert!(text.contains("Draining: deployment in progress"), "{text}");
+}

@@ -206,7 +206,7 @@ proptest! {
             assert_eq!(st.state, expected, "wanted={wanted}, status {st:?}, calls {:?}", fake.ops());
             assert_eq!(st.calls_made as usize, fake.ops().len());
             let ops = fake.set_ops();
-            prop_assert!(ops.first().map_or(true, |o| *o == Op::Protect));
+            prop_assert!(ops.first().is_none_or(|o| *o == Op::Protect));
             Ok(())
         })?;
     }

@@ -57,7 +57,11 @@ impl TaskIdentity {
     /// The ARN of the task definition this task was started from, when the family and revision
     /// are known: `arn:aws:ecs:REGION:ACCOUNT:task-definition/FAMILY:REVISION`.
     pub fn task_definition_arn(&self) -> Option<String> {
-        task_definition_arn(&self.task_arn, self.family.as_deref()?, self.revision.as_deref()?)
+        task_definition_arn(
+            &self.task_arn,
+            self.family.as_deref()?,
+            self.revision.as_deref()?,
+        )
     }
 }
 
@@ -140,10 +144,10 @@ pub fn parse_task_metadata(body: &[u8]) -> Result<TaskIdentity, BackendError> {
         ))
     })?;
     let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
-    let task_arn = non_empty(task.task_arn)
-        .ok_or_else(|| config_error("the task metadata has no TaskARN"))?;
-    let cluster = non_empty(task.cluster)
-        .ok_or_else(|| config_error("the task metadata has no Cluster"))?;
+    let task_arn =
+        non_empty(task.task_arn).ok_or_else(|| config_error("the task metadata has no TaskARN"))?;
+    let cluster =
+        non_empty(task.cluster).ok_or_else(|| config_error("the task metadata has no Cluster"))?;
     let region = region_from_arn(&task_arn)
         .ok_or_else(|| {
             config_error(format!(
@@ -317,7 +321,12 @@ mod tests {
         let a = EcsArn::parse(ARN).unwrap();
         assert_eq!(
             (a.partition, a.region, a.account, a.resource),
-            ("aws", "eu-west-1", "123456789012", "task/my-cluster/0123456789abcdef")
+            (
+                "aws",
+                "eu-west-1",
+                "123456789012",
+                "task/my-cluster/0123456789abcdef"
+            )
         );
         // Old-format task ARNs (no cluster in the resource) and other partitions work too.
         assert_eq!(
@@ -343,8 +352,12 @@ mod tests {
             Some("arn:aws:ecs:eu-west-1:123456789012:task-definition/web:7")
         );
         assert_eq!(
-            task_definition_arn("arn:aws-us-gov:ecs:us-gov-west-1:123456789012:task/c/x", "f", "1")
-                .as_deref(),
+            task_definition_arn(
+                "arn:aws-us-gov:ecs:us-gov-west-1:123456789012:task/c/x",
+                "f",
+                "1"
+            )
+            .as_deref(),
             Some("arn:aws-us-gov:ecs:us-gov-west-1:123456789012:task-definition/f:1")
         );
         assert_eq!(task_definition_arn("garbage", "f", "1"), None);
@@ -355,7 +368,11 @@ mod tests {
         let id = TaskIdentity::new("my-cluster", ARN);
         assert_eq!(id.region.as_deref(), Some("eu-west-1"));
         assert_eq!(id.account_id(), Some("123456789012"));
-        assert_eq!(id.task_definition_arn(), None, "family and revision unknown");
+        assert_eq!(
+            id.task_definition_arn(),
+            None,
+            "family and revision unknown"
+        );
     }
 
     #[test]
@@ -366,7 +383,10 @@ mod tests {
                 "KnownStatus":"RUNNING","Containers":[],"LaunchType":"FARGATE"}}"#
         );
         let id = parse_task_metadata(body.as_bytes()).unwrap();
-        assert_eq!(id.cluster, "arn:aws:ecs:eu-west-1:123456789012:cluster/my-cluster");
+        assert_eq!(
+            id.cluster,
+            "arn:aws:ecs:eu-west-1:123456789012:cluster/my-cluster"
+        );
         assert_eq!(id.task_arn, ARN);
         assert_eq!(id.service_name.as_deref(), Some("websocket"));
         assert_eq!(id.region.as_deref(), Some("eu-west-1"));
@@ -386,7 +406,10 @@ mod tests {
         for (body, says) in [
             (r#"{"Cluster":"c"}"#.to_string(), "no TaskARN"),
             (format!(r#"{{"TaskARN":"{ARN}"}}"#), "no Cluster"),
-            (r#"{"Cluster":"c","TaskARN":"task-1"}"#.to_string(), "not an ECS task ARN"),
+            (
+                r#"{"Cluster":"c","TaskARN":"task-1"}"#.to_string(),
+                "not an ECS task ARN",
+            ),
             ("<html>".to_string(), "not its task JSON"),
         ] {
             let e = parse_task_metadata(body.as_bytes()).unwrap_err();
@@ -397,10 +420,14 @@ mod tests {
 
     #[test]
     fn metadata_uri_must_be_http() {
-        let e = IdentitySource::metadata("169.254.170.2/v4/abc", Duration::from_secs(1)).unwrap_err();
+        let e =
+            IdentitySource::metadata("169.254.170.2/v4/abc", Duration::from_secs(1)).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Config);
         assert!(e.message.contains("ECS_CONTAINER_METADATA_URI_V4"));
-        assert_eq!(task_url("http://h/v4/abc/").unwrap(), "http://h/v4/abc/task");
+        assert_eq!(
+            task_url("http://h/v4/abc/").unwrap(),
+            "http://h/v4/abc/task"
+        );
     }
 
     #[tokio::test]
@@ -410,12 +437,17 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let source =
-            IdentitySource::metadata(&format!("http://127.0.0.1:{port}/v4/x"), Duration::from_secs(1))
-                .unwrap();
+        let source = IdentitySource::metadata(
+            &format!("http://127.0.0.1:{port}/v4/x"),
+            Duration::from_secs(1),
+        )
+        .unwrap();
         let e = source.identity().await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Config);
-        assert!(e.message.contains("cannot read the task metadata endpoint"), "{e}");
+        assert!(
+            e.message.contains("cannot read the task metadata endpoint"),
+            "{e}"
+        );
         assert!(source.cached().is_none(), "a failure is not cached");
     }
 }
