@@ -24,6 +24,19 @@ pub enum BackendChoice {
     Local,
 }
 
+/// Commands besides serving.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Asks a running server to drain, by sending it SIGUSR1. In an ECS container (where the
+    /// server is process 1 and the image has no shell):
+    /// `copilot svc exec --command "/usr/local/bin/websocket drain"`.
+    Drain {
+        /// The server's process id.
+        #[arg(long, default_value_t = 1)]
+        pid: i32,
+    },
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -41,6 +54,10 @@ pub enum LogFormat {
     about = "A WebSocket game/chat server that keeps its Amazon ECS task protected from scale-in while any client is connected"
 )]
 pub struct Config {
+    /// Run a command instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// TCP port to listen on (0 picks a free port).
     #[arg(long, env = "PORT", value_name = "PORT", default_value_t = 3000)]
     pub port: u16,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use task_protection::config::{BackendChoice, Config, LogFormat};
+use task_protection::config::{BackendChoice, Command, Config, LogFormat};
 use task_protection::protection::agent::AgentBackend;
 use task_protection::protection::drain_watch::spawn_drain_watch;
 use task_protection::protection::ecs_api::EcsApiBackend;
@@ -19,6 +19,9 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     // Clap prints the error (naming the variable and its allowed range) and exits with code 2.
     let config = Config::parse();
+    if let Some(Command::Drain { pid }) = config.command {
+        return send_drain_signal(pid);
+    }
     init_logging(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -143,6 +146,30 @@ async fn choose_backend(config: &Config) -> Result<Chosen, String> {
             Ok((Arc::new(backend), drain))
         }
         BackendChoice::Local | BackendChoice::Auto => Ok((Arc::new(LocalBackend::new()), None)),
+    }
+}
+
+/// `websocket drain`: sends SIGUSR1 to the server, which starts draining.
+fn send_drain_signal(pid: i32) -> ExitCode {
+    #[cfg(unix)]
+    {
+        // SAFETY: kill(2) takes plain integers and has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(pid, libc::SIGUSR1) };
+        if rc == 0 {
+            println!("Asked process {pid} to drain (SIGUSR1)");
+            ExitCode::SUCCESS
+        } else {
+            eprintln!(
+                "cannot signal process {pid}: {}",
+                std::io::Error::last_os_error()
+            );
+            ExitCode::FAILURE
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        eprintln!("`drain` needs a Unix system (it sends SIGUSR1 to process {pid})");
+        ExitCode::FAILURE
     }
 }
 

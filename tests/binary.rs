@@ -162,17 +162,23 @@ fn a_bad_setting_stops_start_up_naming_the_variable_and_range() {
 }
 
 #[tokio::test]
-async fn sigusr1_starts_a_drain_that_refuses_new_clients_and_keeps_health_200() {
+async fn websocket_drain_sends_sigusr1_which_refuses_new_clients_and_keeps_health_200() {
     let port = free_port();
     let mut child = server(&[("PORT", port.to_string())]).spawn().unwrap();
     let _lines = capture(&mut child);
     wait_healthy(port).await;
     let url = format!("ws://127.0.0.1:{port}/ws");
     let (mut c, _) = connect(&url).await;
-    Command::new("kill")
-        .args(["-USR1", &child.id().to_string()])
-        .status()
+    // `websocket drain` is how an operator sends SIGUSR1 in a shell-less container.
+    let out = Command::new(env!("CARGO_BIN_EXE_websocket"))
+        .args(["drain", "--pid", &child.id().to_string()])
+        .output()
         .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let notice = support::next_text(&mut c).await;
     assert!(
         notice.starts_with("server draining: operator request (SIGUSR1)"),
