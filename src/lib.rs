@@ -6,6 +6,8 @@
 //! * [`server`]: the WebSocket server (axum) whose connection count drives protection.
 //! * [`config`]: command-line flags and environment variables.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod protection;
 pub mod server;
