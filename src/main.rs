@@ -66,8 +66,7 @@ async fn run(config: Config) -> Result<(), String> {
         server::drain::after_protected_for(&hub, limit);
     }
     let addr = config.listen_addr();
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    let listener = listen(addr)
         .map_err(|e| format!("cannot listen on {addr} (set PORT or BIND_ADDRESS): {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!("Listening on http://{local}");
@@ -147,6 +146,20 @@ async fn choose_backend(config: &Config) -> Result<Chosen, String> {
         }
         BackendChoice::Local | BackendChoice::Auto => Ok((Arc::new(LocalBackend::new()), None)),
     }
+}
+
+/// Binds with a listen backlog of 4096 (capped by `net.core.somaxconn`) instead of the default
+/// 128, so that a storm of clients connecting at once is not dropped by the kernel and retried a
+/// second later (BENCHMARKS.md).
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// `websocket drain`: sends SIGUSR1 to the server, which starts draining.

@@ -57,18 +57,18 @@ async fn an_agent_outage_follows_the_back_off_schedule_and_recovers_at_once() {
     let t0 = fake.set_calls()[0].0;
     tokio::time::sleep(Duration::from_secs(30)).await;
     let calls = fake.set_calls();
-    // 1 s, 2 s, 4 s, 8 s, 16 s (× 0.5–1): at most 6 calls in 30 s, at least 5.
+    // 1 s, 2 s, 4 s, 8 s, then 15 s (each × 0.5–1): 5 to 8 calls in 30 s (the goal: ≤ 10).
     let in_window = calls
         .iter()
         .filter(|c| c.0 - t0 <= Duration::from_secs(30))
         .count();
-    assert!((5..=6).contains(&in_window), "{in_window} calls in 30 s");
+    assert!((5..=8).contains(&in_window), "{in_window} calls in 30 s");
     let gaps: Vec<f64> = calls
         .windows(2)
         .map(|w| (w[1].0 - w[0].0).as_secs_f64())
         .collect();
     for (i, gap) in gaps.iter().enumerate() {
-        let full = 2f64.powi(i as i32).min(60.0);
+        let full = 2f64.powi(i as i32).min(15.0);
         assert!(
             *gap >= full / 2.0 && *gap <= full,
             "gap {i} = {gap} s, expected within [{}, {full}]",

@@ -65,7 +65,7 @@ impl Default for Settings {
             adjust_interval: Duration::from_secs(10),
             call_timeout: Duration::from_secs(10),
             backoff_base: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(60),
+            backoff_max: Duration::from_secs(15),
         }
     }
 }

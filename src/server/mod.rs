@@ -42,7 +42,9 @@ pub struct SessionLimits {
     pub queue_messages: usize,
     /// The longest one write to a client may take before the client is dropped.
     pub write_timeout: Duration,
-    /// Read buffer per connection (tungstenite's default is 128 KiB; a chat line is far smaller).
+    /// Read buffer per connection (tungstenite's default is 128 KiB, allocated per connection;
+    /// a ping or a chat line is far smaller, and a larger message still fits: tungstenite
+    /// reserves a frame's full length before reading it).
     pub read_buffer_bytes: usize,
     /// Chat messages one client may send per second (bursts of twice that); a client that sends
     /// faster is closed (1008) so that it cannot push everyone else out of the room's queue.
@@ -57,7 +59,7 @@ impl Default for SessionLimits {
             ping_interval: Duration::from_secs(25),
             queue_messages: 256,
             write_timeout: Duration::from_secs(10),
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 256,
             chat_per_sec: 20,
         }
     }

@@ -7,6 +7,7 @@
 //! there are, and a client that falls more than the ring's length behind is closed (1008) instead
 //! of making memory grow or slowing the others.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,109 +29,116 @@ enum End {
 }
 
 /// Runs one session until the client leaves, misbehaves, or the server shuts down.
-pub async fn run(mut socket: WebSocket, slot: Slot) {
-    let hub = Arc::clone(&slot.hub);
-    let id = slot.id;
-    let _protection = hub.manager.guard();
-    let mut room = hub.room.subscribe();
-    let mut state = hub.state.subscribe();
-    let limits = hub.limits.clone();
-    let n = hub.connections();
-    tracing::info!("New client connection opened. There are {n} connections");
+///
+/// A plain function returning an `async move` block rather than an `async fn`: an `async fn`
+/// keeps its arguments (the 368-byte socket among them) twice in its state machine, and this
+/// future lives as long as the connection (see BENCHMARKS.md).
+#[allow(clippy::manual_async_fn)]
+pub fn run(mut socket: WebSocket, slot: Slot) -> impl Future<Output = ()> + Send {
+    async move {
+        let hub = Arc::clone(&slot.hub);
+        let id = slot.id;
+        let _protection = hub.manager.guard();
+        let mut room = hub.room.subscribe();
+        let mut state = hub.state.subscribe();
+        let limits = hub.limits.clone();
+        let n = hub.connections();
+        tracing::info!("New client connection opened. There are {n} connections");
 
-    let welcome = format!("Welcome! There are {n} connections");
-    let mut end = send(
-        &mut socket,
-        Message::Text(welcome.into()),
-        limits.write_timeout,
-    )
-    .await;
+        let welcome = format!("Welcome! There are {n} connections");
+        let mut end = send(
+            &mut socket,
+            Message::Text(welcome.into()),
+            limits.write_timeout,
+        )
+        .await;
 
-    let mut ping =
-        tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
-    let mut chat_budget = TokenBucket::new(limits.chat_per_sec);
-    let mut told = Told::default();
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        let mut chat_budget = TokenBucket::new(limits.chat_per_sec);
+        let mut told = Told::default();
 
-    while end.is_none() {
-        // The state as it is now; a client arriving mid-streak or mid-drain is told too.
-        let now = state.borrow_and_update().clone();
-        end = told.act_on(&now, &mut socket, limits.write_timeout).await;
-        if end.is_some() {
-            break;
-        }
-        // Biased: pending output goes out before more input is read, so a session's own chat
-        // never pushes it behind in the room's queue, and a busy client feels back-pressure.
-        end = tokio::select! {
-            biased;
-            _ = state.changed() => None,
-            out = room.recv() => match out {
-                Ok(Outgoing { from, text }) if from != id => {
-                    send(&mut socket, Message::Text(text), limits.write_timeout).await
-                }
-                Ok(_) => None,
-                Err(RecvError::Lagged(_)) => Some(End::Close(close_code::POLICY, "too slow: message queue full")),
-                Err(RecvError::Closed) => Some(End::Close(close_code::AWAY, "server shutting down")),
-            },
-            _ = ping.tick() => {
-                if last_heard.elapsed() > limits.ping_interval * 2 {
-                    Some(End::Drop("peer stopped answering pings"))
-                } else {
-                    send(&mut socket, Message::Ping(Default::default()), limits.write_timeout).await
-                }
+        while end.is_none() {
+            // The state as it is now; a client arriving mid-streak or mid-drain is told too.
+            let now = state.borrow_and_update().clone();
+            end = told.act_on(&now, &mut socket, limits.write_timeout).await;
+            if end.is_some() {
+                break;
             }
-            frame = socket.recv() => {
-                last_heard = Instant::now();
-                match frame {
-                    None => Some(End::ClientGone),
-                    Some(Err(e)) => Some(classify(e)),
-                    Some(Ok(Message::Text(text))) => {
-                        if text.as_str() == "ping" {
-                            tracing::debug!("received: ping");
-                            send(&mut socket, Message::Text(Utf8Bytes::from_static("pong")), limits.write_timeout).await
-                        } else if !chat_budget.take() {
-                            Some(End::Close(close_code::POLICY, "too many messages"))
-                        } else {
-                            // Nobody listening is fine: the sender may be alone.
-                            let _ = hub.room.send(Outgoing { from: id, text });
-                            None
-                        }
+            // Biased: pending output goes out before more input is read, so a session's own chat
+            // never pushes it behind in the room's queue, and a busy client feels back-pressure.
+            end = tokio::select! {
+                biased;
+                _ = state.changed() => None,
+                out = room.recv() => match out {
+                    Ok(Outgoing { from, text }) if from != id => {
+                        send(&mut socket, Message::Text(text), limits.write_timeout).await
                     }
-                    Some(Ok(Message::Binary(_))) => Some(End::Close(close_code::UNSUPPORTED, "binary messages are not supported")),
-                    Some(Ok(Message::Close(_))) => Some(End::ClientGone),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                    Ok(_) => None,
+                    Err(RecvError::Lagged(_)) => Some(End::Close(close_code::POLICY, "too slow: message queue full")),
+                    Err(RecvError::Closed) => Some(End::Close(close_code::AWAY, "server shutting down")),
+                },
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > limits.ping_interval * 2 {
+                        Some(End::Drop("peer stopped answering pings"))
+                    } else {
+                        send(&mut socket, Message::Ping(Default::default()), limits.write_timeout).await
+                    }
                 }
-            }
-        };
-    }
-
-    match end {
-        Some(End::Close(code, reason)) => {
-            if code != close_code::AWAY {
-                tracing::info!("Closing a client ({code}): {reason}");
-            }
-            let frame = CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
+                frame = socket.recv() => {
+                    last_heard = Instant::now();
+                    match frame {
+                        None => Some(End::ClientGone),
+                        Some(Err(e)) => Some(classify(e)),
+                        Some(Ok(Message::Text(text))) => {
+                            if text.as_str() == "ping" {
+                                tracing::debug!("received: ping");
+                                send(&mut socket, Message::Text(Utf8Bytes::from_static("pong")), limits.write_timeout).await
+                            } else if !chat_budget.take() {
+                                Some(End::Close(close_code::POLICY, "too many messages"))
+                            } else {
+                                // Nobody listening is fine: the sender may be alone.
+                                let _ = hub.room.send(Outgoing { from: id, text });
+                                None
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => Some(End::Close(close_code::UNSUPPORTED, "binary messages are not supported")),
+                        Some(Ok(Message::Close(_))) => Some(End::ClientGone),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                    }
+                }
             };
-            // Best effort, briefly: a client that cannot take a close frame is dropped anyway.
-            let _ = send(
-                &mut socket,
-                Message::Close(Some(frame)),
-                Duration::from_secs(1),
-            )
-            .await;
         }
-        Some(End::Drop(why)) => tracing::info!("Dropping a client: {why}"),
-        Some(End::ClientGone) | None => {}
+
+        match end {
+            Some(End::Close(code, reason)) => {
+                if code != close_code::AWAY {
+                    tracing::info!("Closing a client ({code}): {reason}");
+                }
+                let frame = CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                };
+                // Best effort, briefly: a client that cannot take a close frame is dropped anyway.
+                let _ = send(
+                    &mut socket,
+                    Message::Close(Some(frame)),
+                    Duration::from_secs(1),
+                )
+                .await;
+            }
+            Some(End::Drop(why)) => tracing::info!("Dropping a client: {why}"),
+            Some(End::ClientGone) | None => {}
+        }
+        drop(socket);
+        drop(slot);
+        tracing::info!(
+            "Client connection closed. There are {} connections",
+            hub.connections()
+        );
     }
-    drop(socket);
-    drop(slot);
-    tracing::info!(
-        "Client connection closed. There are {} connections",
-        hub.connections()
-    );
 }
 
 /// Sends one message within `timeout`; `Some(end)` if the session must end.
