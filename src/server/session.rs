@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -143,7 +144,15 @@ pub fn run(mut socket: WebSocket, slot: Slot) -> impl Future<Output = ()> + Send
 
 /// Sends one message within `timeout`; `Some(end)` if the session must end.
 async fn send(socket: &mut WebSocket, message: Message, timeout: Duration) -> Option<End> {
-    match tokio::time::timeout(timeout, socket.send(message)).await {
+    let mut sending = std::pin::pin!(socket.send(message));
+    // Nearly every send completes at once (the socket has room): only arm a timer when it does
+    // not, instead of creating and dropping one per message.
+    let first = std::future::poll_fn(|cx| Poll::Ready(sending.as_mut().poll(cx))).await;
+    let result = match first {
+        Poll::Ready(result) => Ok(result),
+        Poll::Pending => tokio::time::timeout(timeout, sending).await,
+    };
+    match result {
         Ok(Ok(())) => None,
         Ok(Err(_)) => Some(End::ClientGone),
         Err(_) => Some(End::Drop("client stopped reading (write timed out)")),
