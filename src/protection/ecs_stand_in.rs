@@ -300,14 +300,7 @@ impl StandInEcs {
             .route("/v4/stand-in/task", get(task_metadata))
             .route("/_calls", get(list_calls))
             .with_state(shared.clone());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let stop = super::stand_in::serve_until_dropped(listener, app);
         Ok(Self {
             addr,
             shared,

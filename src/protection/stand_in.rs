@@ -106,14 +106,7 @@ impl StandInAgent {
             .route("/task-protection/v1/state", get(state).put(state))
             .route("/_calls", get(list_calls))
             .with_state(shared.clone());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let stop = serve_until_dropped(listener, app);
         Ok(Self {
             addr,
             shared,
@@ -169,6 +162,23 @@ impl StandInAgent {
     fn sim(&self) -> std::sync::MutexGuard<'_, Sim> {
         self.shared.sim.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Serves `app` on `listener` in a task until the returned sender is dropped (shared by the
+/// stand-ins: each keeps the sender, so dropping the stand-in stops its server).
+pub(crate) fn serve_until_dropped(
+    listener: tokio::net::TcpListener,
+    app: Router,
+) -> tokio::sync::oneshot::Sender<()> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    stop
 }
 
 async fn list_calls(State(shared): State<Shared>) -> Json<Vec<Call>> {
