@@ -273,3 +273,22 @@ async fn on_the_ecs_api_a_newer_deployment_drains_the_server_and_the_last_client
     let text = log.join("\n");
     assert!(text.contains("Draining: deployment in progress"), "{text}");
 }
+
+#[tokio::test]
+async fn logs_written_to_a_pipe_have_no_colour_codes() {
+    let port = free_port();
+    let mut child = server(&[("PORT", port.to_string())]).spawn().unwrap();
+    let lines = capture(&mut child);
+    wait_healthy(port).await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let text: String = lines.try_iter().collect::<Vec<_>>().join("\n");
+    assert!(text.contains("Listening on http://"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "escape codes in piped logs: {text:?}"
+    );
+}
