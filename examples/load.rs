@@ -467,6 +467,16 @@ impl Target {
         )
     }
 
+    /// The PUT calls after the first `before` (none if the calls cannot be read).
+    async fn puts_since(&self, before: usize) -> Vec<AgentCall> {
+        self.puts()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .skip(before)
+            .collect()
+    }
+
     /// Whether the agent holds protection now (stand-in in-process: its own state; remote: the
     /// last successful PUT).
     async fn agent_protected(&self) -> Option<bool> {
@@ -1049,13 +1059,7 @@ async fn storm(common: &Common, target: &Target, n: usize) -> Result<Value, Stri
     .map(|_| close_started.elapsed().as_millis() as u64);
     // Any late, extra call would show here.
     sleep(Duration::from_secs(2)).await;
-    let puts: Vec<AgentCall> = target
-        .puts()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .skip(before)
-        .collect();
+    let puts = target.puts_since(before).await;
     let protect_calls = puts.iter().filter(|c| c.enabled == Some(true)).count();
     let release_calls = puts.iter().filter(|c| c.enabled == Some(false)).count();
     let final_protected = target.agent_protected().await;
@@ -1136,13 +1140,7 @@ async fn churn(common: &Common, target: &Target, cycles: usize) -> Result<Value,
         .await;
     let released_after = unprotected.map(|_| last_close.elapsed().as_secs_f64());
     sleep(Duration::from_secs(1)).await;
-    let puts: Vec<AgentCall> = target
-        .puts()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .skip(before)
-        .collect();
+    let puts = target.puts_since(before).await;
     let status = target.status().await.ok();
     let final_state = status.as_ref().map(|s| s["protection"]["state"].clone());
     let final_protected = target.agent_protected().await;
