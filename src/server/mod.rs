@@ -93,10 +93,11 @@ pub struct Drain {
     pub reversible: bool,
 }
 
-/// A message for the room: chat from client `from`, or a server notice (`from == 0`).
+/// A chat message for the room. Server notices do not go through the room: they follow
+/// [`ServerState`], so that each client is told once.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
-    /// The sender's connection id, 0 for the server.
+    /// The sender's connection id (not echoed back to it).
     pub from: u64,
     /// The text.
     pub text: Utf8Bytes,

@@ -42,7 +42,7 @@ pub fn run(mut socket: WebSocket, slot: Slot) -> impl Future<Output = ()> + Send
         let _protection = hub.manager.guard();
         let mut room = hub.room.subscribe();
         let mut state = hub.state.subscribe();
-        let limits = hub.limits.clone();
+        let limits = &hub.limits;
         let n = hub.connections();
         tracing::info!("New client connection opened. There are {n} connections");
 
@@ -60,19 +60,26 @@ pub fn run(mut socket: WebSocket, slot: Slot) -> impl Future<Output = ()> + Send
         let mut last_heard = Instant::now();
         let mut chat_budget = TokenBucket::new(limits.chat_per_sec);
         let mut told = Told::default();
-
-        while end.is_none() {
-            // The state as it is now; a client arriving mid-streak or mid-drain is told too.
+        if end.is_none() {
+            // A client arriving mid-streak or mid-drain is told too.
             let now = state.borrow_and_update().clone();
             end = told.act_on(&now, &mut socket, limits.write_timeout).await;
-            if end.is_some() {
-                break;
-            }
+        }
+
+        while end.is_none() {
             // Biased: pending output goes out before more input is read, so a session's own chat
             // never pushes it behind in the room's queue, and a busy client feels back-pressure.
+            // The server state is looked at only when it changes, not once per message.
             end = tokio::select! {
                 biased;
-                _ = state.changed() => None,
+                changed = state.changed() => match changed {
+                    Ok(()) => {
+                        let now = state.borrow_and_update().clone();
+                        told.act_on(&now, &mut socket, limits.write_timeout).await
+                    }
+                    // The hub (which owns the sender) outlives every session; be safe anyway.
+                    Err(_) => Some(End::Close(close_code::AWAY, "server shutting down")),
+                },
                 out = room.recv() => match out {
                     Ok(Outgoing { from, text }) if from != id => {
                         send(&mut socket, Message::Text(text), limits.write_timeout).await
