@@ -417,9 +417,7 @@ impl Reconciler {
             Ok(_) => {
                 self.failures = 0;
                 self.retry_at = None;
-                self.set_ecs(EcsState::Unprotected, None);
-                tracing::info!("Task protection released");
-                let _ = self.inner.events.send(ProtectionEvent::Unprotected);
+                self.released();
             }
             Err(error) => {
                 self.failures = self.failures.saturating_add(1);
@@ -435,18 +433,15 @@ impl Reconciler {
                 } else {
                     "Task protection release failed"
                 };
-                match error.hint() {
-                    Some(hint) => tracing::warn!(
-                        "{what}: {error}; retrying in {:.1} s (attempt {}). Hint: {hint}",
-                        delay.as_secs_f64(),
-                        self.failures
-                    ),
-                    None => tracing::warn!(
-                        "{what}: {error}; retrying in {:.1} s (attempt {})",
-                        delay.as_secs_f64(),
-                        self.failures
-                    ),
-                }
+                let hint = error
+                    .hint()
+                    .map(|h| format!(". Hint: {h}"))
+                    .unwrap_or_default();
+                tracing::warn!(
+                    "{what}: {error}; retrying in {:.1} s (attempt {}){hint}",
+                    delay.as_secs_f64(),
+                    self.failures
+                );
                 self.inner.status.send_modify(|s| {
                     s.last_rejection = Some(error.clone());
                     s.rejections += 1;
@@ -475,9 +470,7 @@ impl Reconciler {
         self.count_call(result.is_ok());
         match result {
             Ok(_) => {
-                self.set_ecs(EcsState::Unprotected, None);
-                tracing::info!("Task protection released");
-                let _ = self.inner.events.send(ProtectionEvent::Unprotected);
+                self.released();
                 Ok(())
             }
             Err(e) => {
@@ -485,6 +478,13 @@ impl Reconciler {
                 Err(e)
             }
         }
+    }
+
+    /// Records a successful release: state, log line, event.
+    fn released(&mut self) {
+        self.set_ecs(EcsState::Unprotected, None);
+        tracing::info!("Task protection released");
+        let _ = self.inner.events.send(ProtectionEvent::Unprotected);
     }
 
     async fn timed<F>(&self, call: F) -> Result<ProtectionState, BackendError>
