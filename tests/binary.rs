@@ -55,16 +55,71 @@ async fn wait_healthy(port: u16) {
     }
 }
 
+/// A `websocket` process on a free loopback port, healthy, with its stdout collected.
+struct Running {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    port: u16,
+}
+
+impl Running {
+    /// Starts the binary with `envs` (plus PORT) and waits until `/healthz` answers.
+    async fn start(envs: &[(&str, String)]) -> Self {
+        let port = free_port();
+        let mut all = vec![("PORT", port.to_string())];
+        all.extend(envs.iter().cloned());
+        let mut child = server(&all).spawn().unwrap();
+        let lines = capture(&mut child);
+        wait_healthy(port).await;
+        Self { child, lines, port }
+    }
+
+    fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    fn http_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// Sends SIGTERM.
+    fn sigterm(&self) {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.pid()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    }
+
+    /// Waits (without blocking the runtime) for the process to exit, at most 15 s; returns its
+    /// exit code and everything it logged.
+    async fn exit(mut self) -> (Option<i32>, String) {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "still running 15 s after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // The capture thread ends with the pipe; take what it read.
+        let log: Vec<String> = self.lines.iter().collect();
+        (status.code(), log.join("\n"))
+    }
+}
+
 #[tokio::test]
 async fn sigterm_closes_clients_with_1001_releases_protection_and_exits_0() {
     let agent = StandInAgent::start().await.unwrap();
-    let port = free_port();
-    let mut child = server(&[("PORT", port.to_string()), ("ECS_AGENT_URI", agent.uri())])
-        .spawn()
-        .unwrap();
-    let lines = capture(&mut child);
-    wait_healthy(port).await;
-    let url = format!("ws://127.0.0.1:{port}/ws");
+    let server = Running::start(&[("ECS_AGENT_URI", agent.uri())]).await;
+    let url = server.ws_url();
     let mut clients = Vec::new();
     for _ in 0..3 {
         clients.push(connect(&url).await.0);
@@ -74,34 +129,18 @@ async fn sigterm_closes_clients_with_1001_releases_protection_and_exits_0() {
     }
     support::eventually("protected", || agent.is_protected()).await;
 
-    let started = Instant::now();
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    server.sigterm();
     for c in clients.iter_mut() {
         assert_eq!(close_code(c).await, 1001);
     }
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "still running 15 s after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.code(), Some(0));
+    let (code, text) = server.exit().await;
+    assert_eq!(code, Some(0));
     let calls: Vec<_> = agent
         .put_calls()
         .iter()
         .map(|c| (c.enabled, c.ok))
         .collect();
     assert_eq!(calls, vec![(Some(true), true), (Some(false), true)]);
-    let log: Vec<String> = lines.try_iter().collect();
-    let text = log.join("\n");
     for expected in [
         "Task protection backend: ECS agent endpoint",
         "New client connection opened. There are 1 connections",
@@ -116,20 +155,15 @@ async fn sigterm_closes_clients_with_1001_releases_protection_and_exits_0() {
 
 #[tokio::test]
 async fn without_ecs_it_runs_on_the_local_backend_and_says_so_first() {
-    let port = free_port();
-    let mut child = server(&[("PORT", port.to_string())]).spawn().unwrap();
-    let lines = capture(&mut child);
-    wait_healthy(port).await;
-    let (mut c, welcome) = connect(&format!("ws://127.0.0.1:{port}/ws")).await;
+    let server = Running::start(&[]).await;
+    let (mut c, welcome) = connect(&server.ws_url()).await;
     assert_eq!(welcome, "Welcome! There are 1 connections");
     ping_pong(&mut c).await;
     drop(c);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0));
-    let first = lines.recv_timeout(Duration::from_secs(1)).unwrap();
+    server.sigterm();
+    let (code, text) = server.exit().await;
+    assert_eq!(code, Some(0));
+    let first = text.lines().next().unwrap_or_default();
     assert!(
         first.contains("Task protection backend: local"),
         "first line: {first}"
@@ -163,15 +197,12 @@ fn a_bad_setting_stops_start_up_naming_the_variable_and_range() {
 
 #[tokio::test]
 async fn websocket_drain_sends_sigusr1_which_refuses_new_clients_and_keeps_health_200() {
-    let port = free_port();
-    let mut child = server(&[("PORT", port.to_string())]).spawn().unwrap();
-    let _lines = capture(&mut child);
-    wait_healthy(port).await;
-    let url = format!("ws://127.0.0.1:{port}/ws");
+    let server = Running::start(&[]).await;
+    let url = server.ws_url();
     let (mut c, _) = connect(&url).await;
     // `websocket drain` is how an operator sends SIGUSR1 in a shell-less container.
     let out = Command::new(env!("CARGO_BIN_EXE_websocket"))
-        .args(["drain", "--pid", &child.id().to_string()])
+        .args(["drain", "--pid", &server.pid()])
         .output()
         .unwrap();
     assert!(
@@ -189,16 +220,11 @@ async fn websocket_drain_sends_sigusr1_which_refuses_new_clients_and_keeps_healt
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
         other => panic!("expected 503, got {other:?}"),
     }
-    let health = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
-        .await
-        .unwrap();
+    let health = reqwest::get(server.http_url("/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    server.sigterm();
     assert_eq!(close_code(&mut c).await, 1001);
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(server.exit().await.0, Some(0));
 }
 
 #[tokio::test]
@@ -206,9 +232,7 @@ async fn on_the_ecs_api_a_newer_deployment_drains_the_server_and_the_last_client
 {
     use task_protection::protection::ecs_stand_in::{task_definition_arn, StandInEcs};
     let ecs = StandInEcs::start().await.unwrap();
-    let port = free_port();
-    let mut child = server(&[
-        ("PORT", port.to_string()),
+    let server = Running::start(&[
         // auto picks the API because the metadata endpoint is set and the agent's is not.
         ("ECS_CONTAINER_METADATA_URI_V4", ecs.metadata_uri()),
         ("ECS_ENDPOINT_URL", ecs.endpoint_url()),
@@ -220,11 +244,8 @@ async fn on_the_ecs_api_a_newer_deployment_drains_the_server_and_the_last_client
         // A 50 % hold-over would keep protection for 15 minutes: draining skips it.
         ("PROTECTION_MAINTAIN_PERCENT", "50".into()),
     ])
-    .spawn()
-    .unwrap();
-    let lines = capture(&mut child);
-    wait_healthy(port).await;
-    let url = format!("ws://127.0.0.1:{port}/ws");
+    .await;
+    let url = server.ws_url();
     let (mut a, _) = connect(&url).await;
     let (mut b, _) = connect(&url).await;
     support::eventually("protected through the API", || ecs.is_protected()).await;
@@ -243,7 +264,7 @@ async fn on_the_ecs_api_a_newer_deployment_drains_the_server_and_the_last_client
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
         other => panic!("expected 503 while draining, got {other:?}"),
     }
-    let status: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/status"))
+    let status: serde_json::Value = reqwest::get(server.http_url("/status"))
         .await
         .unwrap()
         .json()
@@ -264,28 +285,18 @@ async fn on_the_ecs_api_a_newer_deployment_drains_the_server_and_the_last_client
         ecs.updates() == vec![true, false]
     })
     .await;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0));
-    let log: Vec<String> = lines.try_iter().collect();
-    let text = log.join("\n");
+    server.sigterm();
+    let (code, text) = server.exit().await;
+    assert_eq!(code, Some(0));
     assert!(text.contains("Draining: deployment in progress"), "{text}");
 }
 
 #[tokio::test]
 async fn logs_written_to_a_pipe_have_no_colour_codes() {
-    let port = free_port();
-    let mut child = server(&[("PORT", port.to_string())]).spawn().unwrap();
-    let lines = capture(&mut child);
-    wait_healthy(port).await;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0));
-    let text: String = lines.try_iter().collect::<Vec<_>>().join("\n");
+    let server = Running::start(&[]).await;
+    server.sigterm();
+    let (code, text) = server.exit().await;
+    assert_eq!(code, Some(0));
     assert!(text.contains("Listening on http://"), "{text}");
     assert!(
         !text.contains('\u{1b}'),
