@@ -155,13 +155,10 @@ pub fn parse_answer(status: u16, body: &[u8]) -> Result<ProtectionState, Backend
             )
         })?;
         if let Some(failure) = answer.failure {
-            let mut message = failure.reason.unwrap_or_else(|| "no reason given".into());
-            if let Some(detail) = failure.detail.filter(|d| !d.is_empty()) {
-                message.push_str(" (");
-                message.push_str(&detail);
-                message.push(')');
-            }
-            return Err(BackendError::new(ErrorKind::Failure, message));
+            return Err(BackendError::ecs_failure(
+                failure.reason.as_deref(),
+                failure.detail.as_deref(),
+            ));
         }
         let protection = answer.protection.ok_or_else(|| {
             BackendError::new(

@@ -81,6 +81,18 @@ impl BackendError {
         }
     }
 
+    /// A rejection ECS reported as a `failure` entry: its reason and, when given, its detail
+    /// (`TASK_NOT_VALID (detail)`). The agent endpoint and the ECS API report failures the same way.
+    pub fn ecs_failure(reason: Option<&str>, detail: Option<&str>) -> Self {
+        let mut message = reason.unwrap_or("no reason given").to_string();
+        if let Some(detail) = detail.filter(|d| !d.is_empty()) {
+            message.push_str(" (");
+            message.push_str(detail);
+            message.push(')');
+        }
+        Self::new(ErrorKind::Failure, message)
+    }
+
     /// A hint telling an operator what to fix, for the kinds that need a person rather than a
     /// retry.
     pub fn hint(&self) -> Option<&'static str> {

@@ -237,17 +237,12 @@ async fn look(
         })?
         .map_err(|e| classify_sdk_error(&e, DESCRIBE_SERVICES_ACTION))?;
     if let Some(failure) = output.failures().first() {
-        return Err(BackendError::new(
-            ErrorKind::Failure,
-            format!(
-                "{DESCRIBE_SERVICES_ACTION} for service {service_name}: {}{}",
-                failure.reason().unwrap_or("no reason given"),
-                failure
-                    .detail()
-                    .map(|d| format!(" ({d})"))
-                    .unwrap_or_default()
-            ),
-        ));
+        let mut error = BackendError::ecs_failure(failure.reason(), failure.detail());
+        error.message = format!(
+            "{DESCRIBE_SERVICES_ACTION} for service {service_name}: {}",
+            error.message
+        );
+        return Err(error);
     }
     let service = output
         .services()

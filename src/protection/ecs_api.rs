@@ -266,14 +266,11 @@ pub fn interpret(
         .find(|f| ours(f.arn()))
         .or_else(|| failures.first())
     {
-        let mut message = failure.reason().unwrap_or("no reason given").to_string();
-        if let Some(detail) = failure.detail().filter(|d| !d.is_empty()) {
-            message.push_str(&format!(" ({detail})"));
-        }
+        let mut error = BackendError::ecs_failure(failure.reason(), failure.detail());
         if let Some(arn) = failure.arn() {
-            message.push_str(&format!(" for {arn}"));
+            error.message.push_str(&format!(" for {arn}"));
         }
-        return Err(BackendError::new(ErrorKind::Failure, message));
+        return Err(error);
     }
     let task = protected_tasks
         .iter()
