@@ -1,14 +1,19 @@
-//! Settings, from command-line flags or environment variables alike.
+//! Settings, from command-line flags or environment variables alike, and what they turn into:
+//! the protection [`Settings`], the [`SessionLimits`], and the [`BackendPlan`] (the `auto`
+//! backend choice).
 //!
 //! Every setting has a flag (`--port`) and an environment variable (`PORT`); the flag wins. A value
-//! outside its range stops start-up with a message naming the variable and the range.
+//! outside its range stops start-up with a message naming the variable and the range. Defaults
+//! come from the types they configure ([`Settings::DEFAULT`], [`SessionLimits::DEFAULT`]).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::protection::Settings;
+use crate::ecs::{BackendPlan, EcsSettings};
+use crate::protection::{Settings, DURATION_MINUTES};
+use crate::server::SessionLimits;
 
 /// How the server reaches ECS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -46,45 +51,30 @@ pub enum LogFormat {
     Json,
 }
 
-/// The server's settings.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "websocket",
-    version,
-    about = "A WebSocket game/chat server that keeps its Amazon ECS task protected from scale-in while any client is connected"
-)]
-pub struct Config {
-    /// Run a command instead of serving.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-
-    /// TCP port to listen on (0 picks a free port).
-    #[arg(long, env = "PORT", value_name = "PORT", default_value_t = 3000)]
-    pub port: u16,
-
-    /// Address to listen on.
-    #[arg(long, env = "BIND_ADDRESS", value_name = "BIND_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
-    pub bind_address: IpAddr,
-
+/// The settings of the protection manager and of the way it reaches ECS, shared by every binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProtectionArgs {
     /// How long each protect call protects the task for, in minutes.
     #[arg(long, env = "PROTECTION_DURATION_MINUTES", value_name = "PROTECTION_DURATION_MINUTES",
-          default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=2880))]
+          default_value_t = Settings::DEFAULT.duration_minutes,
+          value_parser = clap::value_parser!(u32).range(i64::from(*DURATION_MINUTES.start())..=i64::from(*DURATION_MINUTES.end())))]
     pub protection_duration_minutes: u32,
 
-    /// Hold-over: if the last client leaves less than this share of the duration after protection
+    /// Hold-over: if the last holder lets go less than this share of the duration after protection
     /// was set, keep protection until that mark (absorbs connect/disconnect churn).
     #[arg(long, env = "PROTECTION_MAINTAIN_PERCENT", value_name = "PROTECTION_MAINTAIN_PERCENT",
-          default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
+          default_value_t = Settings::DEFAULT.maintain_percent, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub protection_maintain_percent: u8,
 
-    /// Refresh protection at this share of its duration while clients are still connected.
+    /// Refresh protection at this share of its duration while it is still wanted.
     #[arg(long, env = "PROTECTION_REFRESH_PERCENT", value_name = "PROTECTION_REFRESH_PERCENT",
-          default_value_t = 80, value_parser = clap::value_parser!(u8).range(1..=100))]
+          default_value_t = Settings::DEFAULT.refresh_percent, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub protection_refresh_percent: u8,
 
     /// How often the protection state is re-checked, in milliseconds.
     #[arg(long, env = "PROTECTION_ADJUST_INTERVAL_MS", value_name = "PROTECTION_ADJUST_INTERVAL_MS",
-          default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+          default_value_t = Settings::DEFAULT.adjust_interval.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub protection_adjust_interval_ms: u64,
 
     /// Which way to reach ECS.
@@ -115,6 +105,85 @@ pub struct Config {
     /// Endpoint override for the ECS API (a local stand-in, a VPC endpoint).
     #[arg(long, env = "ECS_ENDPOINT_URL", value_name = "ECS_ENDPOINT_URL")]
     pub ecs_endpoint_url: Option<String>,
+}
+
+impl ProtectionArgs {
+    /// The protection manager's settings.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            duration_minutes: self.protection_duration_minutes,
+            maintain_percent: self.protection_maintain_percent,
+            refresh_percent: self.protection_refresh_percent,
+            adjust_interval: Duration::from_millis(self.protection_adjust_interval_ms),
+            ..Settings::DEFAULT
+        }
+    }
+
+    /// Which backend to build, and what it needs. `auto`: the agent endpoint if `ECS_AGENT_URI`
+    /// is set, else the ECS API if the task metadata endpoint is set, else local. Wherever the
+    /// task metadata endpoint is, the plan also carries the ECS settings (the drain watcher needs
+    /// them on both ECS backends). Empty values count as unset. An error names what is missing.
+    pub fn backend_plan(&self) -> Result<BackendPlan, String> {
+        let agent_uri = non_empty(&self.ecs_agent_uri);
+        let metadata_uri = non_empty(&self.ecs_metadata_uri);
+        let choice = match (self.protection_backend, &agent_uri, &metadata_uri) {
+            (BackendChoice::Auto, Some(_), _) => BackendChoice::Agent,
+            (BackendChoice::Auto, None, Some(_)) => BackendChoice::Api,
+            (BackendChoice::Auto, None, None) => BackendChoice::Local,
+            (forced, _, _) => forced,
+        };
+        let ecs = EcsSettings {
+            endpoint_url: non_empty(&self.ecs_endpoint_url),
+            cluster: non_empty(&self.ecs_cluster),
+            task_arn: non_empty(&self.ecs_task_arn),
+            metadata_uri,
+        };
+        match choice {
+            BackendChoice::Agent => {
+                let uri = agent_uri.ok_or(
+                    "PROTECTION_BACKEND=agent needs ECS_AGENT_URI (ECS sets it in every container)",
+                )?;
+                let ecs = ecs.metadata_uri.is_some().then_some(ecs);
+                Ok(BackendPlan::Agent { uri, ecs })
+            }
+            BackendChoice::Api => Ok(BackendPlan::Api(ecs)),
+            BackendChoice::Local | BackendChoice::Auto => Ok(BackendPlan::Local),
+        }
+    }
+}
+
+/// A setting's value, unless it is missing or blank.
+fn non_empty(value: &Option<String>) -> Option<String> {
+    value
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// The `websocket` server's settings.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "websocket",
+    version,
+    about = "A WebSocket game/chat server that keeps its Amazon ECS task protected from scale-in while any client is connected"
+)]
+pub struct Config {
+    /// Run a command instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// TCP port to listen on (0 picks a free port).
+    #[arg(long, env = "PORT", value_name = "PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// Address to listen on.
+    #[arg(long, env = "BIND_ADDRESS", value_name = "BIND_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub bind_address: IpAddr,
+
+    /// Protection settings and the way to reach ECS.
+    #[command(flatten)]
+    pub protection: ProtectionArgs,
 
     /// How often (seconds, jittered ±10 %) to ask ECS whether this task is being replaced (a
     /// deployment to another task definition, or a scale-in); 0 turns the watcher off. Needs the
@@ -135,24 +204,28 @@ pub struct Config {
     /// Largest text message a client may send, in bytes; a larger one closes that client with
     /// 1009 (message too big).
     #[arg(long, env = "MAX_MESSAGE_BYTES", value_name = "MAX_MESSAGE_BYTES",
-          default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+          default_value_t = SessionLimits::DEFAULT.max_message_bytes as u32,
+          value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     pub max_message_bytes: u32,
 
     /// Seconds between the server's WebSocket pings (keeps idle connections alive behind a load
     /// balancer with a 60 s idle timeout); a peer silent for two intervals is dropped.
     #[arg(long, env = "WS_PING_INTERVAL_SECS", value_name = "WS_PING_INTERVAL_SECS",
-          default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=300))]
+          default_value_t = SessionLimits::DEFAULT.ping_interval.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=300))]
     pub ws_ping_interval_secs: u64,
 
     /// Messages that may wait for one client before it counts as too slow and is closed (1008).
     #[arg(long, env = "CLIENT_QUEUE_MESSAGES", value_name = "CLIENT_QUEUE_MESSAGES",
-          default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+          default_value_t = SessionLimits::DEFAULT.queue_messages as u32,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub client_queue_messages: u32,
 
     /// Chat messages one client may send per second (bursts of twice that); a faster client is
     /// closed with 1008. 0 turns the limit off. Pings do not count.
     #[arg(long, env = "CHAT_MESSAGES_PER_SEC", value_name = "CHAT_MESSAGES_PER_SEC",
-          default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+          default_value_t = SessionLimits::DEFAULT.chat_per_sec,
+          value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub chat_messages_per_sec: u32,
 
     /// Once draining, close the clients still connected after this many seconds (with 1001, so
@@ -179,16 +252,41 @@ impl Config {
         SocketAddr::new(self.bind_address, self.port)
     }
 
-    /// The protection manager's settings.
-    pub fn protection_settings(&self) -> Settings {
-        Settings {
-            duration_minutes: self.protection_duration_minutes,
-            maintain_percent: self.protection_maintain_percent,
-            refresh_percent: self.protection_refresh_percent,
-            adjust_interval: Duration::from_millis(self.protection_adjust_interval_ms),
-            ..Settings::default()
+    /// The per-connection limits.
+    pub fn session_limits(&self) -> SessionLimits {
+        SessionLimits {
+            max_message_bytes: self.max_message_bytes as usize,
+            ping_interval: Duration::from_secs(self.ws_ping_interval_secs),
+            queue_messages: self.client_queue_messages as usize,
+            chat_per_sec: self.chat_messages_per_sec,
+            ..SessionLimits::DEFAULT
         }
     }
+
+    /// How often the drain watcher looks, or `None` when it is off.
+    pub fn drain_watch_interval(&self) -> Option<Duration> {
+        seconds(self.drain_watch_interval_secs)
+    }
+
+    /// How long a drain may last before the remaining clients are closed, or `None` for never.
+    pub fn drain_deadline(&self) -> Option<Duration> {
+        seconds(self.drain_deadline_secs)
+    }
+
+    /// How long protection may be held without a break before the server drains, or `None`.
+    pub fn max_protected(&self) -> Option<Duration> {
+        seconds(u64::from(self.max_protected_minutes) * 60)
+    }
+
+    /// The longest the SIGTERM sequence may take.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+}
+
+/// `secs` as a duration, `None` for 0 (a setting's "off").
+fn seconds(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs))
 }
 
 #[cfg(test)]
@@ -203,12 +301,23 @@ mod tests {
     fn defaults_match_the_readme() {
         let c = parse(&[]).unwrap();
         assert_eq!(c.port, 3000);
-        assert_eq!(c.protection_duration_minutes, 30);
-        assert_eq!(c.protection_maintain_percent, 10);
-        assert_eq!(c.protection_refresh_percent, 80);
-        assert_eq!(c.protection_adjust_interval_ms, 10_000);
-        assert_eq!(c.protection_backend, BackendChoice::Auto);
-        c.protection_settings().validate().unwrap();
+        assert_eq!(c.protection.protection_duration_minutes, 30);
+        assert_eq!(c.protection.protection_maintain_percent, 10);
+        assert_eq!(c.protection.protection_refresh_percent, 80);
+        assert_eq!(c.protection.protection_adjust_interval_ms, 10_000);
+        assert_eq!(c.protection.protection_backend, BackendChoice::Auto);
+        c.protection.settings().validate().unwrap();
+        assert_eq!(c.protection.settings(), Settings::DEFAULT);
+        let limits = c.session_limits();
+        assert_eq!(
+            limits.max_message_bytes,
+            SessionLimits::DEFAULT.max_message_bytes
+        );
+        assert_eq!(limits.ping_interval, SessionLimits::DEFAULT.ping_interval);
+        assert_eq!(limits.queue_messages, SessionLimits::DEFAULT.queue_messages);
+        assert_eq!(limits.chat_per_sec, SessionLimits::DEFAULT.chat_per_sec);
+        assert_eq!(c.drain_deadline(), None);
+        assert_eq!(c.max_protected(), None);
     }
 
     #[test]
@@ -239,5 +348,74 @@ mod tests {
             e.contains("PROTECTION_BACKEND") && e.contains("auto"),
             "{e}"
         );
+    }
+
+    fn plan(args: &[&str]) -> Result<BackendPlan, String> {
+        parse(args).unwrap().protection.backend_plan()
+    }
+
+    const METADATA: &str = "http://169.254.170.2/v4/abc";
+
+    #[test]
+    fn auto_picks_local_outside_ecs() {
+        assert_eq!(plan(&[]), Ok(BackendPlan::Local));
+        // Blank values count as unset.
+        assert_eq!(
+            plan(&["--ecs-agent-uri", " ", "--ecs-metadata-uri", ""]),
+            Ok(BackendPlan::Local)
+        );
+    }
+
+    #[test]
+    fn auto_picks_the_agent_when_ecs_agent_uri_is_set_and_keeps_the_metadata_for_the_watcher() {
+        assert_eq!(
+            plan(&["--ecs-agent-uri", "http://169.254.170.2/api/x"]),
+            Ok(BackendPlan::Agent {
+                uri: "http://169.254.170.2/api/x".into(),
+                ecs: None
+            })
+        );
+        let Ok(BackendPlan::Agent { ecs: Some(ecs), .. }) = plan(&[
+            "--ecs-agent-uri",
+            "http://169.254.170.2/api/x",
+            "--ecs-metadata-uri",
+            METADATA,
+        ]) else {
+            panic!("the agent, with the ECS settings for the watcher")
+        };
+        assert_eq!(ecs.metadata_uri.as_deref(), Some(METADATA));
+    }
+
+    #[test]
+    fn auto_picks_the_api_with_only_the_metadata_endpoint() {
+        let Ok(BackendPlan::Api(ecs)) = plan(&[
+            "--ecs-metadata-uri",
+            METADATA,
+            "--ecs-endpoint-url",
+            "http://127.0.0.1:1",
+        ]) else {
+            panic!("the API backend")
+        };
+        assert_eq!(ecs.metadata_uri.as_deref(), Some(METADATA));
+        assert_eq!(ecs.endpoint_url.as_deref(), Some("http://127.0.0.1:1"));
+    }
+
+    #[test]
+    fn a_forced_backend_wins_and_the_agent_needs_its_uri() {
+        assert_eq!(
+            plan(&[
+                "--protection-backend",
+                "local",
+                "--ecs-agent-uri",
+                "http://a"
+            ]),
+            Ok(BackendPlan::Local)
+        );
+        assert!(matches!(
+            plan(&["--protection-backend", "api", "--ecs-agent-uri", "http://a"]),
+            Ok(BackendPlan::Api(_))
+        ));
+        let e = plan(&["--protection-backend", "agent"]).unwrap_err();
+        assert!(e.contains("ECS_AGENT_URI"), "{e}");
     }
 }

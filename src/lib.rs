@@ -1,13 +1,16 @@
 //! Keeps an Amazon ECS task protected from scale-in while it has work, and a WebSocket
 //! game/chat server built on it.
 //!
-//! * [`protection`]: the reusable [`ProtectionManager`](protection::ProtectionManager) and its
-//!   backends.
+//! * [`protection`]: the reusable [`ProtectionManager`](protection::ProtectionManager): when to
+//!   call ECS and how calls are made, one at a time. Knows nothing of AWS.
+//! * [`ecs`]: what speaks to ECS: the agent and API backends, the task's identity, the drain
+//!   watcher.
 //! * [`server`]: the WebSocket server (axum) whose connection count drives protection.
-//! * [`config`]: command-line flags and environment variables.
+//! * [`config`]: command-line flags and environment variables, and what they turn into.
 
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod ecs;
 pub mod protection;
 pub mod server;

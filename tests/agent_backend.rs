@@ -6,8 +6,8 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use task_protection::protection::agent::AgentBackend;
-use task_protection::protection::stand_in::{Fault, StandInAgent};
+use ecs_stand_in::{Fault, StandInAgent};
+use task_protection::ecs::agent::AgentBackend;
 use task_protection::protection::{
     ErrorKind, ProtectionBackend, ProtectionManager, Settings, StateLabel,
 };
@@ -77,10 +77,7 @@ async fn every_error_shape_maps_to_its_kind() {
 
 #[tokio::test]
 async fn a_refused_connection_is_unreachable() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = support::free_port();
     let b = AgentBackend::new(
         &format!("http://127.0.0.1:{port}"),
         Duration::from_millis(500),

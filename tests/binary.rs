@@ -7,13 +7,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ecs_stand_in::StandInAgent;
+use support::free_port;
 use support::{close_code, connect, ping_pong};
-use task_protection::protection::stand_in::StandInAgent;
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 fn server(envs: &[(&str, String)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_websocket"));
@@ -230,7 +226,7 @@ async fn websocket_drain_sends_sigusr1_which_refuses_new_clients_and_keeps_healt
 #[tokio::test]
 async fn on_the_ecs_api_a_newer_deployment_drains_the_server_and_the_last_client_releases_at_once()
 {
-    use task_protection::protection::ecs_stand_in::{task_definition_arn, StandInEcs};
+    use ecs_stand_in::{task_definition_arn, StandInEcs};
     let ecs = StandInEcs::start().await.unwrap();
     let server = Running::start(&[
         // auto picks the API because the metadata endpoint is set and the agent's is not.

@@ -13,6 +13,7 @@
 
 #[path = "browser/process.rs"]
 mod process;
+mod support;
 #[path = "browser/webdriver.rs"]
 mod webdriver;
 
@@ -23,7 +24,8 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::Value;
 
-use process::{free_port, Proc, TempDir};
+use process::{Proc, TempDir};
+use support::free_port;
 use webdriver::{Driver, Session};
 
 /// The longest any one expected change may take to show.

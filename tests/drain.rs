@@ -6,12 +6,12 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ecs_stand_in::StandInAgent;
 use futures_util::SinkExt;
 use support::{
     close_code, connect, eventually, next_text, ping_pong, settings, FakeBackend, TestServer,
 };
-use task_protection::protection::agent::AgentBackend;
-use task_protection::protection::stand_in::StandInAgent;
+use task_protection::ecs::agent::AgentBackend;
 use task_protection::protection::{ProtectionManager, StateLabel};
 use task_protection::server::{drain, Hub, SessionLimits, DRAINING_NOTICE};
 

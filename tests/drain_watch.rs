@@ -1,28 +1,25 @@
 //! The drain watcher with the real `aws-sdk-ecs` client against the local ECS and metadata
 //! endpoints, on real time with a 200 ms interval.
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_ecs::config::Credentials;
-use task_protection::protection::drain_watch::spawn_drain_watch;
-use task_protection::protection::ecs_api;
-use task_protection::protection::ecs_stand_in::{
+use ecs_stand_in::{
     self, EcsFault, EcsOperation, ServiceDoc, StandInEcs, CLUSTER_ARN, SERVICE_NAME,
 };
-use task_protection::protection::task_metadata::IdentitySource;
+use task_protection::ecs::drain_watch::spawn_drain_watch;
+use task_protection::ecs::identity::IdentitySource;
+use task_protection::ecs::EcsContext;
 use tokio::sync::watch;
 
 const INTERVAL: Duration = Duration::from_millis(200);
 
 fn start_watch(ecs: &StandInEcs) -> watch::Receiver<Option<String>> {
-    let client = ecs_api::static_client(
-        &ecs.endpoint_url(),
-        "us-east-1",
-        Credentials::new("AKIDTEST", "secret", None, None, "test"),
-    );
+    let client = support::ecs_client(&ecs.endpoint_url(), "us-east-1");
     let identity = IdentitySource::metadata(&ecs.metadata_uri(), Duration::from_secs(1)).unwrap();
-    spawn_drain_watch(client, identity, INTERVAL)
+    spawn_drain_watch(&EcsContext::new(client, identity), INTERVAL)
 }
 
 fn describes(ecs: &StandInEcs) -> usize {

@@ -2,34 +2,34 @@
 //! ECS's JSON protocol (and a local task metadata endpoint). No real AWS, dummy credentials.
 //! Real time throughout: every test finishes in a few seconds.
 
+mod support;
+
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_ecs::config::Credentials;
-use task_protection::protection::ecs_api::{self, EcsApiBackend};
-use task_protection::protection::ecs_stand_in::{
-    self, EcsFault, EcsOperation, StandInEcs, CLUSTER_ARN, TASK_ARN,
-};
-use task_protection::protection::task_metadata::{IdentitySource, TaskIdentity};
+use ecs_stand_in::{self, EcsFault, EcsOperation, StandInEcs, CLUSTER_ARN, TASK_ARN};
+use support::{credentials, ecs_client, ecs_client_with, within};
+use task_protection::ecs::api::EcsApiBackend;
+use task_protection::ecs::identity::{IdentitySource, TaskIdentity};
+use task_protection::ecs::{EcsContext, EcsSettings};
 use task_protection::protection::{
     AcquireError, ErrorKind, ProtectionBackend, ProtectionEvent, ProtectionManager, Settings,
     StateLabel,
 };
 
-fn credentials() -> Credentials {
-    Credentials::new("AKIDTEST", "secret", None, None, "test")
-}
-
 /// A client whose own region (us-east-1) differs from the task's (eu-west-1), so that the tests
 /// see which one the calls are signed for.
 fn client(ecs: &StandInEcs) -> aws_sdk_ecs::Client {
-    ecs_api::static_client(&ecs.endpoint_url(), "us-east-1", credentials())
+    ecs_client(&ecs.endpoint_url(), "us-east-1")
+}
+
+/// A backend for the task named by hand, through `client`.
+fn backend_for(client: aws_sdk_ecs::Client, cluster: &str) -> EcsApiBackend {
+    let identity = IdentitySource::given(TaskIdentity::new(cluster, TASK_ARN));
+    EcsApiBackend::new(EcsContext::new(client, identity))
 }
 
 fn given_backend(ecs: &StandInEcs) -> EcsApiBackend {
-    EcsApiBackend::new(
-        client(ecs),
-        IdentitySource::given(TaskIdentity::new(CLUSTER_ARN, TASK_ARN)),
-    )
+    backend_for(client(ecs), CLUSTER_ARN)
 }
 
 fn near(t: SystemTime, expected: SystemTime) -> bool {
@@ -48,12 +48,6 @@ fn fast_settings() -> Settings {
         backoff_base: Duration::from_millis(100),
         backoff_max: Duration::from_millis(400),
     }
-}
-
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(5), f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for: {what}"))
 }
 
 async fn wait_state(m: &ProtectionManager, state: StateLabel) {
@@ -210,10 +204,7 @@ async fn other_ecs_errors_are_classified() {
     }
     // A cluster ECS does not know is reported as such (the stand-in checks what is sent).
     ecs.set_fault(EcsFault::None);
-    let wrong = EcsApiBackend::new(
-        client(&ecs),
-        IdentitySource::given(TaskIdentity::new("other-cluster", TASK_ARN)),
-    );
+    let wrong = backend_for(client(&ecs), "other-cluster");
     assert_eq!(
         wrong.set_protection(true, 30).await.unwrap_err().kind,
         ErrorKind::NotFound
@@ -222,17 +213,10 @@ async fn other_ecs_errors_are_classified() {
 
 #[tokio::test]
 async fn an_unreachable_endpoint_is_unreachable() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let backend = EcsApiBackend::new(
-        ecs_api::static_client(
-            &format!("http://127.0.0.1:{port}"),
-            "us-east-1",
-            credentials(),
-        ),
-        IdentitySource::given(TaskIdentity::new(CLUSTER_ARN, TASK_ARN)),
+    let port = support::free_port();
+    let backend = backend_for(
+        ecs_client(&format!("http://127.0.0.1:{port}"), "us-east-1"),
+        CLUSTER_ARN,
     );
     let e = backend.set_protection(true, 30).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unreachable, "{e}");
@@ -246,9 +230,9 @@ async fn the_sdk_timeout_is_a_timeout() {
         .operation_attempt_timeout(Duration::from_millis(200))
         .operation_timeout(Duration::from_millis(300))
         .build();
-    let backend = EcsApiBackend::new(
-        ecs_api::static_client_with(&ecs.endpoint_url(), "us-east-1", credentials(), timeouts),
-        IdentitySource::given(TaskIdentity::new(CLUSTER_ARN, TASK_ARN)),
+    let backend = backend_for(
+        ecs_client_with(&ecs.endpoint_url(), "us-east-1", Some(timeouts)),
+        CLUSTER_ARN,
     );
     let e = within("the SDK timeout", backend.set_protection(true, 30))
         .await
@@ -301,7 +285,7 @@ async fn the_identity_is_read_from_the_metadata_endpoint_once_and_a_failure_is_r
     let ecs = StandInEcs::start().await.unwrap();
     ecs.set_metadata_available(false);
     let identity = IdentitySource::metadata(&ecs.metadata_uri(), Duration::from_secs(1)).unwrap();
-    let backend = EcsApiBackend::new(client(&ecs), identity.clone());
+    let backend = EcsApiBackend::new(EcsContext::new(client(&ecs), identity.clone()));
 
     let e = backend.set_protection(true, 10).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Config, "{e}");
@@ -340,15 +324,12 @@ async fn from_loader_uses_the_endpoint_override_and_the_region_of_the_task() {
     let ecs = StandInEcs::start().await.unwrap();
     let loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .credentials_provider(credentials());
-    let backend = EcsApiBackend::from_loader(
-        loader,
-        Some(ecs.endpoint_url()),
-        None,
-        None,
-        Some(ecs.metadata_uri()),
-    )
-    .await
-    .unwrap();
+    let settings = EcsSettings {
+        endpoint_url: Some(ecs.endpoint_url()),
+        metadata_uri: Some(ecs.metadata_uri()),
+        ..EcsSettings::default()
+    };
+    let backend = EcsApiBackend::new(EcsContext::from_loader(loader, settings).await.unwrap());
     assert!(backend.describe().contains(&ecs.endpoint_url()));
     assert!(backend.set_protection(true, 5).await.unwrap().enabled);
     let call = &ecs.calls()[0];
@@ -358,16 +339,19 @@ async fn from_loader_uses_the_endpoint_override_and_the_region_of_the_task() {
 
 #[tokio::test]
 async fn from_env_needs_an_identity() {
-    let e = EcsApiBackend::from_env(None, Some("c".into()), None, None)
+    let given = |cluster: Option<&str>, task_arn: Option<&str>| EcsSettings {
+        cluster: cluster.map(str::to_string),
+        task_arn: task_arn.map(str::to_string),
+        ..EcsSettings::default()
+    };
+    let e = EcsContext::from_env(given(Some("c"), None))
         .await
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Config);
     assert!(e.message.contains("ECS_CLUSTER and ECS_TASK_ARN"), "{e}");
-    let e = EcsApiBackend::from_env(None, None, None, None)
-        .await
-        .unwrap_err();
+    let e = EcsContext::from_env(given(None, None)).await.unwrap_err();
     assert!(e.message.contains("ECS_CONTAINER_METADATA_URI_V4"), "{e}");
-    let e = EcsApiBackend::from_env(None, Some("c".into()), Some("task-1".into()), None)
+    let e = EcsContext::from_env(given(Some("c"), Some("task-1")))
         .await
         .unwrap_err();
     assert!(e.message.contains("not a task ARN"), "{e}");

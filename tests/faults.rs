@@ -6,11 +6,11 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ecs_stand_in::{Fault, StandInAgent};
 use futures_util::SinkExt;
 use proptest::prelude::*;
 use support::{connect, eventually, next_text, ping_pong, settings, FakeBackend, Op, TestServer};
-use task_protection::protection::agent::AgentBackend;
-use task_protection::protection::stand_in::{Fault, StandInAgent};
+use task_protection::ecs::agent::AgentBackend;
 use task_protection::protection::{
     BackendError, ErrorKind, ProtectionBackend, ProtectionManager, Settings, StateLabel,
 };

@@ -6,11 +6,11 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ecs_stand_in::{Fault, StandInAgent};
 use futures_util::{SinkExt, StreamExt};
 use support::{close_code, connect, eventually, next_text, ping_pong, TestServer};
-use task_protection::protection::agent::AgentBackend;
+use task_protection::ecs::agent::AgentBackend;
 use task_protection::protection::local::LocalBackend;
-use task_protection::protection::stand_in::{Fault, StandInAgent};
 use task_protection::protection::ProtectionBackend;
 use task_protection::server::{SessionLimits, REJECTED_NOTICE};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};

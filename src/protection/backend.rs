@@ -1,7 +1,8 @@
 //! The one interface every way of reaching ECS implements.
 //!
 //! A backend performs exactly one I/O operation per call and reports what ECS said. It decides
-//! nothing: retries, timing and coalescing belong to the [`manager`](super::manager).
+//! nothing: retries, timing and coalescing belong to the
+//! [`ProtectionManager`](super::ProtectionManager).
 
 use std::time::{Duration, SystemTime};
 
@@ -105,20 +106,31 @@ impl BackendError {
                 "only tasks that belong to an ECS service can be protected; a standalone task \
                  (run-task) cannot",
             ),
-            ErrorKind::InvalidRequest => Some(
-                "check PROTECTION_DURATION_MINUTES (1..=2880) and the cluster / task ARN settings",
-            ),
+            ErrorKind::InvalidRequest => {
+                Some("check PROTECTION_DURATION_MINUTES and the cluster / task ARN settings")
+            }
             ErrorKind::Config => Some("check the PROTECTION_BACKEND settings"),
             _ => None,
         }
     }
 }
 
+impl BackendError {
+    /// The error with its hint, when it has one: `<error> (<hint>)`, for a message that stops
+    /// start-up.
+    pub fn explain(&self) -> String {
+        match self.hint() {
+            Some(hint) => format!("{self} ({hint})"),
+            None => self.to_string(),
+        }
+    }
+}
+
 /// A way of reading and setting the task's scale-in protection.
 ///
-/// Implementations: [`AgentBackend`](super::agent::AgentBackend) (the ECS container agent's
-/// endpoint) and [`LocalBackend`](super::local::LocalBackend) (an in-process simulation for
-/// laptops and CI). A backend that needs to discover who it is (cluster, task ARN) does so lazily
+/// Implementations: [`AgentBackend`](crate::ecs::agent::AgentBackend) (the ECS container agent's
+/// endpoint), [`EcsApiBackend`](crate::ecs::api::EcsApiBackend) (the ECS API) and
+/// [`LocalBackend`](super::local::LocalBackend) (an in-process simulation for laptops and CI). A backend that needs to discover who it is (cluster, task ARN) does so lazily
 /// on its first call and reports a [`ErrorKind::Config`] error if it cannot.
 #[async_trait]
 pub trait ProtectionBackend: Send + Sync + 'static {
@@ -141,6 +153,6 @@ pub trait ProtectionBackend: Send + Sync + 'static {
 }
 
 /// Converts a duration in whole minutes to a [`Duration`].
-pub fn minutes(m: u32) -> Duration {
+pub(crate) fn minutes(m: u32) -> Duration {
     Duration::from_secs(u64::from(m) * 60)
 }

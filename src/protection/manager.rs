@@ -1,5 +1,5 @@
-//! The protection manager: one reconciler task that keeps ECS's protection where the program
-//! wants it.
+//! The protection manager: its handles, guards, status and events, and the one reconciler task
+//! that keeps ECS's protection where the program wants it.
 //!
 //! Holders take a [`ProtectionGuard`] (or call [`ProtectionManager::acquire`]); the count of
 //! holders is the wanted state. Only the 0→1 and 1→0 transitions wake the reconciler, which asks
@@ -103,13 +103,23 @@ pub struct ProtectionManager {
     stop: Arc<Mutex<Option<oneshot::Sender<()>>>>,
 }
 
+/// What the handles, the guards and the reconciler share.
 struct Inner {
+    /// Every claim on protection: live guards plus unreleased `acquire()` calls. The wanted state
+    /// is `holds > 0`; only its 0→1 and 1→0 transitions wake the reconciler.
     holds: AtomicUsize,
+    /// The part of `holds` taken by `acquire()`, so that `release()` gives back only those (an
+    /// extra `release()` must not drop a guard's claim).
     manual_holds: Mutex<usize>,
+    /// Wakes the reconciler when the wanted state or the hold-over flag changes.
     wake: Notify,
+    /// Skip the hold-over (draining): release as soon as the last claim goes.
     skip_hold: AtomicBool,
+    /// The current status; every change is seen by `watch()` receivers and by `acquire()`.
     status: watch::Sender<ProtectionStatus>,
+    /// Events for `subscribe()` receivers.
     events: broadcast::Sender<ProtectionEvent>,
+    /// The reconciler task, taken by `shutdown()` to wait for the final release.
     task: Mutex<Option<JoinHandle<Result<(), BackendError>>>>,
 }
 
@@ -293,13 +303,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The reconciler: the only code that calls the backend.
+/// The reconciler: the only code that calls the backend. It owns everything the policy needs
+/// that the handles do not share.
 struct Reconciler {
     inner: Arc<Inner>,
     backend: Arc<dyn ProtectionBackend>,
     settings: Settings,
+    /// What ECS last said (the policy's view of it).
     ecs: EcsState,
+    /// Failed calls in the current streak (0 after a success); sets the back-off.
     failures: u32,
+    /// No call before this instant (back-off).
     retry_at: Option<Instant>,
 }
 
@@ -545,7 +559,7 @@ impl Reconciler {
 }
 
 /// Formats an expiry for logs.
-pub fn fmt_time(t: Option<SystemTime>) -> String {
+pub(crate) fn fmt_time(t: Option<SystemTime>) -> String {
     match t {
         Some(t) => rfc3339(t),
         None => "an unreported time".to_string(),
@@ -553,7 +567,7 @@ pub fn fmt_time(t: Option<SystemTime>) -> String {
 }
 
 /// Formats a time as RFC 3339 (UTC, whole seconds).
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let dt = time::OffsetDateTime::from(t)
         .replace_nanosecond(0)
         .unwrap_or_else(|_| time::OffsetDateTime::from(t));

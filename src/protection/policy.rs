@@ -15,13 +15,17 @@
 //! * **Lapse**: ECS's expiry has passed without a refresh → protection is gone; record it.
 //! * **Back-off**: after a failed call, no call is made before `retry_at`.
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// The protection durations ECS accepts, in minutes (`expiresInMinutes`).
+pub const DURATION_MINUTES: RangeInclusive<u32> = 1..=2880;
+
 /// What the manager knows of ECS's protection state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EcsState {
+pub(crate) enum EcsState {
     /// Not known yet (start-up before the first answer, or the first read failed).
     Unknown,
     /// ECS said the task is not protected.
@@ -39,7 +43,7 @@ pub enum EcsState {
 /// The protection settings, with the meaning of the Node.js sample's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    /// How long each protect call protects the task for, in minutes (1..=2880).
+    /// How long each protect call protects the task for, in minutes ([`DURATION_MINUTES`]).
     pub duration_minutes: u32,
     /// If protection is released less than this share (0..=100 %) of the duration after it was
     /// set, keep it until that mark.
@@ -56,17 +60,24 @@ pub struct Settings {
     pub backoff_max: Duration,
 }
 
+impl Settings {
+    /// The defaults: the Node.js sample's WebSocket server settings (30 minutes, refresh at 80 %,
+    /// re-check every 10 s), except a 10 % hold-over instead of 0 % (README, "Why the default
+    /// hold-over is 10 %"), plus a 10 s call timeout and a 1 s to 15 s back-off.
+    pub const DEFAULT: Settings = Settings {
+        duration_minutes: 30,
+        maintain_percent: 10,
+        refresh_percent: 80,
+        adjust_interval: Duration::from_secs(10),
+        call_timeout: Duration::from_secs(10),
+        backoff_base: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(15),
+    };
+}
+
 impl Default for Settings {
     fn default() -> Self {
-        Self {
-            duration_minutes: 30,
-            maintain_percent: 10,
-            refresh_percent: 80,
-            adjust_interval: Duration::from_secs(10),
-            call_timeout: Duration::from_secs(10),
-            backoff_base: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(15),
-        }
+        Self::DEFAULT
     }
 }
 
@@ -77,7 +88,7 @@ pub struct SettingsError {
     /// The setting's name.
     pub name: &'static str,
     /// The allowed range, as text.
-    pub range: &'static str,
+    pub range: String,
     /// The value given.
     pub value: String,
 }
@@ -88,19 +99,23 @@ impl Settings {
         fn check(
             ok: bool,
             name: &'static str,
-            range: &'static str,
+            range: impl Into<String>,
             value: String,
         ) -> Result<(), SettingsError> {
             if ok {
                 Ok(())
             } else {
-                Err(SettingsError { name, range, value })
+                Err(SettingsError {
+                    name,
+                    range: range.into(),
+                    value,
+                })
             }
         }
         check(
-            (1..=2880).contains(&self.duration_minutes),
+            DURATION_MINUTES.contains(&self.duration_minutes),
             "duration_minutes",
-            "1..=2880",
+            format!("{DURATION_MINUTES:?}"),
             self.duration_minutes.to_string(),
         )?;
         check(
@@ -148,7 +163,7 @@ impl Settings {
 
 /// The inputs of one decision.
 #[derive(Debug, Clone, Copy)]
-pub struct Input<'a> {
+pub(crate) struct Input<'a> {
     /// Whether the program wants protection now (some work is in hand).
     pub wanted: bool,
     /// What ECS last said.
@@ -165,7 +180,7 @@ pub struct Input<'a> {
 
 /// What to do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Call ECS to protect the task (first time or refresh).
     Protect,
     /// Call ECS to release protection.
@@ -179,7 +194,7 @@ pub enum Decision {
 }
 
 /// Decides what to do next. Pure: same input, same answer.
-pub fn decide(input: Input<'_>) -> Decision {
+pub(crate) fn decide(input: Input<'_>) -> Decision {
     let Input {
         wanted,
         ecs,
@@ -227,7 +242,7 @@ pub fn decide(input: Input<'_>) -> Decision {
 /// The delay before retry number `failures` (1 for the first failure): exponential from `base`,
 /// capped at `max`, with "equal jitter" (`jitter` in `0.0..1.0` picks a point in the upper half),
 /// so that many tasks rejected at once do not retry in lock-step.
-pub fn retry_delay(failures: u32, base: Duration, max: Duration, jitter: f64) -> Duration {
+pub(crate) fn retry_delay(failures: u32, base: Duration, max: Duration, jitter: f64) -> Duration {
     let exp = failures.saturating_sub(1).min(30);
     let full = base.saturating_mul(1u32 << exp).min(max);
     let jitter = jitter.clamp(0.0, 1.0);

@@ -1,4 +1,4 @@
-//! The ways a drain starts and ends, each a small task feeding [`Hub::begin_drain`]:
+//! What starts and ends a drain, each a small task feeding [`Hub::begin_drain`]:
 //! an operator's SIGUSR1, the drain watcher's view of ECS, a maximum protected lifetime, and the
 //! deadline after which the remaining clients are closed.
 
@@ -60,7 +60,7 @@ pub fn follow_watcher(hub: &Arc<Hub>, mut reasons: watch::Receiver<Option<String
 /// Closes the remaining clients with 1001 once a drain has lasted `deadline`.
 pub fn evict_after(hub: &Arc<Hub>, deadline: Duration) {
     let weak = Arc::downgrade(hub);
-    let mut state = hub.state.subscribe();
+    let mut state = hub.watch_state();
     tokio::spawn(async move {
         loop {
             if state.wait_for(|s| s.draining.is_some()).await.is_err() {

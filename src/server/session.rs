@@ -8,7 +8,6 @@
 //! of making memory grow or slowing the others.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -16,7 +15,8 @@ use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::{Outgoing, ServerState, Slot, DRAINING_NOTICE, REJECTED_NOTICE};
+use super::hub::{Joined, Outgoing, ServerState, Slot};
+use super::{DRAINING_NOTICE, REJECTED_NOTICE, SHUTTING_DOWN};
 
 /// Why a session ended, for the close frame and the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,15 +35,15 @@ enum End {
 /// keeps its arguments (the 368-byte socket among them) twice in its state machine, and this
 /// future lives as long as the connection (see BENCHMARKS.md).
 #[allow(clippy::manual_async_fn)]
-pub fn run(mut socket: WebSocket, slot: Slot) -> impl Future<Output = ()> + Send {
+pub(super) fn run(mut socket: WebSocket, slot: Slot) -> impl Future<Output = ()> + Send {
     async move {
-        let hub = Arc::clone(&slot.hub);
-        let id = slot.id;
-        let _protection = hub.manager.guard();
-        let mut room = hub.room.subscribe();
-        let mut state = hub.state.subscribe();
-        let limits = &hub.limits;
-        let n = hub.connections();
+        let Joined {
+            protection: _protection,
+            mut room,
+            mut state,
+        } = slot.join();
+        let limits = slot.limits();
+        let n = slot.connections();
         tracing::info!("New client connection opened. There are {n} connections");
 
         let welcome = format!("Welcome! There are {n} connections");
@@ -78,15 +78,16 @@ pub fn run(mut socket: WebSocket, slot: Slot) -> impl Future<Output = ()> + Send
                         told.act_on(&now, &mut socket, limits.write_timeout).await
                     }
                     // The hub (which owns the sender) outlives every session; be safe anyway.
-                    Err(_) => Some(End::Close(close_code::AWAY, "server shutting down")),
+                    Err(_) => Some(End::Close(close_code::AWAY, SHUTTING_DOWN)),
                 },
                 out = room.recv() => match out {
-                    Ok(Outgoing { from, text }) if from != id => {
+                    Ok(message) if !slot.is_own(&message) => {
+                        let Outgoing { text, .. } = message;
                         send(&mut socket, Message::Text(text), limits.write_timeout).await
                     }
                     Ok(_) => None,
                     Err(RecvError::Lagged(_)) => Some(End::Close(close_code::POLICY, "too slow: message queue full")),
-                    Err(RecvError::Closed) => Some(End::Close(close_code::AWAY, "server shutting down")),
+                    Err(RecvError::Closed) => Some(End::Close(close_code::AWAY, SHUTTING_DOWN)),
                 },
                 _ = ping.tick() => {
                     if last_heard.elapsed() > limits.ping_interval * 2 {
@@ -107,8 +108,7 @@ pub fn run(mut socket: WebSocket, slot: Slot) -> impl Future<Output = ()> + Send
                             } else if !chat_budget.take() {
                                 Some(End::Close(close_code::POLICY, "too many messages"))
                             } else {
-                                // Nobody listening is fine: the sender may be alone.
-                                let _ = hub.room.send(Outgoing { from: id, text });
+                                slot.publish(text);
                                 None
                             }
                         }
@@ -141,11 +141,8 @@ pub fn run(mut socket: WebSocket, slot: Slot) -> impl Future<Output = ()> + Send
             Some(End::ClientGone) | None => {}
         }
         drop(socket);
-        drop(slot);
-        tracing::info!(
-            "Client connection closed. There are {} connections",
-            hub.connections()
-        );
+        let left = slot.leave();
+        tracing::info!("Client connection closed. There are {left} connections");
     }
 }
 
@@ -233,10 +230,10 @@ impl Told {
         timeout: Duration,
     ) -> Option<End> {
         if state.shutting_down {
-            return Some(End::Close(close_code::AWAY, "server shutting down"));
+            return Some(End::Close(close_code::AWAY, SHUTTING_DOWN));
         }
         if state.evicting {
-            return Some(End::Close(close_code::AWAY, "server draining"));
+            return Some(End::Close(close_code::AWAY, DRAINING_NOTICE));
         }
         if state.rejection_streak != 0 && state.rejection_streak != self.rejection_streak {
             self.rejection_streak = state.rejection_streak;

@@ -1,4 +1,5 @@
-//! Shared pieces of the integration tests.
+//! Shared pieces of the integration tests: a scripted backend for the paused clock, an in-process
+//! server, WebSocket client helpers, waits, free ports, and SDK clients for the ECS stand-in.
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
@@ -8,7 +9,6 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
-use task_protection::protection::backend::minutes;
 use task_protection::protection::{
     BackendError, ProtectionBackend, ProtectionManager, ProtectionState, Settings,
 };
@@ -106,7 +106,7 @@ impl ProtectionBackend for FakeBackend {
         let next = self.script.lock().unwrap().pop_front().unwrap_or(Ok(()));
         next.map(|()| ProtectionState {
             enabled,
-            expires_at: enabled.then(|| SystemTime::now() + minutes(m)),
+            expires_at: enabled.then(|| SystemTime::now() + Duration::from_secs(u64::from(m) * 60)),
         })
     }
 
@@ -274,4 +274,47 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Runs `f` to completion, failing the test after 5 s (real time).
+pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for: {what}"))
+}
+
+/// A loopback port that was free a moment ago (and refuses connections until someone binds it).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Credentials for the stand-ins, which do not check signatures.
+pub fn credentials() -> aws_sdk_ecs::config::Credentials {
+    aws_sdk_ecs::config::Credentials::new("AKIDTEST", "secret", None, None, "test")
+}
+
+/// An `aws-sdk-ecs` client for a local endpoint (plain HTTP), with test credentials, signing for
+/// `region`, and at most 2 attempts per call.
+pub fn ecs_client(endpoint_url: &str, region: &str) -> aws_sdk_ecs::Client {
+    ecs_client_with(endpoint_url, region, None)
+}
+
+/// Like [`ecs_client`], with the SDK timeouts given.
+pub fn ecs_client_with(
+    endpoint_url: &str,
+    region: &str,
+    timeouts: Option<aws_sdk_ecs::config::timeout::TimeoutConfig>,
+) -> aws_sdk_ecs::Client {
+    let mut config = aws_sdk_ecs::Config::builder()
+        .behavior_version(aws_sdk_ecs::config::BehaviorVersion::latest())
+        .http_client(aws_smithy_http_client::Builder::new().build_http())
+        .endpoint_url(endpoint_url)
+        .region(aws_sdk_ecs::config::Region::new(region.to_string()))
+        .credentials_provider(credentials())
+        .retry_config(aws_sdk_ecs::config::retry::RetryConfig::standard().with_max_attempts(2));
+    if let Some(timeouts) = timeouts {
+        config = config.timeout_config(timeouts);
+    }
+    aws_sdk_ecs::Client::from_conf(config.build())
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::backend::{BackendError, ErrorKind};
+use crate::protection::{BackendError, ErrorKind};
 
 /// The identity of the task whose protection is managed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,11 +49,6 @@ impl TaskIdentity {
         }
     }
 
-    /// The account the task runs in, from the task ARN.
-    pub fn account_id(&self) -> Option<&str> {
-        EcsArn::parse(&self.task_arn).map(|a| a.account)
-    }
-
     /// The ARN of the task definition this task was started from, when the family and revision
     /// are known: `arn:aws:ecs:REGION:ACCOUNT:task-definition/FAMILY:REVISION`.
     pub fn task_definition_arn(&self) -> Option<String> {
@@ -67,7 +62,7 @@ impl TaskIdentity {
 
 /// The parts of an ECS ARN (`arn:PARTITION:ecs:REGION:ACCOUNT:RESOURCE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EcsArn<'a> {
+struct EcsArn<'a> {
     /// `aws`, `aws-cn`, `aws-us-gov`, …
     pub partition: &'a str,
     /// The region, e.g. `us-east-1`.
@@ -81,7 +76,7 @@ pub struct EcsArn<'a> {
 impl<'a> EcsArn<'a> {
     /// Splits an ECS ARN into its parts; `None` when `arn` is not an ECS ARN with a region and
     /// an account.
-    pub fn parse(arn: &'a str) -> Option<Self> {
+    fn parse(arn: &'a str) -> Option<Self> {
         let mut parts = arn.splitn(6, ':');
         let (prefix, partition, service, region, account, resource) = (
             parts.next()?,
@@ -107,13 +102,13 @@ impl<'a> EcsArn<'a> {
 }
 
 /// The region in an ECS ARN (`arn:aws:ecs:REGION:ACCOUNT:...`).
-pub fn region_from_arn(arn: &str) -> Option<&str> {
+fn region_from_arn(arn: &str) -> Option<&str> {
     EcsArn::parse(arn).map(|a| a.region)
 }
 
 /// The ARN of task definition `family:revision` in the partition, region and account of
 /// `task_arn`; `None` when `task_arn` is not an ECS ARN.
-pub fn task_definition_arn(task_arn: &str, family: &str, revision: &str) -> Option<String> {
+fn task_definition_arn(task_arn: &str, family: &str, revision: &str) -> Option<String> {
     let arn = EcsArn::parse(task_arn)?;
     Some(format!(
         "arn:{}:ecs:{}:{}:task-definition/{family}:{revision}",
@@ -137,7 +132,7 @@ struct MetadataTask {
 }
 
 /// Interprets the body of `GET ${ECS_CONTAINER_METADATA_URI_V4}/task`.
-pub fn parse_task_metadata(body: &[u8]) -> Result<TaskIdentity, BackendError> {
+fn parse_task_metadata(body: &[u8]) -> Result<TaskIdentity, BackendError> {
     let task: MetadataTask = serde_json::from_slice(body).map_err(|e| {
         config_error(format!(
             "the task metadata endpoint answered something that is not its task JSON: {e}"
@@ -168,7 +163,7 @@ pub fn parse_task_metadata(body: &[u8]) -> Result<TaskIdentity, BackendError> {
 /// Reads the task's identity from the task metadata endpoint at `metadata_uri` (the value of
 /// `ECS_CONTAINER_METADATA_URI_V4`). Every failure is an [`ErrorKind::Config`] error saying what
 /// went wrong.
-pub async fn fetch_task_identity(
+async fn fetch_task_identity(
     client: &reqwest::Client,
     metadata_uri: &str,
 ) -> Result<TaskIdentity, BackendError> {
@@ -367,7 +362,6 @@ mod tests {
     fn given_identity_takes_the_region_from_the_arn() {
         let id = TaskIdentity::new("my-cluster", ARN);
         assert_eq!(id.region.as_deref(), Some("eu-west-1"));
-        assert_eq!(id.account_id(), Some("123456789012"));
         assert_eq!(
             id.task_definition_arn(),
             None,

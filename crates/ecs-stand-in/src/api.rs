@@ -9,13 +9,11 @@
 //!   [`StandInEcs::metadata_uri`] as `ECS_CONTAINER_METADATA_URI_V4`).
 //! * `GET /_calls`: the recorded ECS calls as JSON, for a separate process (the load tool).
 //!
-//! Point the SDK at [`StandInEcs::endpoint_url`] with any credentials (for example
-//! [`ecs_api::static_client`](super::ecs_api::static_client)); the signature is not checked, but
-//! the region it was made for is recorded.
+//! Point the SDK at [`StandInEcs::endpoint_url`] with any credentials; the signature is not
+//! checked, but the region it was made for is recorded.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::extract::State;
@@ -25,9 +23,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::sync::watch;
 
-use super::backend::minutes;
+use crate::{
+    Delay, Protection, Served, Shared as Common, ANY_LOOPBACK_PORT, ECS_EXPIRES_IN_MINUTES,
+};
 
 /// The region of the stand-in's task (deliberately not `us-east-1`, so that a test can tell
 /// whether the region came from the task ARN).
@@ -123,6 +122,16 @@ pub enum EcsFault {
     Hang,
     /// Answer normally after this delay.
     Slow(Duration),
+}
+
+impl EcsFault {
+    fn delay(&self) -> Delay {
+        match self {
+            EcsFault::Hang => Delay::Hang,
+            EcsFault::Slow(d) => Delay::Slow(*d),
+            _ => Delay::None,
+        }
+    }
 }
 
 /// One recorded ECS call.
@@ -242,8 +251,7 @@ impl ServiceDoc {
 #[derive(Debug)]
 struct Sim {
     faults: HashMap<EcsOperation, EcsFault>,
-    expires_at: Option<SystemTime>,
-    calls: Vec<EcsCall>,
+    protection: Protection,
     service: ServiceDoc,
     metadata_service_name: Option<String>,
     metadata_available: bool,
@@ -251,81 +259,56 @@ struct Sim {
     next_deployment: u64,
 }
 
-#[derive(Clone)]
-struct Shared {
-    sim: Arc<Mutex<Sim>>,
-    hang_release: Arc<watch::Sender<u64>>,
-    calls_changed: Arc<watch::Sender<usize>>,
-}
-
-impl Shared {
-    fn sim(&self) -> std::sync::MutexGuard<'_, Sim> {
-        self.sim.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+/// What the handlers share.
+type Shared = Common<Sim, EcsCall>;
 
 /// The running stand-in. Dropping it stops the server.
 pub struct StandInEcs {
-    addr: SocketAddr,
-    shared: Shared,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    served: Served<Sim, EcsCall>,
 }
 
 impl StandInEcs {
     /// Starts a stand-in on `127.0.0.1` on a free port.
     pub async fn start() -> std::io::Result<Self> {
-        Self::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await
+        Self::bind(ANY_LOOPBACK_PORT).await
     }
 
     /// Starts a stand-in on `addr`.
     pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let shared = Shared {
-            sim: Arc::new(Mutex::new(Sim {
-                faults: HashMap::new(),
-                expires_at: None,
-                calls: Vec::new(),
-                service: ServiceDoc::steady(&task_definition_arn(REVISION), 2),
-                metadata_service_name: Some(SERVICE_NAME.to_string()),
-                metadata_available: true,
-                metadata_reads: 0,
-                next_deployment: 2,
-            })),
-            hang_release: Arc::new(watch::channel(0).0),
-            calls_changed: Arc::new(watch::channel(0).0),
+        let sim = Sim {
+            faults: HashMap::new(),
+            protection: Protection::default(),
+            service: ServiceDoc::steady(&task_definition_arn(REVISION), 2),
+            metadata_service_name: Some(SERVICE_NAME.to_string()),
+            metadata_available: true,
+            metadata_reads: 0,
+            next_deployment: 2,
         };
-        let app = Router::new()
+        let routes = Router::new()
             .route("/", post(ecs))
-            .route("/v4/stand-in/task", get(task_metadata))
-            .route("/_calls", get(list_calls))
-            .with_state(shared.clone());
-        let stop = super::stand_in::serve_until_dropped(listener, app);
-        Ok(Self {
-            addr,
-            shared,
-            _stop: stop,
-        })
+            .route("/v4/stand-in/task", get(task_metadata));
+        let served = Served::start(addr, sim, routes).await?;
+        Ok(Self { served })
     }
 
     /// The URL to give the SDK as its endpoint (`ECS_ENDPOINT_URL`).
     pub fn endpoint_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.served.addr)
     }
 
     /// The value to give as `ECS_CONTAINER_METADATA_URI_V4`.
     pub fn metadata_uri(&self) -> String {
-        format!("http://{}/v4/stand-in", self.addr)
+        format!("http://{}/v4/stand-in", self.served.addr)
     }
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.served.addr
     }
 
     /// Answers every following call of every operation with `fault`.
     pub fn set_fault(&self, fault: EcsFault) {
-        let mut sim = self.shared.sim();
+        let mut sim = self.served.shared.sim();
         for op in EcsOperation::ALL {
             sim.faults.insert(op, fault.clone());
         }
@@ -333,25 +316,22 @@ impl StandInEcs {
 
     /// Answers every following call of `operation` with `fault`.
     pub fn set_fault_for(&self, operation: EcsOperation, fault: EcsFault) {
-        self.shared.sim().faults.insert(operation, fault);
+        self.served.shared.sim().faults.insert(operation, fault);
     }
 
     /// Lets every call hanging under [`EcsFault::Hang`] answer (normally), and stops hanging.
     pub fn release_hangs(&self) {
-        {
-            let mut sim = self.shared.sim();
-            for fault in sim.faults.values_mut() {
-                if *fault == EcsFault::Hang {
-                    *fault = EcsFault::None;
-                }
+        for fault in self.served.shared.sim().faults.values_mut() {
+            if *fault == EcsFault::Hang {
+                *fault = EcsFault::None;
             }
         }
-        self.shared.hang_release.send_modify(|g| *g += 1);
+        self.served.shared.journal.release_hangs();
     }
 
     /// Every ECS call so far, in the order they arrived.
     pub fn calls(&self) -> Vec<EcsCall> {
-        self.shared.sim().calls.clone()
+        self.served.shared.journal.calls()
     }
 
     /// The calls of `operation` so far, in order.
@@ -372,34 +352,33 @@ impl StandInEcs {
 
     /// Whether the simulated task is protected now.
     pub fn is_protected(&self) -> bool {
-        matches!(self.shared.sim().expires_at, Some(t) if t > SystemTime::now())
+        self.served.shared.sim().protection.current().is_some()
     }
 
     /// Sets the simulated task's protection (as if a previous process had set it).
     pub fn set_protected_until(&self, expires_at: Option<SystemTime>) {
-        self.shared.sim().expires_at = expires_at;
+        self.served.shared.sim().protection.expires_at = expires_at;
     }
 
     /// Waits until at least `n` ECS calls have been recorded (in any state).
     pub async fn wait_for_calls(&self, n: usize) {
-        let mut rx = self.shared.calls_changed.subscribe();
-        let _ = rx.wait_for(|count| *count >= n).await;
+        self.served.shared.journal.wait_for(n).await;
     }
 
     /// The service document `DescribeServices` answers now.
     pub fn service(&self) -> ServiceDoc {
-        self.shared.sim().service.clone()
+        self.served.shared.sim().service.clone()
     }
 
     /// Replaces the service document.
     pub fn set_service(&self, service: ServiceDoc) {
-        self.shared.sim().service = service;
+        self.served.shared.sim().service = service;
     }
 
     /// Starts a rolling deployment to `task_definition`: the current PRIMARY deployment becomes
     /// ACTIVE, a new PRIMARY deployment with no running tasks yet is in progress.
     pub fn begin_deployment(&self, task_definition: &str) {
-        let mut sim = self.shared.sim();
+        let mut sim = self.served.shared.sim();
         let id = sim.next_deployment;
         sim.next_deployment += 1;
         let service = &mut sim.service;
@@ -423,7 +402,7 @@ impl StandInEcs {
 
     /// Ends every deployment but the PRIMARY one, which completes with all its tasks running.
     pub fn finish_deployment(&self) {
-        let mut sim = self.shared.sim();
+        let mut sim = self.served.shared.sim();
         let service = &mut sim.service;
         service.deployments.retain(|d| d.status == "PRIMARY");
         for d in &mut service.deployments {
@@ -437,7 +416,7 @@ impl StandInEcs {
     /// Sets the service's (and its PRIMARY deployment's) desired and running counts, e.g.
     /// `set_counts(1, 3)` for a scale-in under way.
     pub fn set_counts(&self, desired: i32, running: i32) {
-        let mut sim = self.shared.sim();
+        let mut sim = self.served.shared.sim();
         let service = &mut sim.service;
         service.desired_count = desired;
         service.running_count = running;
@@ -451,22 +430,18 @@ impl StandInEcs {
 
     /// Sets the `ServiceName` the metadata endpoint reports (`None`: a standalone task).
     pub fn set_metadata_service_name(&self, name: Option<&str>) {
-        self.shared.sim().metadata_service_name = name.map(str::to_string);
+        self.served.shared.sim().metadata_service_name = name.map(str::to_string);
     }
 
     /// Makes the metadata endpoint answer HTTP 500 (`false`) or normally (`true`).
     pub fn set_metadata_available(&self, available: bool) {
-        self.shared.sim().metadata_available = available;
+        self.served.shared.sim().metadata_available = available;
     }
 
     /// How many times the metadata endpoint has been read.
     pub fn metadata_reads(&self) -> usize {
-        self.shared.sim().metadata_reads
+        self.served.shared.sim().metadata_reads
     }
-}
-
-async fn list_calls(State(shared): State<Shared>) -> Json<Vec<EcsCall>> {
-    Json(shared.sim().calls.clone())
 }
 
 async fn task_metadata(State(shared): State<Shared>) -> Response {
@@ -561,35 +536,22 @@ async fn ecs(
     let operation = EcsOperation::from_target(&target);
     let parsed = parse_input(&body);
     let input = parsed.as_ref().ok();
-    let (index, fault) = {
-        let mut sim = shared.sim();
-        sim.calls.push(EcsCall {
-            operation: operation.map_or(target.clone(), |o| o.name().to_string()),
-            protection_enabled: input.and_then(|i| i.protection_enabled),
-            expires_in_minutes: input
-                .and_then(|i| i.expires_in_minutes)
-                .and_then(|m| u32::try_from(m).ok()),
-            cluster: input.and_then(|i| i.cluster.clone()),
-            tasks: input.map(|i| i.tasks.clone()).unwrap_or_default(),
-            services: input.map(|i| i.services.clone()).unwrap_or_default(),
-            region: signing_region(&headers),
-            status: 0,
-        });
-        let fault = operation
-            .and_then(|o| sim.faults.get(&o).cloned())
-            .unwrap_or(EcsFault::None);
-        (sim.calls.len() - 1, fault)
-    };
-    shared.calls_changed.send_modify(|c| *c += 1);
-
-    match &fault {
-        EcsFault::Hang => {
-            let mut rx = shared.hang_release.subscribe();
-            let _ = rx.changed().await;
-        }
-        EcsFault::Slow(d) => tokio::time::sleep(*d).await,
-        _ => {}
-    }
+    let index = shared.journal.record(EcsCall {
+        operation: operation.map_or(target.clone(), |o| o.name().to_string()),
+        protection_enabled: input.and_then(|i| i.protection_enabled),
+        expires_in_minutes: input
+            .and_then(|i| i.expires_in_minutes)
+            .and_then(|m| u32::try_from(m).ok()),
+        cluster: input.and_then(|i| i.cluster.clone()),
+        tasks: input.map(|i| i.tasks.clone()).unwrap_or_default(),
+        services: input.map(|i| i.services.clone()).unwrap_or_default(),
+        region: signing_region(&headers),
+        status: 0,
+    });
+    let fault = operation
+        .and_then(|o| shared.sim().faults.get(&o).cloned())
+        .unwrap_or(EcsFault::None);
+    shared.journal.delay(fault.delay()).await;
 
     let (status, body) = match (operation, parsed) {
         (None, _) => error(
@@ -600,13 +562,9 @@ async fn ecs(
         (_, Err(message)) => error(StatusCode::BAD_REQUEST, "SerializationException", &message),
         (Some(op), Ok(input)) => answer(&shared, op, &fault, &input),
     };
-    {
-        let mut sim = shared.sim();
-        if let Some(call) = sim.calls.get_mut(index) {
-            call.status = status.as_u16();
-        }
-    }
-    shared.calls_changed.send_modify(|c| *c += 0);
+    shared
+        .journal
+        .finish(index, |call| call.status = status.as_u16());
     (
         status,
         [
@@ -710,15 +668,16 @@ fn protection_answer(
                 "protectionEnabled is required.",
             );
         };
-        if enabled
-            && input
-                .expires_in_minutes
-                .is_some_and(|m| !(1..=2880).contains(&m))
-        {
+        let in_range = |m: i64| u32::try_from(m).is_ok_and(|m| ECS_EXPIRES_IN_MINUTES.contains(&m));
+        if enabled && input.expires_in_minutes.is_some_and(|m| !in_range(m)) {
             return error(
                 StatusCode::BAD_REQUEST,
                 "InvalidParameterException",
-                "expiresInMinutes must be between 1 and 2880.",
+                &format!(
+                    "expiresInMinutes must be between {} and {}.",
+                    ECS_EXPIRES_IN_MINUTES.start(),
+                    ECS_EXPIRES_IN_MINUTES.end()
+                ),
             );
         }
     }
@@ -739,15 +698,11 @@ fn protection_answer(
         }
         let mut sim = shared.sim();
         if update {
-            sim.expires_at = match input.protection_enabled {
-                Some(true) => {
-                    let m = input.expires_in_minutes.unwrap_or(120).clamp(1, 2880) as u32;
-                    Some(SystemTime::now() + minutes(m))
-                }
-                _ => None,
-            };
+            let minutes = input.expires_in_minutes.and_then(|m| u32::try_from(m).ok());
+            sim.protection
+                .set(input.protection_enabled == Some(true), minutes);
         }
-        let expires_at = sim.expires_at.filter(|t| *t > SystemTime::now());
+        let expires_at = sim.protection.current();
         let mut entry = json!({"taskArn": TASK_ARN, "protectionEnabled": expires_at.is_some()});
         if let (Some(at), Some(object)) = (expires_at, entry.as_object_mut()) {
             let secs = at

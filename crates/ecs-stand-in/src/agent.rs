@@ -1,24 +1,21 @@
-//! A stand-in for the ECS agent's task protection endpoint: a real HTTP server on loopback that
-//! answers like the agent (see `ecs-facts.md`), records every call in order, and fails on demand.
-//!
-//! Used by the integration tests and the load tool; `GET /_calls` returns the recorded calls as
-//! JSON so that a separate process can read them.
+//! The stand-in for the ECS agent's task protection endpoint,
+//! `PUT/GET $ECS_AGENT_URI/task-protection/v1/state`, answering as the agent does: HTTP 200 with a
+//! `protection` body, HTTP 200 with a `failure` body, or ECS's status code with an `error` body.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::sync::watch;
 
-use super::backend::minutes;
-use super::manager::rfc3339;
+use crate::{
+    rfc3339, Delay, Protection, Served, Shared as Common, ANY_LOOPBACK_PORT, ECS_EXPIRES_IN_MINUTES,
+};
 
 const TASK_ARN: &str = "arn:aws:ecs:us-east-1:123456789012:task/stand-in-cluster/0123456789abcdef";
 
@@ -47,6 +44,16 @@ pub enum Fault {
     Slow(Duration),
 }
 
+impl Fault {
+    fn delay(&self) -> Delay {
+        match self {
+            Fault::Hang => Delay::Hang,
+            Fault::Slow(d) => Delay::Slow(*d),
+            _ => Delay::None,
+        }
+    }
+}
+
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Call {
@@ -62,82 +69,62 @@ pub struct Call {
     pub ok: bool,
 }
 
+/// The simulated task and the fault it answers with.
 #[derive(Debug)]
 struct Sim {
     fault: Fault,
-    expires_at: Option<SystemTime>,
-    calls: Vec<Call>,
+    protection: Protection,
 }
 
-#[derive(Clone)]
-struct Shared {
-    sim: Arc<Mutex<Sim>>,
-    hang_release: Arc<watch::Sender<u64>>,
-    calls_changed: Arc<watch::Sender<usize>>,
-}
+/// What the handlers share.
+type Shared = Common<Sim, Call>;
 
 /// The running stand-in. Dropping it stops the server.
 pub struct StandInAgent {
-    addr: SocketAddr,
-    shared: Shared,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    served: Served<Sim, Call>,
 }
 
 impl StandInAgent {
     /// Starts a stand-in on `127.0.0.1` on a free port.
     pub async fn start() -> std::io::Result<Self> {
-        Self::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await
+        Self::bind(ANY_LOOPBACK_PORT).await
     }
 
     /// Starts a stand-in on `addr`.
     pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let shared = Shared {
-            sim: Arc::new(Mutex::new(Sim {
-                fault: Fault::None,
-                expires_at: None,
-                calls: Vec::new(),
-            })),
-            hang_release: Arc::new(watch::channel(0).0),
-            calls_changed: Arc::new(watch::channel(0).0),
+        let sim = Sim {
+            fault: Fault::None,
+            protection: Protection::default(),
         };
-        let app = Router::new()
-            .route("/task-protection/v1/state", get(state).put(state))
-            .route("/_calls", get(list_calls))
-            .with_state(shared.clone());
-        let stop = serve_until_dropped(listener, app);
-        Ok(Self {
-            addr,
-            shared,
-            _stop: stop,
-        })
+        let routes = Router::new().route("/task-protection/v1/state", get(state).put(state));
+        let served = Served::start(addr, sim, routes).await?;
+        Ok(Self { served })
     }
 
     /// The value to give the server as `ECS_AGENT_URI`.
     pub fn uri(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.served.addr)
     }
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.served.addr
     }
 
     /// Answers every following call with `fault`.
     pub fn set_fault(&self, fault: Fault) {
-        self.sim().fault = fault;
+        self.served.shared.sim().fault = fault;
     }
 
     /// Lets every call hanging under [`Fault::Hang`] answer (normally), and stops hanging.
     pub fn release_hangs(&self) {
-        self.sim().fault = Fault::None;
-        self.shared.hang_release.send_modify(|g| *g += 1);
+        self.served.shared.sim().fault = Fault::None;
+        self.served.shared.journal.release_hangs();
     }
 
     /// Every call so far, in the order they arrived.
     pub fn calls(&self) -> Vec<Call> {
-        self.sim().calls.clone()
+        self.served.shared.journal.calls()
     }
 
     /// The PUT calls so far (protect and release), in order.
@@ -150,40 +137,13 @@ impl StandInAgent {
 
     /// Whether the simulated task is protected now.
     pub fn is_protected(&self) -> bool {
-        matches!(self.sim().expires_at, Some(t) if t > SystemTime::now())
+        self.served.shared.sim().protection.current().is_some()
     }
 
     /// Waits until at least `n` calls have been recorded (in any state).
     pub async fn wait_for_calls(&self, n: usize) {
-        let mut rx = self.shared.calls_changed.subscribe();
-        let _ = rx.wait_for(|count| *count >= n).await;
+        self.served.shared.journal.wait_for(n).await;
     }
-
-    fn sim(&self) -> std::sync::MutexGuard<'_, Sim> {
-        self.shared.sim.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Serves `app` on `listener` in a task until the returned sender is dropped (shared by the
-/// stand-ins: each keeps the sender, so dropping the stand-in stops its server).
-pub(crate) fn serve_until_dropped(
-    listener: tokio::net::TcpListener,
-    app: Router,
-) -> tokio::sync::oneshot::Sender<()> {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    stop
-}
-
-async fn list_calls(State(shared): State<Shared>) -> Json<Vec<Call>> {
-    let sim = shared.sim.lock().unwrap_or_else(|e| e.into_inner());
-    Json(sim.calls.clone())
 }
 
 async fn state(State(shared): State<Shared>, method: Method, body: axum::body::Bytes) -> Response {
@@ -193,31 +153,16 @@ async fn state(State(shared): State<Shared>, method: Method, body: axum::body::B
     } else {
         Ok((None, None))
     };
-    let (enabled, expires) = match &parsed {
-        Ok(v) => *v,
-        Err(_) => (None, None),
-    };
-    let (index, fault) = {
-        let mut sim = shared.sim.lock().unwrap_or_else(|e| e.into_inner());
-        sim.calls.push(Call {
-            method: method.to_string(),
-            enabled,
-            expires_in_minutes: expires,
-            status: 0,
-            ok: false,
-        });
-        (sim.calls.len() - 1, sim.fault.clone())
-    };
-    shared.calls_changed.send_modify(|c| *c += 1);
-
-    match &fault {
-        Fault::Hang => {
-            let mut rx = shared.hang_release.subscribe();
-            let _ = rx.changed().await;
-        }
-        Fault::Slow(d) => tokio::time::sleep(*d).await,
-        _ => {}
-    }
+    let (enabled, expires) = parsed.clone().unwrap_or((None, None));
+    let index = shared.journal.record(Call {
+        method: method.to_string(),
+        enabled,
+        expires_in_minutes: expires,
+        status: 0,
+        ok: false,
+    });
+    let fault = shared.sim().fault.clone();
+    shared.journal.delay(fault.delay()).await;
 
     let (status, body) = match (&fault, parsed) {
         (_, Err(message)) => (
@@ -259,14 +204,11 @@ async fn state(State(shared): State<Shared>, method: Method, body: axum::body::B
         ),
         (Fault::Malformed, _) => (StatusCode::OK, "<html>not json</html>".to_string()),
         (Fault::None | Fault::Hang | Fault::Slow(_), Ok((enabled, expires))) => {
-            let mut sim = shared.sim.lock().unwrap_or_else(|e| e.into_inner());
+            let mut sim = shared.sim();
             if put {
-                sim.expires_at = match enabled {
-                    Some(true) => Some(SystemTime::now() + minutes(expires.unwrap_or(120))),
-                    _ => None,
-                };
+                sim.protection.set(enabled == Some(true), expires);
             }
-            let expires_at = sim.expires_at.filter(|t| *t > SystemTime::now());
+            let expires_at = sim.protection.current();
             (
                 StatusCode::OK,
                 json!({"protection": {
@@ -279,19 +221,15 @@ async fn state(State(shared): State<Shared>, method: Method, body: axum::body::B
         }
     };
     let ok = status == StatusCode::OK && body.starts_with("{\"protection\"");
-    {
-        let mut sim = shared.sim.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(call) = sim.calls.get_mut(index) {
-            call.status = status.as_u16();
-            call.ok = ok;
-        }
-    }
-    shared.calls_changed.send_modify(|c| *c += 0);
+    shared.journal.finish(index, |call| {
+        call.status = status.as_u16();
+        call.ok = ok;
+    });
     (status, [("content-type", "application/json")], body).into_response()
 }
 
 /// Validates a PUT body the way the agent does: `ProtectionEnabled` required, `ExpiresInMinutes`
-/// optional in 1..=2880, no other fields.
+/// optional in ECS's range, no other fields.
 fn parse_put(body: &[u8]) -> Result<(Option<bool>, Option<u32>), String> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
@@ -311,9 +249,16 @@ fn parse_put(body: &[u8]) -> Result<(Option<bool>, Option<u32>), String> {
         Some(v) => {
             let m = v
                 .as_u64()
-                .filter(|m| (1..=2880).contains(m))
-                .ok_or("ExpiresInMinutes must be in 1..=2880")?;
-            Some(m as u32)
+                .and_then(|m| u32::try_from(m).ok())
+                .filter(|m| ECS_EXPIRES_IN_MINUTES.contains(m))
+                .ok_or_else(|| {
+                    format!(
+                        "ExpiresInMinutes must be in {}..={}",
+                        ECS_EXPIRES_IN_MINUTES.start(),
+                        ECS_EXPIRES_IN_MINUTES.end()
+                    )
+                })?;
+            Some(m)
         }
     };
     Ok((Some(enabled), expires))

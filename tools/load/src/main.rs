@@ -1,17 +1,17 @@
 //! Load tool for the WebSocket server (issue 5): the figures in `BENCHMARKS.md` come from here.
 //!
 //! ```text
-//! cargo build --release --example load --bin websocket
-//! target/release/examples/load hold --clients 10000
-//! target/release/examples/load storm --clients 1000
-//! target/release/examples/load churn --cycles 200
-//! target/release/examples/load pingpong --clients 1000 --seconds 10
-//! target/release/examples/load outage --clients 20 --seconds 30
-//! target/release/examples/load summarize target/bench/*.jsonl   # median (min–max) per figure
+//! cargo build --release -p load --bin load --bin websocket
+//! target/release/load hold --clients 10000
+//! target/release/load storm --clients 1000
+//! target/release/load churn --cycles 200
+//! target/release/load pingpong --clients 1000 --seconds 10
+//! target/release/load outage --clients 20 --seconds 30
+//! target/release/load summarize target/bench/*.jsonl   # median (min–max) per figure
 //! ```
 //!
 //! By default each run starts its own server: a stand-in ECS agent endpoint in this process
-//! (`task_protection::protection::stand_in`), free loopback ports, and the release binary
+//! (`ecs_stand_in::StandInAgent`), free loopback ports, and the release binary
 //! `target/release/websocket` (`--server-bin`) with `RUST_LOG=warn` and the protection settings the
 //! mode needs; the server is stopped (SIGTERM, then SIGKILL after 20 s) at the end, also on error.
 //! `--url ws://127.0.0.1:PORT/ws` targets a running server instead (`--agent
@@ -34,7 +34,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use task_protection::protection::stand_in::{Fault, StandInAgent};
+use ecs_stand_in::{Fault, StandInAgent};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
@@ -43,7 +43,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 /// What the server tells every client once when ECS rejects protection.
-const NOTICE: &str = "server shutting down soon";
+const NOTICE: &str = task_protection::server::REJECTED_NOTICE;
 
 #[derive(Parser)]
 #[command(

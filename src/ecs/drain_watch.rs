@@ -20,9 +20,9 @@ use std::time::Duration;
 use aws_sdk_ecs::types::{Deployment, Service};
 use tokio::sync::watch;
 
-use super::backend::{BackendError, ErrorKind};
-use super::ecs_api::{classify_sdk_error, region_override, DESCRIBE_SERVICES_ACTION};
-use super::task_metadata::IdentitySource;
+use super::sdk::{classify_sdk_error, region_override, DESCRIBE_SERVICES_ACTION};
+use super::EcsContext;
+use crate::protection::{BackendError, ErrorKind};
 
 /// The longest one `DescribeServices` call may take before the round counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,7 +31,7 @@ const MIN_INTERVAL: Duration = Duration::from_millis(50);
 
 /// What the drain rules need to know about a service (from `DescribeServices`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ServiceView {
+struct ServiceView {
     /// The service's desired task count.
     pub desired_count: i32,
     /// The service's running task count, across all deployments.
@@ -42,7 +42,7 @@ pub struct ServiceView {
 
 /// One deployment of a [`ServiceView`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct DeploymentView {
+struct DeploymentView {
     /// `PRIMARY` (the newest deployment, the one ECS is moving to), `ACTIVE` (an older one that
     /// still has tasks) or `INACTIVE`.
     pub status: String,
@@ -70,7 +70,7 @@ impl DeploymentView {
 
 impl ServiceView {
     /// The view of a service as `DescribeServices` returned it.
-    pub fn from_sdk(service: &Service) -> Self {
+    fn from_sdk(service: &Service) -> Self {
         Self {
             desired_count: service.desired_count(),
             running_count: service.running_count(),
@@ -83,7 +83,7 @@ impl ServiceView {
     }
 
     /// The PRIMARY deployment, if there is one.
-    pub fn primary(&self) -> Option<&DeploymentView> {
+    fn primary(&self) -> Option<&DeploymentView> {
         self.deployments.iter().find(|d| d.status == "PRIMARY")
     }
 }
@@ -99,7 +99,7 @@ impl ServiceView {
 ///   is not a scale-in of ours).
 ///
 /// An empty `my_task_definition_arn` means "not known": only the scale-in rule applies.
-pub fn replacement_reason(service: &ServiceView, my_task_definition_arn: &str) -> Option<String> {
+fn replacement_reason(service: &ServiceView, my_task_definition_arn: &str) -> Option<String> {
     let primary = service.primary();
     if let Some(primary) = primary {
         if !my_task_definition_arn.is_empty() && primary.task_definition != my_task_definition_arn {
@@ -131,26 +131,20 @@ enum Look {
 /// service. It never panics and returns at once; outside a tokio runtime it logs an error and the
 /// receiver stays `None`.
 pub fn spawn_drain_watch(
-    client: aws_sdk_ecs::Client,
-    identity: IdentitySource,
+    context: &EcsContext,
     interval: Duration,
 ) -> watch::Receiver<Option<String>> {
     let (tx, rx) = watch::channel(None);
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
-            handle.spawn(run(client, identity, interval.max(MIN_INTERVAL), tx));
+            handle.spawn(run(context.clone(), interval.max(MIN_INTERVAL), tx));
         }
         Err(e) => tracing::error!("Drain watch not started (no tokio runtime): {e}"),
     }
     rx
 }
 
-async fn run(
-    client: aws_sdk_ecs::Client,
-    identity: IdentitySource,
-    interval: Duration,
-    tx: watch::Sender<Option<String>>,
-) {
+async fn run(context: EcsContext, interval: Duration, tx: watch::Sender<Option<String>>) {
     tracing::info!(
         "Drain watch: asking ECS (DescribeServices) every {:.0?} whether this task is being replaced",
         interval
@@ -159,7 +153,7 @@ async fn run(
     loop {
         let look = tokio::select! {
             _ = tx.closed() => return,
-            look = look(&client, &identity) => look,
+            look = look(&context) => look,
         };
         match look {
             Ok(Look::Reason(reason)) => {
@@ -207,11 +201,9 @@ fn publish(tx: &watch::Sender<Option<String>>, reason: Option<String>) {
     });
 }
 
-async fn look(
-    client: &aws_sdk_ecs::Client,
-    identity: &IdentitySource,
-) -> Result<Look, BackendError> {
-    let id = identity.identity().await?;
+async fn look(context: &EcsContext) -> Result<Look, BackendError> {
+    let client = context.client();
+    let id = context.identity().identity().await?;
     let Some(service_name) = id.service_name.as_deref() else {
         return Ok(Look::NoService(format!(
             "task {} belongs to no service that the task metadata names (a standalone task, an \
@@ -395,15 +387,13 @@ mod tests {
         let config = aws_sdk_ecs::Config::builder()
             .behavior_version(aws_sdk_ecs::config::BehaviorVersion::latest())
             .build();
-        let identity = IdentitySource::given(crate::protection::task_metadata::TaskIdentity::new(
-            "c",
-            "arn:aws:ecs:eu-west-1:123456789012:task/c/x",
-        ));
-        let rx = spawn_drain_watch(
-            aws_sdk_ecs::Client::from_conf(config),
-            identity,
-            Duration::from_secs(1),
-        );
+        let identity =
+            crate::ecs::identity::IdentitySource::given(crate::ecs::identity::TaskIdentity::new(
+                "c",
+                "arn:aws:ecs:eu-west-1:123456789012:task/c/x",
+            ));
+        let context = EcsContext::new(aws_sdk_ecs::Client::from_conf(config), identity);
+        let rx = spawn_drain_watch(&context, Duration::from_secs(1));
         assert_eq!(*rx.borrow(), None);
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::backend::{BackendError, ErrorKind, ProtectionBackend, ProtectionState};
+use crate::protection::{BackendError, ErrorKind, ProtectionBackend, ProtectionState};
 
 /// Talks to the ECS agent endpoint.
 #[derive(Debug, Clone)]
@@ -42,11 +42,6 @@ impl AgentBackend {
             url: format!("{base}/task-protection/v1/state"),
             client,
         })
-    }
-
-    /// The full URL of the state endpoint.
-    pub fn url(&self) -> &str {
-        &self.url
     }
 
     async fn send(
@@ -140,9 +135,8 @@ struct AgentError {
     message: Option<String>,
 }
 
-/// Interprets one answer of the agent endpoint. Public so that other tools (and tests) can reuse
-/// exactly the rules the backend applies.
-pub fn parse_answer(status: u16, body: &[u8]) -> Result<ProtectionState, BackendError> {
+/// Interprets one answer of the agent endpoint.
+fn parse_answer(status: u16, body: &[u8]) -> Result<ProtectionState, BackendError> {
     let parsed: Option<Answer> = serde_json::from_slice(body).ok();
     if status == 200 {
         let answer = parsed.ok_or_else(|| {

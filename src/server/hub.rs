@@ -1,0 +1,370 @@
+//! The hub: what every route and session of the server shares. It owns the connection count (which
+//! drives protection through the [`ProtectionManager`]), the chat room, and the [`ServerState`]
+//! that sessions follow (shutdown, drain, rejection notices).
+//!
+//! Sessions reach it only through their [`Slot`]: join, publish, and watch the state.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use serde::Serialize;
+use tokio::sync::{broadcast, watch, Notify};
+
+use crate::protection::{ProtectionEvent, ProtectionGuard, ProtectionManager, ProtectionStatus};
+
+/// Per-connection limits and timings.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// Largest message a client may send (bytes); larger closes it with 1009.
+    pub max_message_bytes: usize,
+    /// Interval of the server's WebSocket pings; a peer silent for two intervals is dropped.
+    pub ping_interval: Duration,
+    /// Messages that may wait for one client before it is closed as too slow (1008).
+    pub queue_messages: usize,
+    /// The longest one write to a client may take before the client is dropped.
+    pub write_timeout: Duration,
+    /// Read buffer per connection (tungstenite's default is 128 KiB, allocated per connection;
+    /// a ping or a chat line is far smaller, and a larger message still fits: tungstenite
+    /// reserves a frame's full length before reading it).
+    pub read_buffer_bytes: usize,
+    /// Chat messages one client may send per second (bursts of twice that); a client that sends
+    /// faster is closed (1008) so that it cannot push everyone else out of the room's queue.
+    /// 0 means no limit. Pings do not count.
+    pub chat_per_sec: u32,
+}
+
+impl SessionLimits {
+    /// The defaults (also the defaults of the settings in `config`).
+    pub const DEFAULT: SessionLimits = SessionLimits {
+        max_message_bytes: 4096,
+        ping_interval: Duration::from_secs(25),
+        queue_messages: 256,
+        write_timeout: Duration::from_secs(10),
+        read_buffer_bytes: 256,
+        chat_per_sec: 20,
+    };
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// What every session follows, through a watch channel: each session acts once on each change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerState {
+    /// Shutting down: upgrades refused, health 503, every client closed with 1001.
+    pub shutting_down: bool,
+    /// Draining, and why: new clients are refused (503), connected ones are told once and kept
+    /// until they leave; protection is released as soon as the last one leaves.
+    pub draining: Option<Drain>,
+    /// The drain deadline passed: the remaining clients are closed with 1001.
+    pub evicting: bool,
+    /// Id of the current streak of protection rejections (0: none). Each streak is told to every
+    /// client once.
+    pub rejection_streak: u64,
+}
+
+/// Why the server is draining.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drain {
+    /// Human-readable reason, shown in `/status`, the page and the notice.
+    pub reason: Arc<str>,
+    /// Whether the drain ends by itself when its cause goes away (the drain watcher's
+    /// observations); an operator's request does not.
+    pub reversible: bool,
+}
+
+/// A chat message in the room. Server notices do not go through the room: they follow
+/// [`ServerState`], so that each client is told once.
+#[derive(Debug, Clone)]
+pub(super) struct Outgoing {
+    /// The sender's connection id (not echoed back to it).
+    from: u64,
+    /// The text.
+    pub(super) text: Utf8Bytes,
+}
+
+/// The `/status` document.
+#[derive(Debug, Serialize)]
+pub struct StatusDoc {
+    /// WebSocket clients connected now.
+    pub connections: usize,
+    /// The most allowed at once.
+    pub max_connections: usize,
+    /// Whether the server is shutting down.
+    pub shutting_down: bool,
+    /// Whether the server is draining (refusing new clients).
+    pub draining: bool,
+    /// Why it is draining.
+    pub drain_reason: Option<String>,
+    /// The protection manager's state.
+    pub protection: ProtectionStatus,
+}
+
+/// State shared by every route and session.
+pub struct Hub {
+    manager: ProtectionManager,
+    /// Clients connected now (slots reserved). Each session holds a protection guard as well;
+    /// this count is what `/status`, the welcome and `MAX_CONNECTIONS` use.
+    connections: AtomicUsize,
+    /// Notified when the count reaches zero (shutdown waits for it).
+    idle: Notify,
+    next_id: AtomicU64,
+    /// The chat room: one bounded broadcast ring for all sessions.
+    room: broadcast::Sender<Outgoing>,
+    state: watch::Sender<ServerState>,
+    limits: SessionLimits,
+    max_connections: usize,
+}
+
+impl Hub {
+    /// A hub whose connection count drives `manager`.
+    pub fn new(
+        manager: ProtectionManager,
+        limits: SessionLimits,
+        max_connections: usize,
+    ) -> Arc<Self> {
+        let (room, _) = broadcast::channel(limits.queue_messages.max(1));
+        let hub = Arc::new(Self {
+            manager,
+            connections: AtomicUsize::new(0),
+            idle: Notify::new(),
+            next_id: AtomicU64::new(1),
+            room,
+            state: watch::channel(ServerState::default()).0,
+            limits,
+            max_connections,
+        });
+        tokio::spawn(relay_rejections(
+            Arc::downgrade(&hub),
+            hub.manager.subscribe(),
+        ));
+        hub
+    }
+
+    /// The protection manager.
+    pub fn manager(&self) -> &ProtectionManager {
+        &self.manager
+    }
+
+    /// Clients connected now.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ServerState {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver that sees every change of the state.
+    pub fn watch_state(&self) -> watch::Receiver<ServerState> {
+        self.state.subscribe()
+    }
+
+    /// Whether the server is shutting down.
+    pub fn is_shutting_down(&self) -> bool {
+        self.state.borrow().shutting_down
+    }
+
+    /// Enters shutdown: health turns 503, upgrades are refused, and every session closes its
+    /// client with 1001.
+    pub fn begin_shutdown(&self) {
+        self.state
+            .send_if_modified(|s| !std::mem::replace(&mut s.shutting_down, true));
+    }
+
+    /// Starts draining for `reason` (a no-op if already draining): new upgrades get 503, every
+    /// client is told once, and protection is released as soon as the last client leaves,
+    /// skipping the hold-over. Health stays 200 (a failing health check would make ECS stop the
+    /// task and cut every player off). `reversible` drains end by [`end_drain`](Self::end_drain).
+    pub fn begin_drain(&self, reason: &str, reversible: bool) {
+        let started = self.state.send_if_modified(|s| {
+            if s.draining.is_some() {
+                return false;
+            }
+            s.draining = Some(Drain {
+                reason: Arc::from(reason),
+                reversible,
+            });
+            true
+        });
+        if started {
+            tracing::warn!(
+                "Draining: {reason}. New clients are refused; protection is released when the last of {} leaves",
+                self.connections()
+            );
+            self.manager.set_skip_hold_over(true);
+        }
+    }
+
+    /// Ends a reversible drain whose cause went away; an operator's drain stays.
+    pub fn end_drain(&self) {
+        let ended = self.state.send_if_modified(|s| match &s.draining {
+            Some(d) if d.reversible && !s.evicting => {
+                s.draining = None;
+                true
+            }
+            _ => false,
+        });
+        if ended {
+            tracing::info!("No longer draining: accepting new clients again");
+            self.manager.set_skip_hold_over(false);
+        }
+    }
+
+    /// Closes every remaining client with 1001 (the drain deadline passed).
+    pub fn evict_all(&self) {
+        self.state
+            .send_if_modified(|s| !std::mem::replace(&mut s.evicting, true));
+    }
+
+    /// The `/status` document.
+    pub fn status(&self) -> StatusDoc {
+        let state = self.state();
+        StatusDoc {
+            connections: self.connections(),
+            max_connections: self.max_connections,
+            shutting_down: state.shutting_down,
+            draining: state.draining.is_some(),
+            drain_reason: state.draining.map(|d| d.reason.to_string()),
+            protection: self.manager.status(),
+        }
+    }
+
+    /// Waits until no client is connected.
+    pub async fn wait_for_no_connections(&self) {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.connections() == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    /// The per-connection limits.
+    pub(super) fn limits(&self) -> &SessionLimits {
+        &self.limits
+    }
+
+    /// The most clients allowed at once.
+    pub(super) fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// Reserves a connection slot, or `None` when full.
+    pub(super) fn reserve(self: &Arc<Self>) -> Option<Slot> {
+        let before = self.connections.fetch_add(1, Ordering::AcqRel);
+        if before >= self.max_connections {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot {
+            hub: Arc::clone(self),
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+}
+
+/// One connection's place in the count, and the session's only way to the hub. Dropping it frees
+/// the place.
+pub(super) struct Slot {
+    hub: Arc<Hub>,
+    id: u64,
+}
+
+/// What a session follows once it has joined.
+pub(super) struct Joined {
+    /// Its claim on protection, held while the session lives.
+    pub(super) protection: ProtectionGuard,
+    /// The chat room.
+    pub(super) room: broadcast::Receiver<Outgoing>,
+    /// The server's state.
+    pub(super) state: watch::Receiver<ServerState>,
+}
+
+impl Slot {
+    /// Joins: takes a claim on protection and subscribes to the room and the server state.
+    pub(super) fn join(&self) -> Joined {
+        Joined {
+            protection: self.hub.manager.guard(),
+            room: self.hub.room.subscribe(),
+            state: self.hub.state.subscribe(),
+        }
+    }
+
+    /// Sends `text` to every other client in the room. Nobody listening is fine: the sender may
+    /// be alone.
+    pub(super) fn publish(&self, text: Utf8Bytes) {
+        let _ = self.hub.room.send(Outgoing {
+            from: self.id,
+            text,
+        });
+    }
+
+    /// Whether `message` came from this slot's own client.
+    pub(super) fn is_own(&self, message: &Outgoing) -> bool {
+        message.from == self.id
+    }
+
+    /// Clients connected now.
+    pub(super) fn connections(&self) -> usize {
+        self.hub.connections()
+    }
+
+    /// The per-connection limits.
+    pub(super) fn limits(&self) -> &SessionLimits {
+        &self.hub.limits
+    }
+
+    /// Frees the place; returns how many clients are left.
+    pub(super) fn leave(self) -> usize {
+        let hub = Arc::clone(&self.hub);
+        drop(self);
+        hub.connections()
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.hub.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.hub.idle.notify_waiters();
+        }
+    }
+}
+
+/// Starts a new rejection streak at each first rejection of a protect call, and ends it when
+/// protection is set, so that each client is told once per streak.
+async fn relay_rejections(hub: Weak<Hub>, mut events: broadcast::Receiver<ProtectionEvent>) {
+    let mut streaks = 0u64;
+    loop {
+        let event = match events.recv().await {
+            Ok(e) => e,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(hub) = hub.upgrade() else { return };
+        match event {
+            ProtectionEvent::Rejected {
+                protecting: true,
+                attempt: 1,
+                ..
+            } => {
+                streaks += 1;
+                hub.state.send_modify(|s| s.rejection_streak = streaks);
+            }
+            ProtectionEvent::Protected { .. } => {
+                hub.state
+                    .send_if_modified(|s| std::mem::take(&mut s.rejection_streak) != 0);
+            }
+            _ => {}
+        }
+    }
+}
