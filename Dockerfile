@@ -13,13 +13,18 @@
 FROM rust:1.95.0-slim-bookworm AS builder
 WORKDIR /build
 
-# 1) Dependencies only. With just the manifest and lockfile (plus placeholder sources), this layer
-#    is rebuilt only when Cargo.toml or Cargo.lock change, so editing src/ does not recompile the
-#    whole dependency tree.
+# 1) Dependencies only. With just the manifests and lockfile (plus placeholder sources), this layer
+#    is rebuilt only when a Cargo.toml or Cargo.lock changes, so editing src/ does not recompile
+#    the whole dependency tree. The workspace's other members (the test stand-ins and the load
+#    tool) are never built for the image; cargo only needs their manifests, and a target each.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+COPY crates/ecs-stand-in/Cargo.toml crates/ecs-stand-in/
+COPY tools/load/Cargo.toml tools/load/
+RUN mkdir src crates/ecs-stand-in/src tools/load/src \
     && echo 'fn main() {}' > src/main.rs \
     && : > src/lib.rs \
+    && : > crates/ecs-stand-in/src/lib.rs \
+    && echo 'fn main() {}' > tools/load/src/main.rs \
     && cargo build --release --locked --bin websocket \
     && rm -rf src
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the benchmarks of BENCHMARKS.md: every mode of the load tool (examples/load.rs) RUNS times
+# Runs the benchmarks of BENCHMARKS.md: every mode of the load tool (tools/load) RUNS times
 # (default 3) against freshly spawned release servers on loopback, then prints the median with
 # min–max of every figure.
 #
@@ -22,7 +22,7 @@ BUDGET=${BENCH_BUDGET_SECS:-900}
 LOAD_WAIT_MAX=${LOAD_WAIT_MAX:-15}
 LOAD_BELOW=${LOAD_BELOW:-0.7}
 OUT=${BENCH_OUT:-target/bench}
-LOAD=target/release/examples/load
+LOAD=target/release/load
 started=$(date +%s)
 deadline=$((started + BUDGET))
 
@@ -35,7 +35,7 @@ if [ "$MAX_HOLD" -gt 19000 ]; then MAX_HOLD=19000; fi
 
 echo "== tree: $(git rev-parse --short HEAD 2>/dev/null) with $(git status --porcelain -- src Cargo.toml 2>/dev/null | wc -l) changed file(s) under src/ and Cargo.toml"
 echo "== build (release)"
-cargo build --release --example load --bin websocket || exit 1
+cargo build --release -p load -p ecs-task-protection --bin load --bin websocket || exit 1
 
 mkdir -p "$OUT"
 wanted=("$@")
