@@ -54,28 +54,27 @@ pub enum LogFormat {
 /// The settings of the protection manager and of the way it reaches ECS, shared by every binary.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProtectionArgs {
-    /// How long each protect call protects the task for, in minutes.
+    /// How long each protect call protects the task for, in minutes [default: 30 for websocket,
+    /// 1 for queue-consumer].
     #[arg(long, env = "PROTECTION_DURATION_MINUTES", value_name = "PROTECTION_DURATION_MINUTES",
-          default_value_t = Settings::DEFAULT.duration_minutes,
           value_parser = clap::value_parser!(u32).range(i64::from(*DURATION_MINUTES.start())..=i64::from(*DURATION_MINUTES.end())))]
-    pub protection_duration_minutes: u32,
+    pub protection_duration_minutes: Option<u32>,
 
     /// Hold-over: if the last holder lets go less than this share of the duration after protection
-    /// was set, keep protection until that mark (absorbs connect/disconnect churn).
+    /// was set, keep protection until that mark (absorbs churn) [default: 10].
     #[arg(long, env = "PROTECTION_MAINTAIN_PERCENT", value_name = "PROTECTION_MAINTAIN_PERCENT",
-          default_value_t = Settings::DEFAULT.maintain_percent, value_parser = clap::value_parser!(u8).range(0..=100))]
-    pub protection_maintain_percent: u8,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub protection_maintain_percent: Option<u8>,
 
-    /// Refresh protection at this share of its duration while it is still wanted.
+    /// Refresh protection at this share of its duration while it is still wanted [default: 80].
     #[arg(long, env = "PROTECTION_REFRESH_PERCENT", value_name = "PROTECTION_REFRESH_PERCENT",
-          default_value_t = Settings::DEFAULT.refresh_percent, value_parser = clap::value_parser!(u8).range(1..=100))]
-    pub protection_refresh_percent: u8,
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub protection_refresh_percent: Option<u8>,
 
-    /// How often the protection state is re-checked, in milliseconds.
+    /// How often the protection state is re-checked, in milliseconds [default: 10000].
     #[arg(long, env = "PROTECTION_ADJUST_INTERVAL_MS", value_name = "PROTECTION_ADJUST_INTERVAL_MS",
-          default_value_t = Settings::DEFAULT.adjust_interval.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
-    pub protection_adjust_interval_ms: u64,
+    pub protection_adjust_interval_ms: Option<u64>,
 
     /// Which way to reach ECS.
     #[arg(long, env = "PROTECTION_BACKEND", value_name = "PROTECTION_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
@@ -108,14 +107,22 @@ pub struct ProtectionArgs {
 }
 
 impl ProtectionArgs {
-    /// The protection manager's settings.
-    pub fn settings(&self) -> Settings {
+    /// The protection manager's settings: what was given, over the binary's `defaults`.
+    pub fn settings(&self, defaults: Settings) -> Settings {
         Settings {
-            duration_minutes: self.protection_duration_minutes,
-            maintain_percent: self.protection_maintain_percent,
-            refresh_percent: self.protection_refresh_percent,
-            adjust_interval: Duration::from_millis(self.protection_adjust_interval_ms),
-            ..Settings::DEFAULT
+            duration_minutes: self
+                .protection_duration_minutes
+                .unwrap_or(defaults.duration_minutes),
+            maintain_percent: self
+                .protection_maintain_percent
+                .unwrap_or(defaults.maintain_percent),
+            refresh_percent: self
+                .protection_refresh_percent
+                .unwrap_or(defaults.refresh_percent),
+            adjust_interval: self
+                .protection_adjust_interval_ms
+                .map_or(defaults.adjust_interval, Duration::from_millis),
+            ..defaults
         }
     }
 
@@ -252,6 +259,11 @@ impl Config {
         SocketAddr::new(self.bind_address, self.port)
     }
 
+    /// The protection manager's settings (the defaults are [`Settings::DEFAULT`]).
+    pub fn protection_settings(&self) -> Settings {
+        self.protection.settings(Settings::DEFAULT)
+    }
+
     /// The per-connection limits.
     pub fn session_limits(&self) -> SessionLimits {
         SessionLimits {
@@ -284,6 +296,158 @@ impl Config {
     }
 }
 
+/// The `queue-consumer` worker's settings.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "queue-consumer",
+    version,
+    about = "An SQS worker that keeps its Amazon ECS task protected from scale-in while it has jobs in hand"
+)]
+pub struct WorkerConfig {
+    /// Run a command instead of taking jobs.
+    #[command(subcommand)]
+    pub command: Option<WorkerCommand>,
+
+    /// The queue's URL.
+    #[arg(long, global = true, env = "QUEUE_URL", value_name = "QUEUE_URL")]
+    pub queue_url: Option<String>,
+
+    /// The queue's URL as a Copilot Worker Service receives it (used when QUEUE_URL is unset).
+    #[arg(
+        long,
+        global = true,
+        env = "COPILOT_QUEUE_URI",
+        value_name = "COPILOT_QUEUE_URI"
+    )]
+    pub copilot_queue_uri: Option<String>,
+
+    /// The queue's Region, when it is neither the one its URL names nor the SDK's (AWS_REGION).
+    #[arg(long, global = true, env = "QUEUE_REGION", value_name = "QUEUE_REGION")]
+    pub queue_region: Option<String>,
+
+    /// Jobs that may run at once.
+    #[arg(long, env = "WORKER_CONCURRENCY", value_name = "WORKER_CONCURRENCY",
+          default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub worker_concurrency: u32,
+
+    /// Seconds a received message stays hidden from other workers; extended every third of it
+    /// while its job runs, so a crashed worker's jobs come back within this long.
+    #[arg(long, env = "VISIBILITY_TIMEOUT_SECS", value_name = "VISIBILITY_TIMEOUT_SECS",
+          default_value_t = 60, value_parser = clap::value_parser!(u64).range(3..=43_200))]
+    pub visibility_timeout_secs: u64,
+
+    /// Seconds one receive waits for messages (long polling).
+    #[arg(long, env = "RECEIVE_WAIT_SECS", value_name = "RECEIVE_WAIT_SECS",
+          default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=20))]
+    pub receive_wait_secs: u64,
+
+    /// Milliseconds a job waits for ECS to confirm protection before it starts anyway.
+    #[arg(long, env = "PROTECTION_WAIT_MS", value_name = "PROTECTION_WAIT_MS",
+          default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub protection_wait_ms: u64,
+
+    /// Seconds running jobs may go on after SIGTERM before they are returned to the queue; keep it
+    /// about 10 s below the container's stop timeout (30 s by default, at most 120 s on Fargate).
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", value_name = "SHUTDOWN_TIMEOUT_SECS",
+          default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=110))]
+    pub shutdown_timeout_secs: u64,
+
+    /// Port of the worker's `/healthz` and `/status` endpoint; 0 turns it off.
+    #[arg(
+        long,
+        env = "STATUS_PORT",
+        value_name = "STATUS_PORT",
+        default_value_t = 8080
+    )]
+    pub status_port: u16,
+
+    /// Address of the `/healthz` and `/status` endpoint (loopback: only the container itself, e.g.
+    /// `queue-consumer health`, reaches it).
+    #[arg(long, global = true, env = "STATUS_BIND_ADDRESS", value_name = "STATUS_BIND_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub status_bind_address: IpAddr,
+
+    /// Protection settings and the way to reach ECS.
+    #[command(flatten)]
+    pub protection: ProtectionArgs,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The queue consumer's commands besides taking jobs.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum WorkerCommand {
+    /// Puts jobs on the queue: each is WORK_MS milliseconds of simulated work.
+    Send {
+        /// How many jobs to send.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        count: u32,
+        /// Milliseconds of work per job.
+        work_ms: u64,
+    },
+    /// Exits 0 if the running worker in this container answers its health check (for ECS's
+    /// container health check in an image without a shell), 1 otherwise.
+    Health,
+}
+
+impl WorkerConfig {
+    /// The queue's URL: `QUEUE_URL`, else `COPILOT_QUEUE_URI`; an error says what to set.
+    pub fn queue_url(&self) -> Result<String, String> {
+        non_empty(&self.queue_url)
+            .or_else(|| non_empty(&self.copilot_queue_uri))
+            .ok_or_else(|| {
+                "no queue: set QUEUE_URL to the queue's URL (a Copilot Worker Service gets \
+                 COPILOT_QUEUE_URI instead)"
+                    .to_string()
+            })
+    }
+
+    /// The queue's Region, when given.
+    pub fn queue_region(&self) -> Option<String> {
+        non_empty(&self.queue_region)
+    }
+
+    /// The protection manager's settings (the defaults are the sample's queue consumer's).
+    pub fn protection_settings(&self) -> Settings {
+        self.protection.settings(crate::worker::PROTECTION_DEFAULTS)
+    }
+
+    /// How the worker takes and runs jobs.
+    pub fn worker_settings(&self) -> crate::worker::WorkerSettings {
+        crate::worker::WorkerSettings {
+            concurrency: self.worker_concurrency as usize,
+            visibility_timeout: Duration::from_secs(self.visibility_timeout_secs),
+            receive_wait: Duration::from_secs(self.receive_wait_secs),
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+            protection_wait: Duration::from_millis(self.protection_wait_ms),
+        }
+    }
+
+    /// Where the status endpoint listens, or `None` when it is off.
+    pub fn status_addr(&self) -> Option<SocketAddr> {
+        (self.status_port != 0).then(|| SocketAddr::new(self.status_bind_address, self.status_port))
+    }
+}
+
+impl LogFormat {
+    /// Sets up logging: `RUST_LOG` (default `info`) in this format, coloured only on a terminal.
+    pub fn init(self) {
+        use tracing_subscriber::EnvFilter;
+        let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+        // Colours only on a terminal: not in files, pipes or CloudWatch.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_target(false)
+            .with_ansi(ansi);
+        match self {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().flatten_event(true).init(),
+        }
+    }
+}
+
 /// `secs` as a duration, `None` for 0 (a setting's "off").
 fn seconds(secs: u64) -> Option<Duration> {
     (secs > 0).then(|| Duration::from_secs(secs))
@@ -301,13 +465,14 @@ mod tests {
     fn defaults_match_the_readme() {
         let c = parse(&[]).unwrap();
         assert_eq!(c.port, 3000);
-        assert_eq!(c.protection.protection_duration_minutes, 30);
-        assert_eq!(c.protection.protection_maintain_percent, 10);
-        assert_eq!(c.protection.protection_refresh_percent, 80);
-        assert_eq!(c.protection.protection_adjust_interval_ms, 10_000);
+        let settings = c.protection_settings();
+        assert_eq!(settings.duration_minutes, 30);
+        assert_eq!(settings.maintain_percent, 10);
+        assert_eq!(settings.refresh_percent, 80);
+        assert_eq!(settings.adjust_interval, Duration::from_secs(10));
         assert_eq!(c.protection.protection_backend, BackendChoice::Auto);
-        c.protection.settings().validate().unwrap();
-        assert_eq!(c.protection.settings(), Settings::DEFAULT);
+        settings.validate().unwrap();
+        assert_eq!(settings, Settings::DEFAULT);
         let limits = c.session_limits();
         assert_eq!(
             limits.max_message_bytes,
@@ -348,6 +513,87 @@ mod tests {
             e.contains("PROTECTION_BACKEND") && e.contains("auto"),
             "{e}"
         );
+    }
+
+    fn worker(args: &[&str]) -> Result<WorkerConfig, clap::Error> {
+        WorkerConfig::try_parse_from(std::iter::once("queue-consumer").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_worker_defaults_follow_the_samples_queue_consumer() {
+        let c = worker(&["--queue-url", "http://q"]).unwrap();
+        let p = c.protection_settings();
+        assert_eq!(
+            (p.duration_minutes, p.maintain_percent, p.refresh_percent),
+            (1, 10, 80)
+        );
+        let w = c.worker_settings();
+        assert_eq!(w.concurrency, 1);
+        assert_eq!(w.visibility_timeout, Duration::from_secs(60));
+        assert_eq!(w.receive_wait, Duration::from_secs(20));
+        // A setting given wins over the binary's default.
+        let c = worker(&["--protection-duration-minutes", "5"]).unwrap();
+        assert_eq!(c.protection_settings().duration_minutes, 5);
+    }
+
+    #[test]
+    fn the_queue_comes_from_queue_url_or_copilots_variable() {
+        assert_eq!(
+            worker(&["--queue-url", "http://a"]).unwrap().queue_url(),
+            Ok("http://a".into())
+        );
+        assert_eq!(
+            worker(&["--copilot-queue-uri", "http://b"])
+                .unwrap()
+                .queue_url(),
+            Ok("http://b".into())
+        );
+        assert_eq!(
+            worker(&["--queue-url", "http://a", "--copilot-queue-uri", "http://b"])
+                .unwrap()
+                .queue_url(),
+            Ok("http://a".into())
+        );
+        let e = worker(&["--queue-url", " "])
+            .unwrap()
+            .queue_url()
+            .unwrap_err();
+        assert!(
+            e.contains("QUEUE_URL") && e.contains("COPILOT_QUEUE_URI"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn worker_settings_out_of_range_name_the_variable_and_the_range() {
+        for (flag, value, variable, range) in [
+            ("--worker-concurrency", "0", "WORKER_CONCURRENCY", "1..=100"),
+            (
+                "--worker-concurrency",
+                "101",
+                "WORKER_CONCURRENCY",
+                "1..=100",
+            ),
+            (
+                "--visibility-timeout-secs",
+                "43201",
+                "VISIBILITY_TIMEOUT_SECS",
+                "3..=43200",
+            ),
+            ("--receive-wait-secs", "21", "RECEIVE_WAIT_SECS", "1..=20"),
+            (
+                "--shutdown-timeout-secs",
+                "0",
+                "SHUTDOWN_TIMEOUT_SECS",
+                "1..=110",
+            ),
+        ] {
+            let e = worker(&[flag, value]).unwrap_err().to_string();
+            assert!(
+                e.contains(variable) && e.contains(range),
+                "{flag} {value}: {e}"
+            );
+        }
     }
 
     fn plan(args: &[&str]) -> Result<BackendPlan, String> {

@@ -6,7 +6,9 @@
 //! * [`ecs`]: what speaks to ECS: the agent and API backends, the task's identity, the drain
 //!   watcher.
 //! * [`server`]: the WebSocket server (axum) whose connection count drives protection.
+//! * [`worker`]: the SQS queue consumer whose jobs in hand drive protection.
 //! * [`config`]: command-line flags and environment variables, and what they turn into.
+//! * [`shutdown`]: the signals that start an orderly shutdown, for both binaries.
 
 #![warn(missing_docs)]
 
@@ -14,3 +16,5 @@ pub mod config;
 pub mod ecs;
 pub mod protection;
 pub mod server;
+pub mod shutdown;
+pub mod worker;

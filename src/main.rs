@@ -4,11 +4,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use task_protection::config::{Command, Config, LogFormat};
+use task_protection::config::{Command, Config};
 use task_protection::ecs::{self, drain_watch::spawn_drain_watch};
 use task_protection::protection::ProtectionManager;
 use task_protection::server::{self, Hub};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     // Clap prints the error (naming the variable and its allowed range) and exits with code 2.
@@ -16,7 +15,7 @@ fn main() -> ExitCode {
     if let Some(Command::Drain { pid }) = config.command {
         return send_drain_signal(pid);
     }
-    init_logging(config.log_format);
+    config.log_format.init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -38,8 +37,9 @@ fn main() -> ExitCode {
 
 async fn run(config: Config) -> Result<(), String> {
     let plan = config.protection.backend_plan()?;
-    let ecs::Connection { backend, context } = ecs::connect(plan).await.map_err(|e| e.explain())?;
-    let manager = ProtectionManager::start(backend, config.protection.settings())
+    let ecs::Connection { backend, context } =
+        ecs::connect(plan, None).await.map_err(|e| e.explain())?;
+    let manager = ProtectionManager::start(backend, config.protection_settings())
         .map_err(|e| format!("invalid protection settings: {e}"))?;
     let hub = Hub::new(
         manager,
@@ -64,7 +64,7 @@ async fn run(config: Config) -> Result<(), String> {
     server::run(
         listener,
         hub,
-        server::shutdown::signal(),
+        task_protection::shutdown::signal(),
         config.shutdown_timeout(),
     )
     .await
@@ -106,19 +106,5 @@ fn send_drain_signal(pid: i32) -> ExitCode {
     {
         eprintln!("`drain` needs a Unix system (it sends SIGUSR1 to process {pid})");
         ExitCode::FAILURE
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only on a terminal: not in files, pipes or CloudWatch.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }

@@ -11,8 +11,6 @@
 //! paths (default `/usr/bin/chromium`, `/usr/bin/chromedriver`).
 #![cfg(unix)]
 
-#[path = "browser/process.rs"]
-mod process;
 mod support;
 #[path = "browser/webdriver.rs"]
 mod webdriver;
@@ -24,8 +22,8 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::Value;
 
-use process::{Proc, TempDir};
 use support::free_port;
+use support::process::{Proc, TempDir};
 use webdriver::{Driver, Session};
 
 /// The longest any one expected change may take to show.

@@ -12,13 +12,12 @@ pub mod agent;
 pub mod api;
 pub mod drain_watch;
 pub mod identity;
-mod sdk;
+pub(crate) mod sdk;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_config::meta::region::RegionProviderChain;
-use aws_config::BehaviorVersion;
+use aws_config::{BehaviorVersion, SdkConfig};
 
 use crate::protection::local::LocalBackend;
 use crate::protection::{BackendError, ErrorKind, ProtectionBackend};
@@ -66,26 +65,30 @@ impl EcsContext {
         }
     }
 
-    /// A context set up from the environment, the way the binaries run in ECS:
-    ///
-    /// * credentials from `aws-config`'s default chain (the task role in ECS);
-    /// * the region from `AWS_REGION` / the profile, or else the task ARN (the instance metadata
-    ///   service is not asked);
-    /// * the settings' endpoint URL, when given, for the ECS API only;
-    /// * the task from `cluster` + `task_arn` when both are given, or else from the task metadata
-    ///   endpoint, read on first use.
-    ///
-    /// The SDK retries at most once and gives up on an operation within 9 s.
+    /// A context set up from the environment, the way the binaries run in ECS: the AWS settings
+    /// of [`aws_config`], the settings' endpoint URL (when given) for the ECS API only, and the
+    /// task from `cluster` + `task_arn` when both are given, or else from the task metadata
+    /// endpoint, read on first use.
     pub async fn from_env(settings: EcsSettings) -> Result<Self, BackendError> {
-        Self::from_loader(aws_config::defaults(BehaviorVersion::latest()), settings).await
+        Self::from_sdk_config(&aws_config().await, settings)
     }
 
     /// Like [`from_env`](Self::from_env), starting from `loader` instead of
     /// `aws_config::defaults(BehaviorVersion::latest())`: a caller (or a test) can set the
-    /// credentials provider or anything else the loader offers. The region chain, HTTP client,
-    /// retry and timeout settings and the endpoint URL are applied on top.
+    /// credentials provider or anything else the loader offers. The region chain, HTTP client
+    /// and retry settings of [`aws_config`] are applied on top.
     pub async fn from_loader(
         loader: aws_config::ConfigLoader,
+        settings: EcsSettings,
+    ) -> Result<Self, BackendError> {
+        Self::from_sdk_config(&sdk::load(loader).await, settings)
+    }
+
+    /// A context that shares `sdk_config` (its credentials, region and HTTP client) with the
+    /// program's other AWS clients. ECS calls get this crate's timeouts: 2 s to connect, 4 s per
+    /// attempt, 9 s per call, below the manager's call timeout.
+    pub fn from_sdk_config(
+        sdk_config: &SdkConfig,
         settings: EcsSettings,
     ) -> Result<Self, BackendError> {
         let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
@@ -95,18 +98,8 @@ impl EcsContext {
             non_empty(settings.metadata_uri),
         )?;
         let endpoint = non_empty(settings.endpoint_url);
-        let region = RegionProviderChain::first_try(
-            aws_config::environment::EnvironmentVariableRegionProvider::new(),
-        )
-        .or_else(aws_config::profile::ProfileFileRegionProvider::new());
-        let sdk_config = loader
-            .http_client(sdk::https_client())
-            .region(region)
-            .retry_config(sdk::retry_config())
-            .timeout_config(sdk::timeout_config())
-            .load()
-            .await;
-        let mut ecs_config = aws_sdk_ecs::config::Builder::from(&sdk_config);
+        let mut ecs_config =
+            aws_sdk_ecs::config::Builder::from(sdk_config).timeout_config(sdk::timeout_config());
         if let Some(url) = &endpoint {
             ecs_config = ecs_config.endpoint_url(url);
         }
@@ -134,6 +127,19 @@ impl EcsContext {
             None => self.identity.describe(),
         }
     }
+}
+
+/// The AWS settings every client of this crate starts from, loaded once per process and shared
+/// (one credentials cache):
+///
+/// * credentials from `aws-config`'s default chain (in ECS: the task role);
+/// * the region from `AWS_REGION` / the profile (the instance metadata service is not asked; ECS
+///   calls go to the task's own region anyway, and the queue consumer's to its queue's);
+/// * the SDK's own endpoint settings (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_<SERVICE>`);
+/// * HTTPS through rustls on `ring`, and at most 2 attempts per call (the callers retry with
+///   their own back-off).
+pub async fn aws_config() -> SdkConfig {
+    sdk::load(aws_config::defaults(BehaviorVersion::latest())).await
 }
 
 /// The task's identity: given by hand (both parts), or read from the metadata endpoint.
@@ -196,13 +202,23 @@ pub struct Connection {
     pub context: Option<EcsContext>,
 }
 
-/// Builds the backend `plan` names. An error says what to fix.
-pub async fn connect(plan: BackendPlan) -> Result<Connection, BackendError> {
+/// Builds the backend `plan` names. An ECS context shares `sdk_config` when one is given, and
+/// loads [`aws_config`] otherwise (only if the plan needs AWS). An error says what to fix.
+pub async fn connect(
+    plan: BackendPlan,
+    sdk_config: Option<&SdkConfig>,
+) -> Result<Connection, BackendError> {
+    let context = |settings| async move {
+        match sdk_config {
+            Some(sdk_config) => EcsContext::from_sdk_config(sdk_config, settings),
+            None => EcsContext::from_env(settings).await,
+        }
+    };
     match plan {
         BackendPlan::Agent { uri, ecs } => {
             let agent = AgentBackend::new(&uri, AGENT_REQUEST_TIMEOUT)?;
             let context = match ecs {
-                Some(settings) => match EcsContext::from_env(settings).await {
+                Some(settings) => match context(settings).await {
                     Ok(context) => Some(context),
                     Err(e) => {
                         tracing::warn!("Drain watcher off: {}", e.explain());
@@ -217,7 +233,7 @@ pub async fn connect(plan: BackendPlan) -> Result<Connection, BackendError> {
             })
         }
         BackendPlan::Api(settings) => {
-            let context = EcsContext::from_env(settings).await?;
+            let context = context(settings).await?;
             Ok(Connection {
                 backend: Arc::new(EcsApiBackend::new(context.clone())),
                 context: Some(context),

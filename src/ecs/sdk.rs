@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use aws_config::meta::region::RegionProviderChain;
 use aws_sdk_ecs::config::http::HttpResponse;
 use aws_sdk_ecs::config::retry::RetryConfig;
 use aws_sdk_ecs::config::timeout::TimeoutConfig;
@@ -58,7 +59,7 @@ where
         }
         SdkError::TimeoutError(_) => BackendError::new(
             ErrorKind::Timeout,
-            format!("{action}: no answer from ECS within the SDK's timeout"),
+            format!("{action}: no answer within the SDK's timeout"),
         ),
         SdkError::DispatchFailure(failure) => {
             let detail = DisplayErrorContext(err).to_string();
@@ -78,7 +79,7 @@ where
             } else {
                 ErrorKind::Unreachable
             };
-            BackendError::new(kind, format!("{action}: cannot reach ECS: {detail}"))
+            BackendError::new(kind, format!("{action}: cannot reach AWS: {detail}"))
         }
         SdkError::ResponseError(context) => {
             let status = context.raw().status().as_u16();
@@ -109,15 +110,17 @@ where
     }
 }
 
-/// Classifies an error answer of ECS by its error code (`__type`), falling back on the HTTP
-/// status.
+/// Classifies an error answer of an AWS service (ECS, SQS) by its error code, falling back on
+/// the HTTP status.
 fn classify_service_error(code: &str, message: &str, status: u16, action: &str) -> BackendError {
     let kind = match code {
         "ThrottlingException"
         | "ThrottledException"
         | "Throttling"
         | "TooManyRequestsException"
-        | "RequestLimitExceeded" => ErrorKind::Throttled,
+        | "RequestLimitExceeded"
+        | "RequestThrottled"
+        | "AWS.SimpleQueueService.RequestThrottled" => ErrorKind::Throttled,
         "AccessDeniedException" | "AccessDenied" => {
             return BackendError::new(
                 ErrorKind::AccessDenied,
@@ -133,17 +136,21 @@ fn classify_service_error(code: &str, message: &str, status: u16, action: &str) 
         | "IncompleteSignature" => {
             return BackendError::new(
                 ErrorKind::AccessDenied,
-                format!("ECS did not accept the credentials for {action} ({code}: {message})"),
+                format!("AWS did not accept the credentials for {action} ({code}: {message})"),
             )
         }
         "InvalidParameterException"
         | "ClientException"
         | "UnsupportedFeatureException"
         | "ValidationException" => ErrorKind::InvalidRequest,
-        "ResourceNotFoundException" | "ClusterNotFoundException" | "ServiceNotFoundException" => {
-            ErrorKind::NotFound
+        "ResourceNotFoundException"
+        | "ClusterNotFoundException"
+        | "ServiceNotFoundException"
+        | "QueueDoesNotExist"
+        | "AWS.SimpleQueueService.NonExistentQueue" => ErrorKind::NotFound,
+        "ServerException" | "InternalFailure" | "InternalError" | "ServiceUnavailable" => {
+            ErrorKind::Server
         }
-        "ServerException" | "InternalFailure" | "ServiceUnavailable" => ErrorKind::Server,
         _ => match status {
             429 => ErrorKind::Throttled,
             401 | 403 => {
@@ -176,9 +183,24 @@ fn has_source<T: std::error::Error + 'static>(err: &(dyn std::error::Error + 'st
     false
 }
 
+/// Loads the AWS settings from `loader` with this crate's HTTP client, region chain and retry
+/// settings (see [`aws_config`](super::aws_config)).
+pub(crate) async fn load(loader: aws_config::ConfigLoader) -> aws_config::SdkConfig {
+    let region = RegionProviderChain::first_try(
+        aws_config::environment::EnvironmentVariableRegionProvider::new(),
+    )
+    .or_else(aws_config::profile::ProfileFileRegionProvider::new());
+    loader
+        .http_client(https_client())
+        .region(region)
+        .retry_config(retry_config())
+        .load()
+        .await
+}
+
 /// The SDK's retry settings: standard mode, at most 2 attempts, short back-off (the manager
 /// retries with its own, longer back-off).
-pub(crate) fn retry_config() -> RetryConfig {
+fn retry_config() -> RetryConfig {
     RetryConfig::standard()
         .with_max_attempts(2)
         .with_initial_backoff(Duration::from_millis(200))
@@ -196,7 +218,7 @@ pub(crate) fn timeout_config() -> TimeoutConfig {
 }
 
 /// The SDK's HTTP(S) client: hyper with rustls on `ring`, the platform's root certificates.
-pub(crate) fn https_client() -> aws_sdk_ecs::config::SharedHttpClient {
+fn https_client() -> aws_sdk_ecs::config::SharedHttpClient {
     use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
     aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))

@@ -194,6 +194,7 @@ impl ProtectionManager {
             ecs: EcsState::Unknown,
             failures: 0,
             retry_at: None,
+            logged: None,
         };
         let handle = tokio::spawn(reconciler.run(stop_rx));
         *lock(&inner.task) = Some(handle);
@@ -216,30 +217,23 @@ impl ProtectionManager {
     /// protection. Unlike the sample, it returns an error as soon as ECS rejects the attempt,
     /// instead of never settling. Either way the claim stays until [`release`](Self::release).
     pub async fn acquire(&self) -> Result<(), AcquireError> {
-        let mut rx = self.inner.status.subscribe();
-        let seen = rx.borrow_and_update().rejections;
+        let rx = self.inner.status.subscribe();
+        let seen = rx.borrow().rejections;
         {
             *lock(&self.inner.manual_holds) += 1;
         }
         self.inner.add_hold();
-        loop {
-            {
-                let st = rx.borrow_and_update();
-                if st.state == StateLabel::Protected {
-                    return Ok(());
-                }
-                if st.rejections != seen {
-                    let error = st
-                        .last_rejection
-                        .clone()
-                        .unwrap_or_else(|| BackendError::new(ErrorKind::Failure, "rejected"));
-                    return Err(AcquireError::Rejected(error));
-                }
-            }
-            if rx.changed().await.is_err() {
-                return Err(AcquireError::Shutdown);
-            }
-        }
+        confirmation(rx, seen).await
+    }
+
+    /// Waits until ECS confirms protection, or until a call fails after this was called. For a
+    /// holder of a [`guard`](Self::guard) that wants to start its work only once the task is
+    /// protected: bound the wait with a timeout of your own, since a rejection is retried in the
+    /// background and the guard keeps its claim either way.
+    pub async fn protected(&self) -> Result<(), AcquireError> {
+        let rx = self.inner.status.subscribe();
+        let seen = rx.borrow().rejections;
+        confirmation(rx, seen).await
     }
 
     /// Gives up one claim taken by [`acquire`](Self::acquire). Extra calls do nothing.
@@ -298,6 +292,31 @@ impl ProtectionManager {
     }
 }
 
+/// Resolves when `rx` shows protection, or a rejection beyond the first `seen`.
+async fn confirmation(
+    mut rx: watch::Receiver<ProtectionStatus>,
+    seen: u64,
+) -> Result<(), AcquireError> {
+    loop {
+        {
+            let st = rx.borrow_and_update();
+            if st.state == StateLabel::Protected {
+                return Ok(());
+            }
+            if st.rejections != seen {
+                let error = st
+                    .last_rejection
+                    .clone()
+                    .unwrap_or_else(|| BackendError::new(ErrorKind::Failure, "rejected"));
+                return Err(AcquireError::Rejected(error));
+            }
+        }
+        if rx.changed().await.is_err() {
+            return Err(AcquireError::Shutdown);
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these locks leaves plain data behind; keep going.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -315,6 +334,8 @@ struct Reconciler {
     failures: u32,
     /// No call before this instant (back-off).
     retry_at: Option<Instant>,
+    /// The failure last logged at warning level in the current streak (protecting?, kind).
+    logged: Option<(bool, ErrorKind)>,
 }
 
 impl Reconciler {
@@ -407,6 +428,7 @@ impl Reconciler {
                 let refreshed = matches!(self.ecs, EcsState::Protected { since: Some(_), .. });
                 self.failures = 0;
                 self.retry_at = None;
+                self.logged = None;
                 let expires_at = self.expiry_instant(&state);
                 self.set_ecs(
                     EcsState::Protected {
@@ -431,6 +453,7 @@ impl Reconciler {
             Ok(_) => {
                 self.failures = 0;
                 self.retry_at = None;
+                self.logged = None;
                 self.released();
             }
             Err(error) => {
@@ -451,11 +474,23 @@ impl Reconciler {
                     .hint()
                     .map(|h| format!(". Hint: {h}"))
                     .unwrap_or_default();
-                tracing::warn!(
-                    "{what}: {error}; retrying in {:.1} s (attempt {}){hint}",
-                    delay.as_secs_f64(),
-                    self.failures
-                );
+                // Once per streak and kind of failure; the retries that fail the same way are
+                // logged at debug level only.
+                let repeat = self.logged == Some((protect, error.kind));
+                if repeat {
+                    tracing::debug!(
+                        "{what} again: {error}; retrying in {:.1} s (attempt {})",
+                        delay.as_secs_f64(),
+                        self.failures
+                    );
+                } else {
+                    tracing::warn!(
+                        "{what}: {error}; retrying in {:.1} s (attempt {}), quietly while it fails this way{hint}",
+                        delay.as_secs_f64(),
+                        self.failures
+                    );
+                }
+                self.logged = Some((protect, error.kind));
                 self.inner.status.send_modify(|s| {
                     s.last_rejection = Some(error.clone());
                     s.rejections += 1;

@@ -16,4 +16,5 @@ pub use backend::{BackendError, ErrorKind, ProtectionBackend, ProtectionState};
 pub use manager::{
     AcquireError, ProtectionEvent, ProtectionGuard, ProtectionManager, ProtectionStatus, StateLabel,
 };
+pub(crate) use policy::retry_delay;
 pub use policy::{Settings, SettingsError, DURATION_MINUTES};

@@ -9,7 +9,6 @@
 pub mod drain;
 mod hub;
 mod session;
-pub mod shutdown;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -2,6 +2,12 @@
 //! server, WebSocket client helpers, waits, free ports, and SDK clients for the ECS stand-in.
 #![allow(dead_code)]
 
+#[cfg(unix)]
+pub mod moto;
+#[cfg(unix)]
+pub mod process;
+pub mod proxy;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -1,4 +1,4 @@
-//! The signals that start an orderly shutdown.
+//! The signals that start an orderly shutdown (both binaries).
 
 /// Resolves on SIGTERM (what ECS sends when it stops a task) or Ctrl-C.
 pub async fn signal() {

@@ -1,6 +1,6 @@
-//! Child processes for the browser test: output captured line by line for diagnostics, signals
-//! sent with the `kill` command, and a guard that kills whatever is still running when dropped
-//! (on success, on an error, and on a panic alike).
+//! Child processes for the tests: output captured line by line (to wait for a log line, and for
+//! diagnostics), signals sent with the `kill` command, and a guard that kills whatever is still
+//! running when dropped (on success, on an error, and on a panic alike).
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
@@ -21,6 +21,44 @@ impl Output {
                 lines.lock().unwrap().push(format!("[{tag}] {line}"));
             }
         });
+    }
+
+    /// Every line so far, without its `[stdout]`/`[stderr]` tag.
+    pub fn lines(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                l.split_once("] ")
+                    .map_or(l.as_str(), |(_, rest)| rest)
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// How many lines so far contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits (on real time) until at least `n` lines contain `needle`, at most `limit`; panics
+    /// with the output's tail otherwise.
+    pub async fn wait_for(&self, needle: &str, n: usize, limit: Duration) {
+        let start = Instant::now();
+        while self.count(needle) < n {
+            assert!(
+                start.elapsed() < limit,
+                "fewer than {n} lines with {needle:?} within {limit:?}; output:\n{}",
+                self.tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The last `n` lines, one per line.

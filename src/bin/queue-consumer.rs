@@ -1,0 +1,140 @@
+//! The `queue-consumer` binary: reads its settings, picks a protection backend, and takes jobs
+//! off the queue until SIGTERM; or, as `send`, puts jobs on the queue; or, as `health`, asks the
+//! running worker whether it is sound.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use task_protection::config::{WorkerCommand, WorkerConfig};
+use task_protection::ecs;
+use task_protection::protection::ProtectionManager;
+use task_protection::worker::{self, Worker};
+
+fn main() -> ExitCode {
+    // Clap prints the error (naming the variable and its allowed range) and exits with code 2.
+    let config = WorkerConfig::parse();
+    let command = config.command.clone();
+    if command != Some(WorkerCommand::Health) {
+        config.log_format.init();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = match command {
+        Some(WorkerCommand::Health) => return runtime.block_on(health(&config)),
+        Some(WorkerCommand::Send { count, work_ms }) => {
+            runtime.block_on(send(&config, count, work_ms))
+        }
+        None => runtime.block_on(run(&config)),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(message)) => {
+            tracing::error!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// How a run ends badly: a setting to fix (exit 2, like clap's errors) or a failure (exit 1).
+enum Failure {
+    Usage(String),
+    Runtime(String),
+}
+
+async fn run(config: &WorkerConfig) -> Result<(), Failure> {
+    let queue_url = config.queue_url().map_err(Failure::Usage)?;
+    let plan = config.protection.backend_plan().map_err(Failure::Usage)?;
+    let sdk_config = ecs::aws_config().await;
+    let ecs::Connection { backend, .. } = ecs::connect(plan, Some(&sdk_config))
+        .await
+        .map_err(|e| Failure::Runtime(e.explain()))?;
+    let manager = ProtectionManager::start(backend, config.protection_settings())
+        .map_err(|e| Failure::Usage(format!("invalid protection settings: {e}")))?;
+    let region = config.queue_region();
+    let worker = Worker::new(
+        &sdk_config,
+        &queue_url,
+        region.as_deref(),
+        manager,
+        config.worker_settings(),
+    );
+    if let Some(addr) = config.status_addr() {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            Failure::Runtime(format!(
+                "cannot listen on {addr} for /healthz and /status (set STATUS_PORT, 0 turns it off): {e}"
+            ))
+        })?;
+        tracing::info!("Health and status on http://{addr}/status");
+        let status = worker.clone();
+        tokio::spawn(async move {
+            if let Err(e) = worker::serve_status(listener, status).await {
+                tracing::warn!("The status endpoint stopped: {e}");
+            }
+        });
+    }
+    worker.run(task_protection::shutdown::signal()).await;
+    Ok(())
+}
+
+async fn send(config: &WorkerConfig, count: u32, work_ms: u64) -> Result<(), Failure> {
+    let queue_url = config.queue_url().map_err(Failure::Usage)?;
+    let sdk_config = ecs::aws_config().await;
+    let bodies = vec![work_ms.to_string(); count as usize];
+    let region = config.queue_region();
+    let ids = worker::send_jobs(&sdk_config, &queue_url, region.as_deref(), &bodies)
+        .await
+        .map_err(|e| Failure::Runtime(format!("could not send the jobs: {e}")))?;
+    println!(
+        "Sent {} jobs of {work_ms} milliseconds to {queue_url}{}",
+        ids.len(),
+        ids.first()
+            .map(|id| format!(" (first: {id})"))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// `queue-consumer health`: 0 when the worker's `/healthz` answers 200 within 3 s.
+async fn health(config: &WorkerConfig) -> ExitCode {
+    let Some(addr) = config.status_addr() else {
+        eprintln!("unhealthy: the status endpoint is off (STATUS_PORT=0)");
+        return ExitCode::FAILURE;
+    };
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let url = format!("http://{}/healthz", SocketAddr::new(ip, addr.port()));
+    let answer = async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()?;
+        client.get(&url).send().await
+    };
+    match answer.await {
+        Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("unhealthy: {url} answered HTTP {}", r.status().as_u16());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("unhealthy: no answer from {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! The queue consumer: takes jobs off an SQS queue, runs up to `concurrency` of them at once, and
+//! keeps the task protected from scale-in while any job is in hand (and not while it only
+//! waits for work).
+//!
+//! * `job`: the message format; `queue`: SQS; `leases`: keeping messages hidden while their jobs
+//!   run, deleting them after success, returning them otherwise; `status`: `/healthz` and
+//!   `/status`.
+//!
+//! Each job holds a [`ProtectionGuard`](crate::protection::ProtectionGuard) from the moment its
+//! message is received until its delete is confirmed; the manager coalesces the guards of a busy
+//! period into one protect call (and a refresh now and then), and releases protection after its
+//! hold-over once the last job has ended.
+
+mod job;
+mod leases;
+mod queue;
+mod status;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use serde::Serialize;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::protection::{retry_delay, BackendError, ProtectionManager, ProtectionStatus, Settings};
+use leases::Leases;
+use queue::{Queue, Received, SQS_BATCH};
+
+pub use status::serve_status;
+
+/// The protection settings the queue consumer starts from: the Node.js sample's queue consumer
+/// (protect for 1 minute, refresh at 80 %, and a 10 % hold-over, i.e. 6 s after the last job).
+pub const PROTECTION_DEFAULTS: Settings = Settings {
+    duration_minutes: 1,
+    maintain_percent: 10,
+    refresh_percent: 80,
+    ..Settings::DEFAULT
+};
+
+/// How the worker takes and runs jobs.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Jobs that may run at once (1..=100).
+    pub concurrency: usize,
+    /// How long a received message stays hidden from other workers; extended every third of it
+    /// while its job runs.
+    pub visibility_timeout: Duration,
+    /// The longest one receive waits for messages (long polling, at most 20 s).
+    pub receive_wait: Duration,
+    /// How long running jobs may go on after SIGTERM before they are returned to the queue.
+    pub shutdown_timeout: Duration,
+    /// The longest a job waits for ECS to confirm protection before it starts anyway.
+    pub protection_wait: Duration,
+}
+
+/// A snapshot of the worker, for `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerStatus {
+    /// The queue's URL.
+    pub queue: String,
+    /// Jobs that may run at once.
+    pub concurrency: usize,
+    /// Messages in hand now: waiting for protection, running, or being deleted.
+    pub in_hand: usize,
+    /// Messages received since start-up.
+    pub received: u64,
+    /// Jobs done and deleted.
+    pub done: u64,
+    /// Messages that are not jobs (left on the queue for its dead-letter queue).
+    pub invalid: u64,
+    /// Messages returned to the queue unfinished (shutdown).
+    pub returned: u64,
+    /// Jobs done whose message could not be deleted (it comes back: at-least-once delivery).
+    pub delete_failures: u64,
+    /// Receives that failed.
+    pub receive_errors: u64,
+    /// The last receive error of the current streak, `None` once receiving works.
+    pub last_receive_error: Option<String>,
+    /// Whether the worker is shutting down.
+    pub stopping: bool,
+    /// The protection manager's state.
+    pub protection: ProtectionStatus,
+}
+
+/// The running tallies behind [`WorkerStatus`].
+#[derive(Debug, Default)]
+struct Counters {
+    received: AtomicU64,
+    done: AtomicU64,
+    invalid: AtomicU64,
+    returned: AtomicU64,
+    delete_failures: AtomicU64,
+    receive_errors: AtomicU64,
+}
+
+/// What the receive loop, the jobs and the status endpoint share.
+struct Shared {
+    queue: Queue,
+    manager: ProtectionManager,
+    settings: WorkerSettings,
+    leases: Arc<Leases>,
+    /// One permit per job that may run at once; a job gives its permit back when its work ends.
+    slots: Arc<Semaphore>,
+    /// Job tasks alive (from receive to the end of their delete or return).
+    in_hand: watch::Sender<usize>,
+    /// SIGTERM: no more receives; jobs that have not started go back to the queue.
+    stopping: watch::Sender<bool>,
+    /// The shutdown timeout passed: running jobs stop and go back to the queue.
+    abandon: watch::Sender<bool>,
+    counters: Counters,
+    /// When the receive loop last started a receive (for the health check).
+    last_poll: Mutex<Instant>,
+    last_receive_error: Mutex<Option<BackendError>>,
+}
+
+/// The queue consumer. Cheap to clone.
+#[derive(Clone)]
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+impl Worker {
+    /// A worker for the queue at `queue_url` (in `region` when given, else the region the URL
+    /// names, else `sdk_config`'s), whose jobs hold protection through `manager`. Must be called
+    /// inside a tokio runtime.
+    pub fn new(
+        sdk_config: &SdkConfig,
+        queue_url: &str,
+        region: Option<&str>,
+        manager: ProtectionManager,
+        settings: WorkerSettings,
+    ) -> Self {
+        let queue = Queue::new(sdk_config, queue_url, region);
+        let abandon = watch::channel(false).0;
+        let leases = Leases::start(
+            queue.clone(),
+            settings.visibility_timeout,
+            settings.concurrency * 2,
+            abandon.subscribe(),
+        );
+        Self {
+            shared: Arc::new(Shared {
+                slots: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+                queue,
+                manager,
+                settings,
+                leases,
+                in_hand: watch::channel(0).0,
+                stopping: watch::channel(false).0,
+                abandon,
+                counters: Counters::default(),
+                last_poll: Mutex::new(Instant::now()),
+                last_receive_error: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The worker's state now.
+    pub fn status(&self) -> WorkerStatus {
+        let s = &self.shared;
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        WorkerStatus {
+            queue: s.queue.url().to_string(),
+            concurrency: s.settings.concurrency,
+            in_hand: *s.in_hand.borrow(),
+            received: count(&s.counters.received),
+            done: count(&s.counters.done),
+            invalid: count(&s.counters.invalid),
+            returned: count(&s.counters.returned),
+            delete_failures: count(&s.counters.delete_failures),
+            receive_errors: count(&s.counters.receive_errors),
+            last_receive_error: lock(&s.last_receive_error).as_ref().map(|e| e.to_string()),
+            stopping: *s.stopping.borrow(),
+            protection: s.manager.status(),
+        }
+    }
+
+    /// Whether the worker is sound: not shutting down, and receiving (a receive started within
+    /// the last long poll plus a minute) unless every slot is busy.
+    pub fn is_healthy(&self) -> bool {
+        let s = &self.shared;
+        let polled_lately =
+            lock(&s.last_poll).elapsed() < s.settings.receive_wait + Duration::from_secs(60);
+        !*s.stopping.borrow() && (polled_lately || s.slots.available_permits() == 0)
+    }
+
+    /// Takes and runs jobs until `signal` resolves, then shuts down in order: no more receives,
+    /// jobs that have not started go back to the queue at once, running jobs may finish within
+    /// the shutdown timeout and are returned to the queue after it, and protection is released.
+    pub async fn run(&self, signal: impl Future<Output = ()>) {
+        let s = &self.shared;
+        tracing::info!(
+            "Taking jobs from {} ({} at a time)",
+            s.queue.url(),
+            s.settings.concurrency
+        );
+        let receiving = tokio::spawn(receive_loop(Arc::clone(s)));
+        signal.await;
+        let in_hand = *s.in_hand.borrow();
+        tracing::info!(
+            "Shutting down: no more receives; {in_hand} jobs in hand may finish within {:?}",
+            s.settings.shutdown_timeout
+        );
+        s.stopping.send_replace(true);
+        let _ = receiving.await;
+        let mut jobs = s.in_hand.subscribe();
+        let finished =
+            tokio::time::timeout(s.settings.shutdown_timeout, none_left(&mut jobs)).await;
+        if finished.is_err() {
+            tracing::warn!(
+                "Shutdown timeout ({:?}) passed with {} jobs in hand: returning them to the queue",
+                s.settings.shutdown_timeout,
+                *s.in_hand.borrow()
+            );
+        }
+        s.abandon.send_replace(true);
+        let returning = s.leases.len();
+        if returning > 0 {
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.leases.give_back_all()).await;
+            s.counters
+                .returned
+                .fetch_add(returning as u64, Ordering::Relaxed);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), none_left(&mut jobs)).await;
+        if let Err(e) = s.manager.shutdown().await {
+            tracing::warn!("Could not release task protection on shutdown: {e}");
+        }
+        tracing::info!("Shutdown complete");
+    }
+}
+
+/// Sends `bodies` to the queue at `queue_url`, 10 to a call; returns the message IDs.
+pub async fn send_jobs(
+    sdk_config: &SdkConfig,
+    queue_url: &str,
+    region: Option<&str>,
+    bodies: &[String],
+) -> Result<Vec<String>, BackendError> {
+    let queue = Queue::new(sdk_config, queue_url, region);
+    let mut ids = Vec::with_capacity(bodies.len());
+    for chunk in bodies.chunks(SQS_BATCH) {
+        ids.extend(queue.send(chunk).await?);
+    }
+    Ok(ids)
+}
+
+/// Resolves once no job is in hand.
+async fn none_left(jobs: &mut watch::Receiver<usize>) {
+    let _ = jobs.wait_for(|n| *n == 0).await;
+}
+
+/// Resolves once `flag` is true (or its sender is gone).
+async fn until(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|set| *set).await;
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Receives while there are free slots, until stopping; each message becomes a job task.
+/// Errors back off (1 s doubling to 30 s, jittered), logged once per kind of error.
+async fn receive_loop(s: Arc<Shared>) {
+    let mut stopping = s.stopping.subscribe();
+    let mut failures = 0u32;
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = until(&mut stopping) => return,
+            permit = Arc::clone(&s.slots).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let mut permits = vec![first];
+        while permits.len() < SQS_BATCH {
+            match Arc::clone(&s.slots).try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        *lock(&s.last_poll) = Instant::now();
+        let received = tokio::select! {
+            biased;
+            _ = until(&mut stopping) => return,
+            r = s.queue.receive(permits.len(), s.settings.receive_wait, s.settings.visibility_timeout) => r,
+        };
+        match received {
+            Ok(messages) => {
+                tracing::debug!(
+                    "Received {} messages ({} slots free)",
+                    messages.len(),
+                    permits.len()
+                );
+                let recovered = lock(&s.last_receive_error).take().is_some();
+                if recovered {
+                    tracing::info!("Receiving from the queue works again");
+                }
+                failures = 0;
+                for message in messages {
+                    match permits.pop() {
+                        Some(permit) => start_job(&s, message, permit),
+                        // SQS never sends more than asked; if it did, the extra message simply
+                        // becomes visible again after its visibility timeout.
+                        None => tracing::warn!("{} - Received beyond the free slots", message.id),
+                    }
+                }
+            }
+            Err(error) => {
+                drop(permits);
+                failures += 1;
+                s.counters.receive_errors.fetch_add(1, Ordering::Relaxed);
+                let delay = retry_delay(
+                    failures,
+                    Duration::from_secs(1),
+                    Duration::from_secs(30),
+                    rand::random::<f64>(),
+                );
+                {
+                    let mut last = lock(&s.last_receive_error);
+                    if last.as_ref().map(|e| e.kind) != Some(error.kind) {
+                        tracing::warn!(
+                            "Cannot receive from the queue: {error}; retrying in {:.1} s, and quietly while it keeps failing this way{}",
+                            delay.as_secs_f64(),
+                            receive_hint(&error)
+                        );
+                    } else {
+                        tracing::debug!("Still cannot receive from the queue: {error}");
+                    }
+                    *last = Some(error);
+                }
+                tokio::select! {
+                    _ = until(&mut stopping) => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// What an operator can do about a receive error, if anything.
+fn receive_hint(error: &BackendError) -> &'static str {
+    use crate::protection::ErrorKind;
+    match error.kind {
+        ErrorKind::AccessDenied => {
+            ". Hint: the task role needs sqs:ReceiveMessage, sqs:DeleteMessage and sqs:ChangeMessageVisibility on the queue"
+        }
+        ErrorKind::NotFound => ". Hint: check QUEUE_URL (or COPILOT_QUEUE_URI) and QUEUE_REGION",
+        _ => "",
+    }
+}
+
+/// Counts a job task in hand while it lives.
+struct InHand(Arc<Shared>);
+
+impl InHand {
+    fn new(s: &Arc<Shared>) -> Self {
+        s.in_hand.send_modify(|n| *n += 1);
+        Self(Arc::clone(s))
+    }
+}
+
+impl Drop for InHand {
+    fn drop(&mut self) {
+        self.0.in_hand.send_modify(|n| *n -= 1);
+    }
+}
+
+fn start_job(s: &Arc<Shared>, message: Received, slot: OwnedSemaphorePermit) {
+    s.counters.received.fetch_add(1, Ordering::Relaxed);
+    let ticket = InHand::new(s);
+    tokio::spawn(run_job(ticket, message, slot));
+}
+
+/// One job: from receipt to delete (or return to the queue).
+async fn run_job(ticket: InHand, message: Received, slot: OwnedSemaphorePermit) {
+    let s = &ticket.0;
+    let Received {
+        id,
+        receipt,
+        body,
+        receive_count,
+    } = message;
+    tracing::info!("{id} - Received");
+    let lease = s.leases.hold(&id, &receipt);
+    let vt = s.settings.visibility_timeout;
+    let job = match job::parse(&body, vt) {
+        Ok(job) => job,
+        Err(e) => {
+            // Not deleted: visible again after a back-off, until the queue's redrive policy moves
+            // it to the dead-letter queue.
+            let delay = retry_delay(
+                receive_count,
+                Duration::from_secs(2),
+                Duration::from_secs(300),
+                1.0,
+            );
+            tracing::warn!(
+                "{id} - Cannot run it: {e}. Not deleted: visible again in {} s; the queue's redrive policy moves it to the dead-letter queue after its maxReceiveCount (this was receive {receive_count})",
+                delay.as_secs()
+            );
+            s.counters.invalid.fetch_add(1, Ordering::Relaxed);
+            s.leases.give_back(lease, delay).await;
+            return;
+        }
+    };
+    let _protection = s.manager.guard();
+    let mut stopping = s.stopping.subscribe();
+    let confirmed = tokio::select! {
+        biased;
+        _ = until(&mut stopping) => {
+            s.leases.give_back(lease, Duration::ZERO).await;
+            s.counters.returned.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("{id} - Returned to the queue (shutting down before it started)");
+            return;
+        }
+        r = tokio::time::timeout(s.settings.protection_wait, s.manager.protected()) => r,
+    };
+    match confirmed {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!("{id} - Starting without protection: {e}"),
+        Err(_) => tracing::debug!(
+            "{id} - Starting before ECS confirmed protection (waited {:?})",
+            s.settings.protection_wait
+        ),
+    }
+    tracing::info!("{id} - Working for {} milliseconds", job.work.as_millis());
+    let mut abandon = s.abandon.subscribe();
+    tokio::select! {
+        biased;
+        // The shutdown sequence returns every message in hand to the queue.
+        _ = until(&mut abandon) => {
+            tracing::info!("{id} - Stopped before it finished (shutdown timeout)");
+            return;
+        }
+        _ = tokio::time::sleep(job.work) => {}
+    }
+    tracing::info!("{id} - Done");
+    // The slot is free for the next receive while the delete is made.
+    drop(slot);
+    match s.leases.delete(lease).await {
+        Ok(()) => {
+            s.counters.done.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            s.counters.delete_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("{id} - Done but not deleted: {e}; SQS will deliver it again");
+        }
+    }
+}

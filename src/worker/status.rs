@@ -1,0 +1,35 @@
+//! The worker's own small HTTP endpoint, for ECS's container health check (through
+//! `queue-consumer health`, since the image has no shell) and for people: `GET /healthz` (200
+//! `ok`, or 503 while shutting down or when receiving has stalled) and `GET /status` (JSON).
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use super::Worker;
+
+/// Serves `/healthz` and `/status` on `listener` until the process ends.
+pub async fn serve_status(
+    listener: tokio::net::TcpListener,
+    worker: Worker,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(health))
+        .route("/status", get(status))
+        .with_state(worker);
+    axum::serve(listener, app).await
+}
+
+async fn health(State(worker): State<Worker>) -> Response {
+    if worker.is_healthy() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not taking jobs\n").into_response()
+    }
+}
+
+async fn status(State(worker): State<Worker>) -> Response {
+    ([(header::CACHE_CONTROL, "no-store")], Json(worker.status())).into_response()
+}

@@ -1,0 +1,125 @@
+//! A pass-through HTTP proxy with an off switch, to put between a client and a real local service
+//! (moto's SQS) and make that service fail for a while: every request is forwarded as it is, or,
+//! while failing, answered HTTP 500 with an AWS JSON `InternalError` body.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+struct Shared {
+    upstream: String,
+    client: reqwest::Client,
+    failing: AtomicBool,
+    failed: AtomicUsize,
+    forwarded: AtomicUsize,
+}
+
+/// The running proxy; dropping it stops it.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy on a free loopback port in front of `upstream` (`http://host:port`).
+    pub async fn start(upstream: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shared = Arc::new(Shared {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            client: reqwest::Client::new(),
+            failing: AtomicBool::new(false),
+            failed: AtomicUsize::new(0),
+            forwarded: AtomicUsize::new(0),
+        });
+        let app = Router::new()
+            .fallback(forward)
+            .with_state(Arc::clone(&shared));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Self {
+            addr,
+            shared,
+            _stop: stop,
+        }
+    }
+
+    /// The URL to give clients instead of the upstream's.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Fails every following request (`true`) or forwards them again (`false`).
+    pub fn set_failing(&self, failing: bool) {
+        self.shared.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// How many requests were forwarded.
+    pub fn forwarded(&self) -> usize {
+        self.shared.forwarded.load(Ordering::SeqCst)
+    }
+
+    /// How many requests were answered with a failure.
+    pub fn failed(&self) -> usize {
+        self.shared.failed.load(Ordering::SeqCst)
+    }
+}
+
+async fn forward(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if shared.failing.load(Ordering::SeqCst) {
+        shared.failed.fetch_add(1, Ordering::SeqCst);
+        let body = r#"{"__type":"InternalError","message":"stand-in outage"}"#;
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "application/x-amz-json-1.0")],
+            body,
+        )
+            .into_response();
+    }
+    shared.forwarded.fetch_add(1, Ordering::SeqCst);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut request = shared
+        .client
+        .request(method, format!("{}{path}", shared.upstream))
+        .body(body);
+    for (name, value) in &headers {
+        if name != "host" && name != "content-length" {
+            request = request.header(name, value);
+        }
+    }
+    match request.send().await {
+        Ok(answer) => {
+            let status = answer.status();
+            let mut out = HeaderMap::new();
+            for (name, value) in answer.headers() {
+                if name != "content-length" && name != "transfer-encoding" && name != "connection" {
+                    out.insert(name, value.clone());
+                }
+            }
+            let bytes = answer.bytes().await.unwrap_or_default();
+            (status, out, bytes).into_response()
+        }
+        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}

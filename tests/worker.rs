@@ -1,0 +1,375 @@
+//! The `queue-consumer` binary against a real SQS API (moto's server) and the stand-in ECS agent:
+//! jobs run once and are deleted, protection follows the jobs in hand and not the polling, long
+//! jobs stay hidden from other workers, SIGTERM returns what is unfinished, bad messages go to the
+//! dead-letter queue, and SQS outages are survived.
+#![cfg(unix)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use ecs_stand_in::{Fault, StandInAgent};
+use support::moto::Moto;
+use support::process::Proc;
+use support::proxy::FaultProxy;
+
+/// Long enough for anything a test waits for on a busy 2-core machine.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Starts a worker on `queue` through `endpoint`, with the stand-in agent, polling every second,
+/// plus `extra` settings.
+fn worker(queue: &str, endpoint: &str, agent: &StandInAgent, extra: &[(&str, &str)]) -> Proc {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_queue-consumer"));
+    command
+        .env_clear()
+        .env("QUEUE_URL", queue)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("PROTECTION_BACKEND", "agent")
+        .env("ECS_AGENT_URI", agent.uri())
+        .env("STATUS_PORT", "0")
+        .env("RECEIVE_WAIT_SECS", "1")
+        .env("RUST_LOG", "info");
+    for (k, v) in extra {
+        command.env(k, v);
+    }
+    Proc::spawn("queue-consumer", command, false).expect("start queue-consumer")
+}
+
+/// How many times each message ID was logged with `what` (e.g. `- Done`).
+fn ids_with(proc: &Proc, what: &str) -> BTreeMap<String, usize> {
+    let mut ids = BTreeMap::new();
+    for line in proc.output.lines() {
+        if let Some(before) = line.strip_suffix(what) {
+            if let Some(id) = before.split_whitespace().last() {
+                *ids.entry(id.to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+    ids
+}
+
+/// Sends SIGTERM and returns the exit code.
+async fn stop(mut proc: Proc) -> Option<i32> {
+    proc.signal("TERM").expect("SIGTERM");
+    let status = proc.wait_exit(Duration::from_secs(15)).await.expect("exit");
+    status.code()
+}
+
+fn protect_calls(agent: &StandInAgent) -> usize {
+    agent
+        .put_calls()
+        .iter()
+        .filter(|c| c.enabled == Some(true))
+        .count()
+}
+
+async fn wait_depth(moto: &Moto, queue: &str, depth: (u64, u64)) {
+    let start = std::time::Instant::now();
+    while moto.depth(queue).await != depth {
+        assert!(
+            start.elapsed() < LIMIT,
+            "queue depth {:?}, wanted {depth:?}",
+            moto.depth(queue).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn every_job_runs_once_and_is_deleted_and_a_burst_costs_one_protect_call() {
+    let Some(moto) = Moto::start("every_job_runs_once").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let (queue, _) = moto.queue("burst", 60, None).await;
+    let mut sent = Vec::new();
+    for _ in 0..30 {
+        sent.push(moto.send(&queue, "20").await);
+    }
+    let w = worker(
+        &queue,
+        moto.endpoint(),
+        &agent,
+        &[("WORKER_CONCURRENCY", "5")],
+    );
+    w.output.wait_for("- Done", 30, LIMIT).await;
+    wait_depth(&moto, &queue, (0, 0)).await;
+    let done = ids_with(&w, "- Done");
+    sent.sort();
+    assert_eq!(
+        done.keys().cloned().collect::<Vec<_>>(),
+        sent,
+        "every job done"
+    );
+    assert!(
+        done.values().all(|n| *n == 1),
+        "each exactly once: {done:?}"
+    );
+    let protects = protect_calls(&agent);
+    assert!(
+        (1..=2).contains(&protects),
+        "{protects} protect calls for a burst of 30 jobs"
+    );
+    assert_eq!(stop(w).await, Some(0));
+    assert!(!agent.is_protected(), "released at shutdown");
+}
+
+#[tokio::test]
+async fn an_idle_worker_polls_without_protecting_the_task() {
+    let Some(moto) = Moto::start("an_idle_worker").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let proxy = FaultProxy::start(moto.endpoint()).await;
+    let (queue, _) = moto.queue("idle", 60, None).await;
+    let w = worker(&queue, &proxy.url(), &agent, &[]);
+    // Three long polls of 1 s, all empty.
+    let start = std::time::Instant::now();
+    while proxy.forwarded() < 4 {
+        assert!(start.elapsed() < LIMIT, "the worker did not poll");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        protect_calls(&agent),
+        0,
+        "no protection while only waiting for work"
+    );
+    assert!(!agent.is_protected());
+    // Then a job arrives: protected while it runs, released after the 6 s hold-over... or at
+    // shutdown, whichever comes first.
+    moto.send(&queue, "300").await;
+    w.output.wait_for("- Done", 1, LIMIT).await;
+    assert_eq!(protect_calls(&agent), 1);
+    assert_eq!(stop(w).await, Some(0));
+    assert!(!agent.is_protected());
+}
+
+#[tokio::test]
+async fn a_job_three_visibility_timeouts_long_is_not_handed_to_a_second_worker() {
+    let Some(moto) = Moto::start("a_long_job").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let (queue, _) = moto.queue("long", 3, None).await;
+    let id = moto.send(&queue, "9000").await;
+    let settings = [("VISIBILITY_TIMEOUT_SECS", "3")];
+    let first = worker(&queue, moto.endpoint(), &agent, &settings);
+    first.output.wait_for("- Working for 9000", 1, LIMIT).await;
+    let second = worker(&queue, moto.endpoint(), &agent, &settings);
+    first.output.wait_for("- Done", 1, LIMIT).await;
+    wait_depth(&moto, &queue, (0, 0)).await;
+    assert_eq!(ids_with(&first, "- Done").get(&id), Some(&1));
+    assert_eq!(
+        second.output.count(&id),
+        0,
+        "the second worker never saw the message:\n{}",
+        second.output.tail(20)
+    );
+    assert_eq!(stop(second).await, Some(0));
+    assert_eq!(stop(first).await, Some(0));
+}
+
+#[tokio::test]
+async fn sigterm_mid_job_returns_the_message_at_once_releases_protection_and_exits_0() {
+    let Some(moto) = Moto::start("sigterm_mid_job").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let (queue, _) = moto.queue("term", 60, None).await;
+    let id = moto.send(&queue, "60000").await;
+    let w = worker(
+        &queue,
+        moto.endpoint(),
+        &agent,
+        &[("SHUTDOWN_TIMEOUT_SECS", "1")],
+    );
+    w.output.wait_for("- Working for 60000", 1, LIMIT).await;
+    assert!(agent.is_protected(), "protected while the job runs");
+    let output = w.output.clone();
+    assert_eq!(stop(w).await, Some(0));
+    assert!(
+        output.count("Returned to the queue") >= 1,
+        "{}",
+        output.tail(20)
+    );
+    assert!(!agent.is_protected(), "released at shutdown");
+    // Visible again at once, not after the 60 s visibility timeout.
+    let got = moto.receive(&queue, Duration::from_secs(5), 60).await;
+    assert_eq!(got.first().map(|m| m.0.clone()), Some(id));
+}
+
+#[tokio::test]
+async fn a_message_received_but_not_started_goes_back_at_once_on_sigterm() {
+    let Some(moto) = Moto::start("not_started").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    // The protect call hangs, and jobs wait up to a minute for it: the job never starts.
+    agent.set_fault(Fault::Hang);
+    let (queue, _) = moto.queue("waiting", 60, None).await;
+    let id = moto.send(&queue, "10").await;
+    let w = worker(
+        &queue,
+        moto.endpoint(),
+        &agent,
+        &[("PROTECTION_WAIT_MS", "60000")],
+    );
+    w.output.wait_for("- Received", 1, LIMIT).await;
+    let output = w.output.clone();
+    assert_eq!(stop(w).await, Some(0));
+    agent.release_hangs();
+    assert_eq!(output.count("- Working for"), 0);
+    assert_eq!(
+        output.count("Returned to the queue (shutting down before it started)"),
+        1
+    );
+    let got = moto.receive(&queue, Duration::from_secs(5), 60).await;
+    assert_eq!(got.first().map(|m| m.0.clone()), Some(id));
+}
+
+#[tokio::test]
+async fn an_unreadable_body_is_never_deleted_and_ends_in_the_dead_letter_queue() {
+    let Some(moto) = Moto::start("unreadable_body").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let (queue, dlq) = moto.queue("bad", 60, Some(2)).await;
+    let dlq = dlq.expect("dead-letter queue");
+    let id = moto.send(&queue, "abc").await;
+    let w = worker(&queue, moto.endpoint(), &agent, &[]);
+    w.output.wait_for("- Cannot run it", 2, LIMIT).await;
+    let start = std::time::Instant::now();
+    let moved = loop {
+        let got = moto.receive(&dlq, Duration::from_secs(1), 1).await;
+        if let Some(m) = got.first() {
+            break m.clone();
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "not in the dead-letter queue:\n{}",
+            w.output.tail(20)
+        );
+    };
+    assert_eq!(moved, (id, "abc".to_string()));
+    assert_eq!(w.output.count("- Done"), 0);
+    assert_eq!(
+        protect_calls(&agent),
+        0,
+        "a message that is not a job takes no protection"
+    );
+    assert_eq!(stop(w).await, Some(0));
+}
+
+#[tokio::test]
+async fn sqs_failing_for_a_while_is_logged_once_and_the_worker_resumes_by_itself() {
+    let Some(moto) = Moto::start("sqs_outage").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let proxy = FaultProxy::start(moto.endpoint()).await;
+    let (queue, _) = moto.queue("outage", 60, None).await;
+    proxy.set_failing(true);
+    let w = worker(&queue, &proxy.url(), &agent, &[]);
+    let start = std::time::Instant::now();
+    while proxy.failed() < 3 {
+        assert!(
+            start.elapsed() < LIMIT,
+            "the worker gave up retrying:\n{}",
+            w.output.tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..3 {
+        moto.send(&queue, "10").await;
+    }
+    proxy.set_failing(false);
+    w.output.wait_for("- Done", 3, LIMIT).await;
+    assert_eq!(
+        w.output.count("Cannot receive from the queue"),
+        1,
+        "{}",
+        w.output.tail(30)
+    );
+    assert_eq!(w.output.count("Receiving from the queue works again"), 1);
+    assert_eq!(stop(w).await, Some(0));
+}
+
+#[tokio::test]
+async fn a_job_whose_protection_is_rejected_still_runs_and_is_deleted() {
+    let Some(moto) = Moto::start("rejected_protection").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    agent.set_fault(Fault::Failure("TASK_NOT_VALID".into()));
+    let (queue, _) = moto.queue("rejected", 60, None).await;
+    moto.send(&queue, "10").await;
+    moto.send(&queue, "10").await;
+    let w = worker(&queue, moto.endpoint(), &agent, &[]);
+    w.output.wait_for("- Done", 2, LIMIT).await;
+    wait_depth(&moto, &queue, (0, 0)).await;
+    assert_eq!(
+        w.output.count("Task protection rejected"),
+        1,
+        "logged once per streak"
+    );
+    assert_eq!(stop(w).await, Some(0));
+}
+
+#[tokio::test]
+async fn send_puts_jobs_on_the_queue() {
+    let Some(moto) = Moto::start("send").await else {
+        return;
+    };
+    let (queue, _) = moto.queue("sent", 60, None).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_queue-consumer"))
+        .env_clear()
+        .env("QUEUE_URL", &queue)
+        .env("AWS_ENDPOINT_URL", moto.endpoint())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .args(["send", "--count", "12", "250"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Sent 12 jobs of 250 milliseconds"));
+    assert_eq!(moto.depth(&queue).await, (12, 0));
+    let got = moto.receive(&queue, Duration::from_secs(1), 60).await;
+    assert!(got.iter().all(|m| m.1 == "250"));
+}
+
+#[test]
+fn without_a_queue_it_exits_2_and_says_which_variable_to_set() {
+    let out = Command::new(env!("CARGO_BIN_EXE_queue-consumer"))
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("QUEUE_URL") && err.contains("COPILOT_QUEUE_URI"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_queue-consumer"))
+        .env_clear()
+        .env("QUEUE_URL", "http://127.0.0.1:1/q")
+        .env("WORKER_CONCURRENCY", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WORKER_CONCURRENCY") && err.contains("1..=100"),
+        "{err}"
+    );
+}
