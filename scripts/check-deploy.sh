@@ -2,14 +2,16 @@
 # scripts/check-deploy.sh [OUTPUT_DIR]
 #
 # Offline check of everything this repository deploys, with no AWS account and no Docker engine:
-#   1. renders the websocket service to CloudFormation with the real AWS Copilot CLI
-#      (`copilot svc package -n websocket -e test`), talking to moto's HTTPS proxy on a loopback
-#      port instead of AWS; Copilot rejects manifest fields of the wrong type or shape;
-#   2. lints what Copilot rendered (service stack + addons stack) and our addon template with
+#   1. renders every service (websocket, queue-consumer) to CloudFormation with the real AWS
+#      Copilot CLI (`copilot svc package -n SERVICE -e test`), talking to moto's HTTPS proxy on a
+#      loopback port instead of AWS; Copilot rejects manifest fields of the wrong type or shape;
+#   2. checks the rendered values that matter (scripts/deploy-check/assert_rendered.py): Copilot
+#      accepts misspelled keys silently and falls back to its defaults;
+#   3. lints what Copilot rendered (service stacks + addons stacks) and our addon templates with
 #      cfn-lint; this catches values out of range, e.g. ALB health check settings;
-#   3. lints the Dockerfile with hadolint; any finding at all fails the check.
-# Exits 0 only if all three pass; otherwise prints which step failed and exits 1 (2 when the
-# tools themselves could not be set up).
+#   4. lints the Dockerfile with hadolint; any finding at all fails the check.
+# Exits 0 only if all pass; otherwise prints which step failed and exits 1 (2 when the tools
+# themselves could not be set up).
 #
 # Tools live in a cached virtualenv, created on first use:
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/ecs-task-protection/deploy-venv   (override: DEPLOY_CHECK_VENV)
@@ -20,7 +22,7 @@
 # temporary directory that is removed when the check passes and kept (and printed) when it fails.
 set -uo pipefail
 
-APP_SERVICE='websocket'
+APP_SERVICES=(websocket queue-consumer)
 APP_ENV='test'
 
 # Pinned so the check gives the same answer tomorrow: Copilot 1.34.1 is the last release; moto
@@ -69,8 +71,11 @@ fi
 mkdir -p "$out" || die "cannot create $out"
 out=$(cd "$out" && pwd)
 # Remove what an earlier run left here (only the files this script writes).
-rm -f "$out/$APP_SERVICE-$APP_ENV.stack.yml" "$out/$APP_SERVICE-$APP_ENV.params.json" \
-  "$out/$APP_SERVICE.addons.stack.yml" "$out/copilot.log" "$out/moto-proxy.log" "$out/seed.log"
+for svc in "${APP_SERVICES[@]}"; do
+  rm -f "$out/$svc-$APP_ENV.stack.yml" "$out/$svc-$APP_ENV.params.json" \
+    "$out/$svc.addons.stack.yml" "$out/$svc.copilot.log"
+done
+rm -f "$out/moto-proxy.log" "$out/seed.log"
 
 # --- moto's HTTPS proxy, standing in for AWS -----------------------------------------------------
 port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -120,48 +125,57 @@ fi
 
 failed=()
 
-# --- 1. Copilot renders the service --------------------------------------------------------------
-say "copilot svc package -n $APP_SERVICE -e $APP_ENV"
-rendered=
-if (cd "$root" && copilot svc package -n "$APP_SERVICE" -e "$APP_ENV" --output-dir "$out") \
-  >"$out/copilot.log" 2>&1; then
-  rendered=1
-  say "  rendered: $(cd "$out" && printf '%s ' *.stack.yml *.params.json)"
-else
-  sed 's/^/  | /' "$out/copilot.log" | tail -n 15
-  failed+=("copilot: could not render $APP_SERVICE (full log: $out/copilot.log)")
-fi
+# --- 1. Copilot renders the services ------------------------------------------------------------
+rendered=()
+for svc in "${APP_SERVICES[@]}"; do
+  say "copilot svc package -n $svc -e $APP_ENV"
+  if (cd "$root" && copilot svc package -n "$svc" -e "$APP_ENV" --output-dir "$out") \
+    >"$out/$svc.copilot.log" 2>&1 && [[ -s $out/$svc-$APP_ENV.stack.yml ]]; then
+    rendered+=("$svc")
+  else
+    sed 's/^/  | /' "$out/$svc.copilot.log" | tail -n 15
+    failed+=("copilot: could not render $svc (full log: $out/$svc.copilot.log)")
+  fi
+done
+say "  rendered: $(cd "$out" && printf '%s ' *.stack.yml)"
 stop_proxy   # nothing below needs it
 
-# --- 2. cfn-lint ---------------------------------------------------------------------------------
-service_template=$out/$APP_SERVICE-$APP_ENV.stack.yml
-addons_template=$out/$APP_SERVICE.addons.stack.yml
-own_addons=("$root/copilot/$APP_SERVICE"/addons/*.yml)
-[[ -e ${own_addons[0]} ]] || own_addons=()
+# --- 2. the rendered values that matter ----------------------------------------------------------
+if ((${#rendered[@]})); then
+  say "rendered values: ${rendered[*]}"
+  "$py" "$helpers/assert_rendered.py" "$out" "$APP_ENV" "${rendered[@]}" \
+    || failed+=("rendered values differ from what the manifests mean (see above)")
+fi
 
-# (After a Copilot failure its output files may exist but be empty: don't lint those.)
-if [[ -n $rendered && -f $service_template ]]; then
-  # Copilot's own service template is linted with warnings (W*) ignored. Every warning cfn-lint
-  # 1.58 raises on it with this manifest is about code Copilot generates and we cannot change:
-  #   W2001/W8001 parameters and a condition Copilot declares but this service does not use,
-  #   W3005 a DependsOn on LogGroup that a Ref already implies,
-  #   W1001 the conditional GetAtt of the addons stack output,
-  #   W2531 the nodejs20.x runtime of Copilot's own custom-resource Lambdas.
-  # Errors (E*) still fail the check: a health check interval or threshold out of range is one.
+# --- 3. cfn-lint ---------------------------------------------------------------------------------
+# Copilot's own service templates are linted with warnings (W*) ignored. Every warning cfn-lint
+# 1.58 raises on them with these manifests is about code Copilot generates and we cannot change:
+#   W2001/W8001 parameters and a condition Copilot declares but a service does not use,
+#   W3005 a DependsOn on LogGroup that a Ref already implies,
+#   W1001 the conditional GetAtt of the addons stack output,
+#   W3037 resource-groups:GetResources in Copilot's own policies,
+#   W2531 the nodejs20.x runtime of Copilot's own custom-resource Lambdas (AWS blocks creating
+#         nodejs20.x functions from 2027-02-01: a Copilot deployment made after that will fail
+#         until Copilot's templates are patched; the CDK route is unaffected).
+# Errors (E*) still fail the check: a health check interval or threshold out of range is one.
+strict=()
+for svc in "${rendered[@]}"; do
+  service_template=$out/$svc-$APP_ENV.stack.yml
   say "cfn-lint (errors only) $(basename "$service_template")"
   cfn-lint --ignore-checks W -- "$service_template" \
     || failed+=("cfn-lint: errors in the rendered service template $service_template")
-fi
+  [[ -f $out/$svc.addons.stack.yml ]] && strict+=("$out/$svc.addons.stack.yml")
+done
 # Templates we write ourselves get no such allowance: warnings fail too.
-strict=()
-[[ -n $rendered && -f $addons_template ]] && strict+=("$addons_template")
-strict+=("${own_addons[@]}")
+for addon in "$root"/copilot/*/addons/*.yml; do
+  [[ -e $addon ]] && strict+=("$addon")
+done
 if ((${#strict[@]})); then
   say "cfn-lint (errors and warnings) ${strict[*]##*/}"
   cfn-lint -- "${strict[@]}" || failed+=("cfn-lint: findings in the addon template(s)")
 fi
 
-# --- 3. hadolint ---------------------------------------------------------------------------------
+# --- 4. hadolint ---------------------------------------------------------------------------------
 say "hadolint Dockerfile"
 (cd "$root" && hadolint --no-color --failure-threshold style Dockerfile) \
   || failed+=("hadolint: findings in Dockerfile")
@@ -175,7 +189,7 @@ if ((${#failed[@]})); then
 fi
 if [[ -n $own_out ]]; then
   rm -rf "$out"   # a temporary directory of ours, and nothing to look at
-  say "ok: Copilot rendered $APP_SERVICE for $APP_ENV; cfn-lint and hadolint found nothing"
+  say "ok: Copilot rendered ${APP_SERVICES[*]} for $APP_ENV as meant; cfn-lint and hadolint found nothing"
 else
-  say "ok: Copilot rendered $APP_SERVICE for $APP_ENV; cfn-lint and hadolint found nothing (templates: $out)"
+  say "ok: Copilot rendered ${APP_SERVICES[*]} for $APP_ENV as meant; cfn-lint and hadolint found nothing (templates: $out)"
 fi

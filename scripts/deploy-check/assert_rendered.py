@@ -1,0 +1,95 @@
+"""Checks that what Copilot rendered says what the manifests mean. Copilot accepts unknown keys
+without a word (a misspelled key silently falls back to a default), so the values that matter
+are asserted on the rendered CloudFormation, not on the manifests.
+
+Usage: assert_rendered.py OUT_DIR ENV SERVICE...   (exit 1 with one line per finding)
+"""
+import json
+import sys
+
+from cfnlint.decode import decode
+
+out, env, services = sys.argv[1], sys.argv[2], sys.argv[3:]
+findings = []
+
+
+def load(path):
+    template, matches = decode(path)
+    if template is None:
+        findings.append(f"{path}: cannot be read: {matches}")
+        return {}
+    return template
+
+
+def resources_of(template, kind):
+    return {name: r.get("Properties", {}) for name, r in template.get("Resources", {}).items()
+            if r.get("Type") == kind}
+
+
+def expect(what, actual, wanted):
+    if actual != wanted:
+        findings.append(f"{what}: rendered {actual!r}, expected {wanted!r}")
+
+
+def container(template):
+    defs = [p for p in resources_of(template, "AWS::ECS::TaskDefinition").values()]
+    return defs[0]["ContainerDefinitions"][0] if defs else {}
+
+
+def addon_actions(service):
+    addons = load(f"{out}/{service}.addons.stack.yml")
+    actions = set()
+    for policy in resources_of(addons, "AWS::IAM::ManagedPolicy").values():
+        for statement in policy.get("PolicyDocument", {}).get("Statement", []):
+            action = statement.get("Action", [])
+            actions.update([action] if isinstance(action, str) else action)
+    return sorted(actions)
+
+
+def env_names(c):
+    return {e.get("Name") for e in c.get("Environment", [])}
+
+
+def websocket(t):
+    c = container(t)
+    expect("websocket StopTimeout", c.get("StopTimeout"), 30)
+    groups = list(resources_of(t, "AWS::ElasticLoadBalancingV2::TargetGroup").values())
+    expect("websocket target groups", len(groups), 1)
+    if groups:
+        g = groups[0]
+        expect("websocket health check path", g.get("HealthCheckPath"), "/healthz")
+        delay = {a.get("Key"): a.get("Value") for a in g.get("TargetGroupAttributes", [])}
+        expect("websocket deregistration delay",
+               str(delay.get("deregistration_delay.timeout_seconds")), "300")
+    expect("websocket task role actions", addon_actions("websocket"),
+           ["ecs:DescribeServices", "ecs:GetTaskProtection", "ecs:UpdateTaskProtection"])
+
+
+def queue_consumer(t):
+    c = container(t)
+    expect("queue-consumer StopTimeout", c.get("StopTimeout"), 120)
+    expect("queue-consumer health check", c.get("HealthCheck", {}).get("Command"),
+           ["CMD", "/usr/local/bin/queue-consumer", "health"])
+    if "COPILOT_QUEUE_URI" not in env_names(c):
+        findings.append("queue-consumer: COPILOT_QUEUE_URI is not set in the container")
+    queue = t.get("Resources", {}).get("EventsQueue", {}).get("Properties", {})
+    expect("queue-consumer queue visibility timeout", queue.get("VisibilityTimeout"), 60)
+    redrive = queue.get("RedrivePolicy", {})
+    expect("queue-consumer dead-letter after", redrive.get("maxReceiveCount"), 3)
+    if "DeadLetterQueue" not in t.get("Resources", {}):
+        findings.append("queue-consumer: no dead-letter queue was rendered")
+    expect("queue-consumer task role actions", addon_actions("queue-consumer"),
+           ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection", "sqs:ChangeMessageVisibility"])
+
+
+checks = {"websocket": websocket, "queue-consumer": queue_consumer}
+for service in services:
+    check = checks.get(service)
+    if check is None:
+        findings.append(f"{service}: no expectations written for this service")
+        continue
+    check(load(f"{out}/{service}-{env}.stack.yml"))
+
+for f in findings:
+    print(f"  - {f}")
+sys.exit(1 if findings else 0)
