@@ -386,6 +386,12 @@ pub enum WorkerCommand {
         /// Milliseconds of work per job.
         work_ms: u64,
     },
+    /// Creates a queue with a dead-letter queue (`NAME-dlq`, after 3 receives) and prints its URL,
+    /// for trying the worker against a local SQS (moto's server, LocalStack).
+    CreateQueue {
+        /// The queue's name.
+        name: String,
+    },
     /// Exits 0 if the running worker in this container answers its health check (for ECS's
     /// container health check in an image without a shell), 1 otherwise.
     Health,

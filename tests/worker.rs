@@ -322,30 +322,56 @@ async fn a_job_whose_protection_is_rejected_still_runs_and_is_deleted() {
 }
 
 #[tokio::test]
-async fn send_puts_jobs_on_the_queue() {
-    let Some(moto) = Moto::start("send").await else {
+async fn create_queue_and_send_need_neither_the_console_nor_the_aws_cli() {
+    let Some(moto) = Moto::start("create_queue_and_send").await else {
         return;
     };
-    let (queue, _) = moto.queue("sent", 60, None).await;
-    let out = Command::new(env!("CARGO_BIN_EXE_queue-consumer"))
-        .env_clear()
-        .env("QUEUE_URL", &queue)
-        .env("AWS_ENDPOINT_URL", moto.endpoint())
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .args(["send", "--count", "12", "250"])
-        .output()
+    let run = |args: &[&str], queue: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_queue-consumer"));
+        command
+            .env_clear()
+            .env("AWS_ENDPOINT_URL", moto.endpoint())
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .args(args);
+        if let Some(queue) = queue {
+            command.env("QUEUE_URL", queue);
+        }
+        let out = command.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let queue = run(&["create-queue", "made"], None);
+    assert!(queue.ends_with("/made"), "{queue}");
+    let attrs = moto
+        .sqs()
+        .get_queue_attributes()
+        .queue_url(&queue)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+        .send()
+        .await
         .unwrap();
+    let attrs = attrs.attributes().unwrap();
+    let redrive = &attrs[&aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy];
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        redrive.contains("made-dlq") && redrive.contains('3'),
+        "{redrive}"
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Sent 12 jobs of 250 milliseconds"));
+    assert_eq!(
+        attrs[&aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout],
+        "60"
+    );
+
+    let sent = run(&["send", "--count", "12", "250"], Some(&queue));
+    assert!(sent.contains("Sent 12 jobs of 250 milliseconds"), "{sent}");
     assert_eq!(moto.depth(&queue).await, (12, 0));
     let got = moto.receive(&queue, Duration::from_secs(1), 60).await;
-    assert!(got.iter().all(|m| m.1 == "250"));
+    assert!(!got.is_empty() && got.iter().all(|m| m.1 == "250"));
 }
 
 #[test]

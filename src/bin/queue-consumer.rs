@@ -34,6 +34,9 @@ fn main() -> ExitCode {
         Some(WorkerCommand::Send { count, work_ms }) => {
             runtime.block_on(send(&config, count, work_ms))
         }
+        Some(WorkerCommand::CreateQueue { ref name }) => {
+            runtime.block_on(create_queue(&config, name))
+        }
         None => runtime.block_on(run(&config)),
     };
     match outcome {
@@ -105,6 +108,23 @@ async fn send(config: &WorkerConfig, count: u32, work_ms: u64) -> Result<(), Fai
             .map(|id| format!(" (first: {id})"))
             .unwrap_or_default()
     );
+    Ok(())
+}
+
+async fn create_queue(config: &WorkerConfig, name: &str) -> Result<(), Failure> {
+    let sdk_config = ecs::aws_config().await;
+    let settings = config.worker_settings();
+    let region = config.queue_region();
+    let url = worker::create_queue(
+        &sdk_config,
+        region.as_deref(),
+        name,
+        settings.visibility_timeout,
+        3,
+    )
+    .await
+    .map_err(|e| Failure::Runtime(format!("could not create the queue: {e}")))?;
+    println!("{url}");
     Ok(())
 }
 

@@ -258,6 +258,18 @@ async fn until(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|set| *set).await;
 }
 
+/// Creates queue `name` (with a dead-letter queue `<name>-dlq` after `dead_letter_after`
+/// receives) for local experiments and tests; returns its URL.
+pub async fn create_queue(
+    sdk_config: &SdkConfig,
+    region: Option<&str>,
+    name: &str,
+    visibility: Duration,
+    dead_letter_after: u32,
+) -> Result<String, BackendError> {
+    queue::create(sdk_config, region, name, visibility, dead_letter_after).await
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -212,6 +212,62 @@ impl Queue {
     }
 }
 
+/// Creates queue `name` in `sdk_config`'s Region (or `region`), hiding received messages for
+/// `visibility`, with a dead-letter queue `<name>-dlq` that takes a message after
+/// `dead_letter_after` receives; returns the queue's URL. Creating a queue that exists with the
+/// same settings is fine.
+pub(crate) async fn create(
+    sdk_config: &SdkConfig,
+    region: Option<&str>,
+    name: &str,
+    visibility: Duration,
+    dead_letter_after: u32,
+) -> Result<String, BackendError> {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let mut config = aws_sdk_sqs::config::Builder::from(sdk_config);
+    if let Some(region) = region {
+        config = config.region(Region::new(region.to_string()));
+    }
+    let client = aws_sdk_sqs::Client::from_conf(config.build());
+    let created = |e| classify_sdk_error(&e, "sqs:CreateQueue");
+    let dlq = client
+        .create_queue()
+        .queue_name(format!("{name}-dlq"))
+        .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
+        .send()
+        .await
+        .map_err(created)?;
+    let dlq_url = dlq.queue_url().unwrap_or_default();
+    let dlq_arn = client
+        .get_queue_attributes()
+        .queue_url(dlq_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| classify_sdk_error(&e, "sqs:GetQueueAttributes"))?
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .ok_or_else(|| {
+            BackendError::new(ErrorKind::Malformed, "the dead-letter queue has no ARN")
+        })?;
+    let redrive = serde_json::json!({
+        "deadLetterTargetArn": dlq_arn,
+        "maxReceiveCount": dead_letter_after.to_string(),
+    });
+    let queue = client
+        .create_queue()
+        .queue_name(name)
+        .attributes(
+            QueueAttributeName::VisibilityTimeout,
+            visibility.as_secs().to_string(),
+        )
+        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+        .send()
+        .await
+        .map_err(created)?;
+    Ok(queue.queue_url().unwrap_or_default().to_string())
+}
+
 /// `n` entries' outcomes from a batch answer's failures (entry ids are the indexes sent).
 fn per_entry(n: usize, failed: impl Iterator<Item = (String, String)>) -> Vec<Result<(), String>> {
     let mut outcomes = vec![Ok(()); n];
