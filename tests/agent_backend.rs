@@ -67,6 +67,10 @@ async fn http_200_with_a_failure_body_is_a_rejection() {
 #[tokio::test]
 async fn every_error_shape_maps_to_its_kind() {
     assert_eq!(kind_for(Fault::Throttled).await, ErrorKind::Throttled);
+    assert_eq!(
+        kind_for(Fault::Failure("DEPLOYMENT_BLOCKED".into())).await,
+        ErrorKind::Blocked
+    );
     assert_eq!(kind_for(Fault::AccessDenied).await, ErrorKind::AccessDenied);
     assert_eq!(kind_for(Fault::NotFound).await, ErrorKind::NotFound);
     assert_eq!(kind_for(Fault::ServerError).await, ErrorKind::Server);

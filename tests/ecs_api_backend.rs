@@ -47,6 +47,7 @@ fn fast_settings() -> Settings {
         call_timeout: Duration::from_secs(5),
         backoff_base: Duration::from_millis(100),
         backoff_max: Duration::from_millis(400),
+        blocked_retry: Duration::from_millis(300),
     }
 }
 
@@ -436,6 +437,33 @@ async fn the_manager_reports_a_failures_entry_as_a_rejection() {
     }
     assert_eq!(m.status().state, StateLabel::Unprotected);
     m.release();
+}
+
+#[tokio::test]
+async fn deployment_blocked_in_failures_is_its_own_kind_retried_slowly_until_ecs_allows() {
+    let ecs = StandInEcs::start().await.unwrap();
+    let blocked = EcsFault::Failure {
+        reason: "DEPLOYMENT_BLOCKED".into(),
+        detail: None,
+    };
+    ecs.set_fault_for(EcsOperation::UpdateTaskProtection, blocked);
+    let e = given_backend(&ecs)
+        .set_protection(true, 1)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Blocked, "{e}");
+    assert!(e.hint().unwrap().contains("desired count"));
+    // The manager's fast settings retry faults every 100–400 ms and DEPLOYMENT_BLOCKED every
+    // 150–450 ms; once ECS allows it, protection follows.
+    let m = ProtectionManager::start(std::sync::Arc::new(given_backend(&ecs)), fast_settings())
+        .unwrap();
+    let _g = m.guard();
+    let mut rx = m.watch();
+    within("blocked", rx.wait_for(|s| s.blocked)).await.unwrap();
+    ecs.set_fault_for(EcsOperation::UpdateTaskProtection, EcsFault::None);
+    wait_state(&m, StateLabel::Protected).await;
+    assert!(!m.status().blocked);
+    assert!(ecs.is_protected());
 }
 
 #[tokio::test]

@@ -121,6 +121,47 @@ async fn during_an_outage_each_client_is_told_once_and_protection_returns_with_t
 }
 
 #[tokio::test]
+async fn deployment_blocked_tells_no_client_admits_players_and_protects_once_ecs_allows() {
+    let agent = StandInAgent::start().await.unwrap();
+    agent.set_fault(Fault::Failure("DEPLOYMENT_BLOCKED".into()));
+    let cadence = Duration::from_millis(200);
+    let fast = Settings {
+        backoff_base: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(40),
+        blocked_retry: cadence,
+        ..settings(0)
+    };
+    let server = TestServer::start(agent_backend(&agent), fast, SessionLimits::default()).await;
+    let (mut first, _) = connect(&server.ws_url()).await;
+    let started = std::time::Instant::now();
+    eventually("three blocked protect calls", || {
+        agent.put_calls().len() >= 3
+    })
+    .await;
+    let status = server.hub.status();
+    assert!(status.protection.blocked, "/status says blocked");
+    assert_ne!(status.protection.state, StateLabel::Protected);
+    assert!(!status.draining, "blocked is not a reason to drain");
+    // New players are admitted, and nobody is told the server is going away: the next text after
+    // a ping is the pong, not a notice.
+    let (mut second, welcome) = connect(&server.ws_url()).await;
+    assert_eq!(welcome, "Welcome! There are 2 connections");
+    ping_pong(&mut first).await;
+    ping_pong(&mut second).await;
+    // Few calls: the slow cadence (200 ms × 0.5–1.5 here), not the fault back-off (20–40 ms).
+    let calls = agent.put_calls().len() as u128;
+    let most = started.elapsed().as_millis() / 100 + 2;
+    assert!(calls <= most, "{calls} calls in {:?}", started.elapsed());
+    agent.set_fault(Fault::None);
+    eventually("protected once ECS allows it", || agent.is_protected()).await;
+    eventually("no longer blocked", || {
+        !server.hub.status().protection.blocked
+    })
+    .await;
+    ping_pong(&mut first).await;
+}
+
+#[tokio::test]
 async fn after_ten_storms_the_count_is_zero_and_exactly_one_release_is_outstanding() {
     let agent = StandInAgent::start().await.unwrap();
     // 1 minute protection, 10 % hold-over = 6 s.

@@ -260,3 +260,46 @@ async fn dropping_the_last_manager_handle_releases_protection() {
     assert_eq!(fake.set_ops(), vec![Op::Protect, Op::Release]);
     drop(g);
 }
+
+#[tokio::test(start_paused = true)]
+async fn deployment_blocked_is_retried_every_half_minute_or_so_and_protection_follows_when_ecs_allows(
+) {
+    let fake = FakeBackend::new();
+    let blocked = || Err(BackendError::new(ErrorKind::Blocked, "DEPLOYMENT_BLOCKED"));
+    // Blocked for ten tries, then ECS allows it.
+    fake.push(std::iter::repeat_with(blocked).take(10));
+    let m = ProtectionManager::start(fake.clone(), settings(0)).unwrap();
+    let mut events = m.subscribe();
+    let t0 = Instant::now();
+    let _g = m.guard();
+    fake.wait_set_calls(2).await;
+    assert!(m.status().blocked, "the status says blocked");
+    assert_eq!(m.status().state, StateLabel::Unprotected);
+    fake.wait_set_calls(11).await;
+    wait_state(&m, StateLabel::Protected).await;
+    assert!(!m.status().blocked, "cleared by the success");
+    let calls = fake.set_calls();
+    let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    // 30 s × a random 0.5–1.5: never the 1 s, 2 s, 4 s… fault back-off, and not growing.
+    for gap in &gaps {
+        assert!(
+            *gap >= Duration::from_secs(15) && *gap <= Duration::from_secs(45),
+            "gap {gap:?} ({gaps:?})"
+        );
+    }
+    // Ten blocked tries took at least 150 s; the fault back-off would have made them within
+    // about 100 s, and faster still at its start.
+    let elapsed = calls.last().unwrap().0 - t0;
+    assert!(elapsed >= Duration::from_secs(150), "{elapsed:?}");
+    let mut kinds = Vec::new();
+    while let Ok(ev) = events.try_recv() {
+        if let ProtectionEvent::Rejected { error, .. } = ev {
+            kinds.push(error.kind);
+        }
+    }
+    assert_eq!(
+        kinds,
+        vec![ErrorKind::Blocked; 10],
+        "a kind a library user can match on"
+    );
+}

@@ -300,14 +300,14 @@ async fn sqs_failing_for_a_while_is_logged_once_and_the_worker_resumes_by_itself
     assert_eq!(stop(w).await, Some(0));
 }
 
-#[tokio::test]
-async fn a_job_whose_protection_is_rejected_still_runs_and_is_deleted() {
-    let Some(moto) = Moto::start("rejected_protection").await else {
+/// Jobs run and are deleted while ECS refuses protection with `fault`; the refusal is logged once.
+async fn jobs_run_while_protection_is_refused(test: &str, fault: Fault) {
+    let Some(moto) = Moto::start(test).await else {
         return;
     };
     let agent = StandInAgent::start().await.unwrap();
-    agent.set_fault(Fault::Failure("TASK_NOT_VALID".into()));
-    let (queue, _) = moto.queue("rejected", 60, None).await;
+    agent.set_fault(fault);
+    let (queue, _) = moto.queue("refused", 60, None).await;
     moto.send(&queue, "10").await;
     moto.send(&queue, "10").await;
     let w = worker(&queue, moto.endpoint(), &agent, &[]);
@@ -319,6 +319,17 @@ async fn a_job_whose_protection_is_rejected_still_runs_and_is_deleted() {
         "logged once per streak"
     );
     assert_eq!(stop(w).await, Some(0));
+}
+
+#[tokio::test]
+async fn a_job_whose_protection_is_rejected_still_runs_and_is_deleted() {
+    jobs_run_while_protection_is_refused("rejected", Fault::Failure("TASK_NOT_VALID".into())).await;
+}
+
+#[tokio::test]
+async fn a_job_whose_protection_is_blocked_by_the_deployment_still_runs_and_is_deleted() {
+    jobs_run_while_protection_is_refused("blocked", Fault::Failure("DEPLOYMENT_BLOCKED".into()))
+        .await;
 }
 
 #[tokio::test]

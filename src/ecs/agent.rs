@@ -149,7 +149,7 @@ fn parse_answer(status: u16, body: &[u8]) -> Result<ProtectionState, BackendErro
             )
         })?;
         if let Some(failure) = answer.failure {
-            return Err(BackendError::ecs_failure(
+            return Err(super::ecs_failure(
                 failure.reason.as_deref(),
                 failure.detail.as_deref(),
             ));
@@ -177,6 +177,7 @@ fn parse_answer(status: u16, body: &[u8]) -> Result<ProtectionState, BackendErro
         None => (String::new(), snippet(body)),
     };
     let kind = match (code.as_str(), status) {
+        _ if super::names_deployment_blocked(&code, &message) => ErrorKind::Blocked,
         ("ThrottlingException", _) | (_, 429) => ErrorKind::Throttled,
         ("AccessDeniedException", _) | (_, 401 | 403) => ErrorKind::AccessDenied,
         ("ResourceNotFoundException", _) | (_, 404) => ErrorKind::NotFound,

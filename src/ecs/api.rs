@@ -137,7 +137,7 @@ fn interpret(
         .find(|f| ours(f.arn()))
         .or_else(|| failures.first())
     {
-        let mut error = BackendError::ecs_failure(failure.reason(), failure.detail());
+        let mut error = super::ecs_failure(failure.reason(), failure.detail());
         if let Some(arn) = failure.arn() {
             error.message.push_str(&format!(" for {arn}"));
         }

@@ -229,7 +229,7 @@ async fn look(context: &EcsContext) -> Result<Look, BackendError> {
         })?
         .map_err(|e| classify_sdk_error(&e, DESCRIBE_SERVICES_ACTION))?;
     if let Some(failure) = output.failures().first() {
-        let mut error = BackendError::ecs_failure(failure.reason(), failure.detail());
+        let mut error = super::ecs_failure(failure.reason(), failure.detail());
         error.message = format!(
             "{DESCRIBE_SERVICES_ACTION} for service {service_name}: {}",
             error.message

@@ -25,6 +25,35 @@ use agent::AgentBackend;
 use api::EcsApiBackend;
 use identity::{IdentitySource, TaskIdentity};
 
+/// The failure reason ECS gives when the service already has more protected tasks than its
+/// desired count.
+const DEPLOYMENT_BLOCKED: &str = "DEPLOYMENT_BLOCKED";
+
+/// A rejection ECS reported as a `failure` entry: its reason and, when given, its detail
+/// (`TASK_NOT_VALID (detail)`). The agent endpoint, the ECS API and `DescribeServices` report
+/// failures the same way. `DEPLOYMENT_BLOCKED` is [`ErrorKind::Blocked`]; every other reason is
+/// [`ErrorKind::Failure`].
+pub(crate) fn ecs_failure(reason: Option<&str>, detail: Option<&str>) -> BackendError {
+    let mut message = reason.unwrap_or("no reason given").to_string();
+    if let Some(detail) = detail.filter(|d| !d.is_empty()) {
+        message.push_str(" (");
+        message.push_str(detail);
+        message.push(')');
+    }
+    let kind = if reason.is_some_and(|r| r.trim().eq_ignore_ascii_case(DEPLOYMENT_BLOCKED)) {
+        ErrorKind::Blocked
+    } else {
+        ErrorKind::Failure
+    };
+    BackendError::new(kind, message)
+}
+
+/// Whether an error answer (code or message) names `DEPLOYMENT_BLOCKED`: ECS documents it only as
+/// a failure reason, so an error carrying it is read the same way.
+pub(crate) fn names_deployment_blocked(code: &str, message: &str) -> bool {
+    code.contains(DEPLOYMENT_BLOCKED) || message.contains(DEPLOYMENT_BLOCKED)
+}
+
 /// How long one task metadata endpoint read may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one call to the agent endpoint may take (the manager applies its own call timeout

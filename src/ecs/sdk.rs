@@ -114,6 +114,7 @@ where
 /// the HTTP status.
 fn classify_service_error(code: &str, message: &str, status: u16, action: &str) -> BackendError {
     let kind = match code {
+        _ if super::names_deployment_blocked(code, message) => ErrorKind::Blocked,
         "ThrottlingException"
         | "ThrottledException"
         | "Throttling"

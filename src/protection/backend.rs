@@ -36,6 +36,13 @@ pub enum ErrorKind {
     /// ECS answered, but with a `failure` for the task (for example `TASK_NOT_VALID` for a task
     /// that is not part of a service). An HTTP 200 from the agent can carry this.
     Failure,
+    /// ECS refused because the whole service is at its limit (`DEPLOYMENT_BLOCKED`: the service
+    /// already has more protected tasks than its desired count). A condition of the fleet, not a
+    /// fault of this task: it clears when protection on other tasks expires or is released, or
+    /// the desired count is raised. The manager retries it on a slow cadence
+    /// ([`Settings::blocked_retry`](super::Settings::blocked_retry)), and the server does not
+    /// tell its clients it is going away.
+    Blocked,
     /// ECS throttled the call (`ThrottlingException`).
     Throttled,
     /// The task role lacks permission (`AccessDeniedException`), or has no credentials.
@@ -60,6 +67,7 @@ impl std::fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             ErrorKind::Failure => "ECS reported a failure",
+            ErrorKind::Blocked => "blocked: the service is at its limit of protected tasks",
             ErrorKind::Throttled => "throttled by ECS",
             ErrorKind::AccessDenied => "access denied",
             ErrorKind::InvalidRequest => "invalid request",
@@ -82,18 +90,6 @@ impl BackendError {
         }
     }
 
-    /// A rejection ECS reported as a `failure` entry: its reason and, when given, its detail
-    /// (`TASK_NOT_VALID (detail)`). The agent endpoint and the ECS API report failures the same way.
-    pub fn ecs_failure(reason: Option<&str>, detail: Option<&str>) -> Self {
-        let mut message = reason.unwrap_or("no reason given").to_string();
-        if let Some(detail) = detail.filter(|d| !d.is_empty()) {
-            message.push_str(" (");
-            message.push_str(detail);
-            message.push(')');
-        }
-        Self::new(ErrorKind::Failure, message)
-    }
-
     /// A hint telling an operator what to fix, for the kinds that need a person rather than a
     /// retry.
     pub fn hint(&self) -> Option<&'static str> {
@@ -101,6 +97,12 @@ impl BackendError {
             ErrorKind::AccessDenied => Some(
                 "the task role needs ecs:UpdateTaskProtection and ecs:GetTaskProtection \
                  (see copilot/websocket/addons/task-protection.yml)",
+            ),
+            ErrorKind::Blocked => Some(
+                "DEPLOYMENT_BLOCKED means the service has more protected tasks than its desired \
+                 count. ECS protects this task as soon as protection on other tasks expires or is \
+                 released, or the desired count is raised above the number of protected tasks; \
+                 meanwhile this task keeps working and asks again every half minute or so",
             ),
             ErrorKind::Failure if self.message.contains("TASK_NOT_VALID") => Some(
                 "only tasks that belong to an ECS service can be protected; a standalone task \

@@ -35,6 +35,9 @@ pub struct ProtectionStatus {
     pub last_rejection: Option<BackendError>,
     /// How many rejections there have been since start-up (changes with every rejection).
     pub rejections: u64,
+    /// Whether the last attempt to protect was refused with `DEPLOYMENT_BLOCKED` (the service is at
+    /// its limit of protected tasks); cleared by the next success.
+    pub blocked: bool,
     /// Whether the hold-over is skipped (the task is draining).
     pub draining: bool,
     /// Calls made to ECS since start-up.
@@ -172,6 +175,7 @@ impl ProtectionManager {
             expires_at: None,
             last_rejection: None,
             rejections: 0,
+            blocked: false,
             draining: false,
             calls_made: 0,
             calls_failed: 0,
@@ -458,10 +462,10 @@ impl Reconciler {
             }
             Err(error) => {
                 self.failures = self.failures.saturating_add(1);
-                let delay = policy::retry_delay(
+                let delay = policy::retry_delay_after(
+                    error.kind,
                     self.failures,
-                    self.settings.backoff_base,
-                    self.settings.backoff_max,
+                    &self.settings,
                     rand::random::<f64>(),
                 );
                 self.retry_at = Some(Instant::now() + delay);
@@ -494,6 +498,7 @@ impl Reconciler {
                 self.inner.status.send_modify(|s| {
                     s.last_rejection = Some(error.clone());
                     s.rejections += 1;
+                    s.blocked = protect && error.kind == ErrorKind::Blocked;
                 });
                 let _ = self.inner.events.send(ProtectionEvent::Rejected {
                     protecting: protect,
@@ -571,10 +576,14 @@ impl Reconciler {
                     s.state = StateLabel::Protected;
                     s.expires_at = expires_at;
                     s.last_rejection = None;
+                    s.blocked = false;
                 }
                 EcsState::Unprotected => {
                     s.state = StateLabel::Unprotected;
                     s.expires_at = None;
+                    if !wanted {
+                        s.blocked = false;
+                    }
                 }
                 EcsState::Unknown => s.state = StateLabel::Unknown,
             }

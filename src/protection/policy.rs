@@ -13,12 +13,17 @@
 //!   While draining, the hold-over is skipped.
 //! * **Release**: protection is not wanted and the hold-over is over → call to release.
 //! * **Lapse**: ECS's expiry has passed without a refresh → protection is gone; record it.
-//! * **Back-off**: after a failed call, no call is made before `retry_at`.
+//! * **Back-off**: after a failed call, no call is made before `retry_at`: exponential from
+//!   `backoff_base` to `backoff_max` for faults ([`retry_delay`]), and a slow, steady
+//!   `blocked_retry` while ECS answers `DEPLOYMENT_BLOCKED` ([`retry_delay_after`]), a condition
+//!   of the whole service that no amount of fast retrying clears.
 
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::backend::ErrorKind;
 
 /// The protection durations ECS accepts, in minutes (`expiresInMinutes`).
 pub const DURATION_MINUTES: RangeInclusive<u32> = 1..=2880;
@@ -58,6 +63,9 @@ pub struct Settings {
     pub backoff_base: Duration,
     /// The longest retry delay.
     pub backoff_max: Duration,
+    /// The mean delay between tries while ECS answers `DEPLOYMENT_BLOCKED` (each × a random
+    /// 0.5–1.5).
+    pub blocked_retry: Duration,
 }
 
 impl Settings {
@@ -72,6 +80,7 @@ impl Settings {
         call_timeout: Duration::from_secs(10),
         backoff_base: Duration::from_secs(1),
         backoff_max: Duration::from_secs(15),
+        blocked_retry: Duration::from_secs(30),
     };
 }
 
@@ -147,6 +156,12 @@ impl Settings {
             "backoff_base",
             "> 0 and <= backoff_max",
             format!("{:?}", self.backoff_base),
+        )?;
+        check(
+            !self.blocked_retry.is_zero(),
+            "blocked_retry",
+            "> 0",
+            format!("{:?}", self.blocked_retry),
         )
     }
 
@@ -247,6 +262,26 @@ pub(crate) fn retry_delay(failures: u32, base: Duration, max: Duration, jitter: 
     let full = base.saturating_mul(1u32 << exp).min(max);
     let jitter = jitter.clamp(0.0, 1.0);
     full.mul_f64(0.5 + 0.5 * jitter)
+}
+
+/// The delay before the next try after failure number `failures` of a streak, the last one of
+/// kind `kind`: [`retry_delay`] for faults; for [`ErrorKind::Blocked`], `blocked_retry` × a random
+/// 0.5–1.5 (`jitter` in `0.0..1.0`), however long the streak.
+pub(crate) fn retry_delay_after(
+    kind: ErrorKind,
+    failures: u32,
+    settings: &Settings,
+    jitter: f64,
+) -> Duration {
+    match kind {
+        ErrorKind::Blocked => settings.blocked_retry.mul_f64(0.5 + jitter.clamp(0.0, 1.0)),
+        _ => retry_delay(
+            failures,
+            settings.backoff_base,
+            settings.backoff_max,
+            jitter,
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -479,6 +514,35 @@ mod tests {
         assert_eq!(retry_delay(3, base, max, 0.0), Duration::from_secs(2));
         let d = retry_delay(3, base, max, 0.5);
         assert!(d > Duration::from_secs(2) && d < Duration::from_secs(4));
+    }
+
+    #[test]
+    fn deployment_blocked_is_retried_on_a_slow_steady_cadence_not_the_fault_back_off() {
+        let s = Settings::DEFAULT;
+        for failures in [1, 2, 10, 1000] {
+            assert_eq!(
+                retry_delay_after(ErrorKind::Blocked, failures, &s, 0.5),
+                Duration::from_secs(30),
+                "the cadence does not grow with the streak"
+            );
+        }
+        assert_eq!(
+            retry_delay_after(ErrorKind::Blocked, 1, &s, 0.0),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            retry_delay_after(ErrorKind::Blocked, 1, &s, 1.0),
+            Duration::from_secs(45)
+        );
+        // Faults keep the quick exponential back-off.
+        assert_eq!(
+            retry_delay_after(ErrorKind::Server, 1, &s, 1.0),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            retry_delay_after(ErrorKind::Server, 5, &s, 1.0),
+            Duration::from_secs(15)
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@ use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use tokio::sync::{broadcast, watch, Notify};
 
-use crate::protection::{ProtectionEvent, ProtectionGuard, ProtectionManager, ProtectionStatus};
+use crate::protection::{
+    ErrorKind, ProtectionEvent, ProtectionGuard, ProtectionManager, ProtectionStatus,
+};
 
 /// Per-connection limits and timings.
 #[derive(Debug, Clone)]
@@ -340,10 +342,14 @@ impl Drop for Slot {
     }
 }
 
-/// Starts a new rejection streak at each first rejection of a protect call, and ends it when
-/// protection is set, so that each client is told once per streak.
+/// Starts a new rejection streak at the first rejection of a protect call that means trouble for
+/// this task, and ends it when protection is set, so that each client is told once per streak.
+/// `DEPLOYMENT_BLOCKED` is not such a rejection: it is a condition of the whole service, and
+/// whether this task is the one ECS wants gone is the drain watcher's call, so clients are not
+/// told the server is going away, and new ones keep being admitted.
 async fn relay_rejections(hub: Weak<Hub>, mut events: broadcast::Receiver<ProtectionEvent>) {
     let mut streaks = 0u64;
+    let mut told = false;
     loop {
         let event = match events.recv().await {
             Ok(e) => e,
@@ -354,13 +360,15 @@ async fn relay_rejections(hub: Weak<Hub>, mut events: broadcast::Receiver<Protec
         match event {
             ProtectionEvent::Rejected {
                 protecting: true,
-                attempt: 1,
+                error,
                 ..
-            } => {
+            } if !told && error.kind != ErrorKind::Blocked => {
+                told = true;
                 streaks += 1;
                 hub.state.send_modify(|s| s.rejection_streak = streaks);
             }
             ProtectionEvent::Protected { .. } => {
+                told = false;
                 hub.state
                     .send_if_modified(|s| std::mem::take(&mut s.rejection_streak) != 0);
             }
