@@ -16,15 +16,10 @@ fn main() -> ExitCode {
         return send_drain_signal(pid);
     }
     config.log_format.init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Ok(runtime) = tokio::runtime::Runtime::new()
+        .inspect_err(|e| eprintln!("cannot start the async runtime: {e}"))
+    else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,

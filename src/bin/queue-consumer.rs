@@ -19,15 +19,10 @@ fn main() -> ExitCode {
     if command != Some(WorkerCommand::Health) {
         config.log_format.init();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Ok(runtime) = tokio::runtime::Runtime::new()
+        .inspect_err(|e| eprintln!("cannot start the async runtime: {e}"))
+    else {
+        return ExitCode::FAILURE;
     };
     let outcome = match command {
         Some(WorkerCommand::Health) => return runtime.block_on(health(&config)),

@@ -30,6 +30,7 @@ use crate::protection::{retry_delay, BackendError, ProtectionManager, Protection
 use leases::Leases;
 use queue::{Queue, Received, SQS_BATCH};
 
+pub use queue::create as create_queue;
 pub use status::serve_status;
 
 /// The protection settings the queue consumer starts from: the Node.js sample's queue consumer
@@ -256,18 +257,6 @@ async fn none_left(jobs: &mut watch::Receiver<usize>) {
 /// Resolves once `flag` is true (or its sender is gone).
 async fn until(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|set| *set).await;
-}
-
-/// Creates queue `name` (with a dead-letter queue `<name>-dlq` after `dead_letter_after`
-/// receives) for local experiments and tests; returns its URL.
-pub async fn create_queue(
-    sdk_config: &SdkConfig,
-    region: Option<&str>,
-    name: &str,
-    visibility: Duration,
-    dead_letter_after: u32,
-) -> Result<String, BackendError> {
-    queue::create(sdk_config, region, name, visibility, dead_letter_after).await
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -214,9 +214,9 @@ impl Queue {
 
 /// Creates queue `name` in `sdk_config`'s Region (or `region`), hiding received messages for
 /// `visibility`, with a dead-letter queue `<name>-dlq` that takes a message after
-/// `dead_letter_after` receives; returns the queue's URL. Creating a queue that exists with the
-/// same settings is fine.
-pub(crate) async fn create(
+/// `dead_letter_after` receives; returns the queue's URL. For local experiments (a queue that
+/// exists with the same settings is fine); in AWS, the deployment creates the queue.
+pub async fn create(
     sdk_config: &SdkConfig,
     region: Option<&str>,
     name: &str,
