@@ -3,22 +3,25 @@
 # (default 3) against freshly spawned release servers on loopback, then prints the median with
 # min–max of every figure.
 #
-#   scripts/bench.sh              # everything (about 7 minutes plus the build; at most BENCH_BUDGET_SECS)
-#   scripts/bench.sh pingpong     # only the named benchmarks (hold10k hold-max storm storm-slow churn pingpong pingpong-t2 outage)
+#   scripts/bench.sh              # everything (about 12 minutes plus the build; at most BENCH_BUDGET_SECS)
+#   scripts/bench.sh pingpong     # only the named benchmarks (hold10k hold-max storm storm-slow churn
+#                                 # pingpong pingpong-t2 outage jobs-c1 jobs-c10 jobs-c50 jobs-ceiling jobs-ceiling-c4)
 #
-# Environment: RUNS (3), BENCH_BUDGET_SECS (900: no run starts that could end past it),
+# The jobs-* rows (the queue consumer) need moto's server: `moto_server` on PATH, or MOTO_SERVER.
+#
+# Environment: RUNS (3), BENCH_BUDGET_SECS (1500: no run starts that could end past it),
 # LOAD_WAIT_MAX (15: seconds to wait before each run for the 1-minute load average to drop below
 # LOAD_BELOW, 0.7; the load at the start of each run is recorded in its result), BENCH_OUT
 # (target/bench: logs and JSON lines).
 #
 # The load tool starts and stops each server itself (SIGTERM, then SIGKILL); each run is also
-# under `timeout`, which signals the whole process group, and the server pid of each run is
-# checked afterwards, so no server is left running.
+# under `timeout`, which signals the whole process group, and the server pid of each run (for the
+# jobs-* rows: the worker's and moto's) is checked afterwards, so no server is left running.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-3}
-BUDGET=${BENCH_BUDGET_SECS:-900}
+BUDGET=${BENCH_BUDGET_SECS:-1500}
 LOAD_WAIT_MAX=${LOAD_WAIT_MAX:-15}
 LOAD_BELOW=${LOAD_BELOW:-0.7}
 OUT=${BENCH_OUT:-target/bench}
@@ -35,7 +38,7 @@ if [ "$MAX_HOLD" -gt 19000 ]; then MAX_HOLD=19000; fi
 
 echo "== tree: $(git rev-parse --short HEAD 2>/dev/null) with $(git status --porcelain -- src Cargo.toml 2>/dev/null | wc -l) changed file(s) under src/ and Cargo.toml"
 echo "== build (release)"
-cargo build --release -p load -p ecs-task-protection --bin load --bin websocket || exit 1
+cargo build --release -p load -p ecs-task-protection --bin load --bin websocket --bin queue-consumer || exit 1
 
 mkdir -p "$OUT"
 wanted=("$@")
@@ -61,15 +64,19 @@ wait_for_quiet() {
 ensure_server_gone() {
     local pidfile=$1
     [ -s "$pidfile" ] || return 0
-    local pid
-    pid=$(cat "$pidfile")
+    local pid pids
+    pids=$(cat "$pidfile")
     rm -f "$pidfile"
-    if kill -0 "$pid" 2>/dev/null; then
-        echo "   server $pid still running: SIGTERM"
-        kill -TERM "$pid" 2>/dev/null
-        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || return 0; sleep 1; done
-        kill -KILL "$pid" 2>/dev/null
-    fi
+    # One pid per line (the jobs-* rows write the worker's and moto's).
+    for pid in $pids; do
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "   server $pid still running: SIGTERM"
+            kill -TERM "$pid" 2>/dev/null
+            for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+            kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+        fi
+    done
+    return 0
 }
 
 # bench NAME LIMIT_SECS load-tool-arguments...
@@ -109,11 +116,22 @@ bench pingpong 90 pingpong --clients 1000 --seconds 10
 # The same with two load-generator threads (more throughput, a longer tail: 3 busy threads on 2 cores).
 bench pingpong-t2 90 pingpong --clients 1000 --seconds 10 --threads 2
 bench outage 160 outage --clients 20 --seconds 30
+# The queue consumer against moto's SQS server: 300 jobs of 0 ms, taken by the release worker at
+# concurrency 1, 10 and 50, and by plain receive+delete loops in the load tool (the ceiling: the most
+# a consumer can get from this moto). moto's every call costs time in proportion to the messages in
+# the queue (filling 2,000 took 84 s), so every row uses the same 300.
+bench jobs-c1 90 jobs --jobs 300 --concurrency 1
+bench jobs-c10 90 jobs --jobs 300 --concurrency 10
+bench jobs-c50 90 jobs --jobs 300 --concurrency 50
+bench jobs-ceiling 90 jobs --jobs 300 --ceiling
+# The ceiling with 4 loops at once (moto is one Python process: parallel calls do not help).
+bench jobs-ceiling-c4 90 jobs --jobs 300 --ceiling --concurrency 4
 
 echo
 echo "== summary: median (min–max) of $RUNS runs; machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r), fd limit $FDS"
 files=()
-for n in hold10k hold-max storm storm-slow churn pingpong pingpong-t2 outage; do
+for n in hold10k hold-max storm storm-slow churn pingpong pingpong-t2 outage \
+    jobs-c1 jobs-c10 jobs-c50 jobs-ceiling jobs-ceiling-c4; do
     [ -s "$OUT/$n.jsonl" ] && files+=("$OUT/$n.jsonl")
 done
 [ ${#files[@]} -gt 0 ] && "$LOAD" summarize "${files[@]}"

@@ -1,12 +1,15 @@
-//! Load tool for the WebSocket server (issue 5): the figures in `BENCHMARKS.md` come from here.
+//! Load tool for the WebSocket server (issue 5) and the queue consumer: the figures in
+//! `BENCHMARKS.md` come from here.
 //!
 //! ```text
-//! cargo build --release -p load --bin load --bin websocket
+//! cargo build --release -p load -p ecs-task-protection --bin load --bin websocket --bin queue-consumer
 //! target/release/load hold --clients 10000
 //! target/release/load storm --clients 1000
 //! target/release/load churn --cycles 200
 //! target/release/load pingpong --clients 1000 --seconds 10
 //! target/release/load outage --clients 20 --seconds 30
+//! target/release/load jobs --jobs 300 --concurrency 10   # needs moto_server (or MOTO_SERVER)
+//! target/release/load jobs --jobs 300 --ceiling          # the same moto, no worker
 //! target/release/load summarize target/bench/*.jsonl   # median (min–max) per figure
 //! ```
 //!
@@ -16,6 +19,8 @@
 //! mode needs; the server is stopped (SIGTERM, then SIGKILL after 20 s) at the end, also on error.
 //! `--url ws://127.0.0.1:PORT/ws` targets a running server instead (`--agent
 //! http://127.0.0.1:PORT/_calls` for the agent's calls, `--server-pid` for its RSS and CPU).
+//! The `jobs` mode instead starts moto's SQS server and the release `queue-consumer`
+//! (`--worker-bin`) itself (see `modes/jobs.rs`).
 //!
 //! This tool runs on one thread by default (`--threads`): on a 2-core machine shared with the
 //! server's two workers, more load threads raise throughput but lengthen the latency tail.
@@ -26,6 +31,7 @@
 
 mod client;
 mod modes;
+mod moto;
 mod procfs;
 mod summary;
 mod target;
@@ -38,7 +44,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use tokio::time::timeout;
 
-use crate::modes::run_mode;
+use crate::modes::{jobs, run_mode};
 use crate::procfs::{loadavg, machine};
 use crate::summary::{result_line, summarize};
 use crate::target::Target;
@@ -105,9 +111,48 @@ enum Mode {
         #[command(flatten)]
         common: Common,
     },
+    /// The queue consumer: fills a fresh queue on moto's SQS server with N jobs, then times the
+    /// release `queue-consumer` against a stand-in agent until the queue is empty (jobs/s, ECS
+    /// calls, worker memory); with --ceiling, a plain receive+delete loop in this process instead.
+    Jobs(JobsArgs),
     /// Reads files of JSON result lines (one file per benchmark) and prints, for every figure,
     /// the median with min–max.
     Summarize { files: Vec<PathBuf> },
+}
+
+#[derive(Args, Clone)]
+struct JobsArgs {
+    /// Messages put on the queue before the consumer starts (moto's calls slow down as its queue
+    /// grows: filling 2,000 takes over a minute).
+    #[arg(long, default_value_t = 300)]
+    jobs: usize,
+    /// The worker's WORKER_CONCURRENCY; with --ceiling, receive+delete loops at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// No worker: plain loops of ReceiveMessage (10, 1 s long poll) + DeleteMessageBatch in this
+    /// process (the most a consumer can get from this moto).
+    #[arg(long)]
+    ceiling: bool,
+    /// Each job's work in ms (the message body).
+    #[arg(long, default_value_t = 0)]
+    work_ms: u64,
+    /// The worker binary to spawn.
+    #[arg(long, default_value = "target/release/queue-consumer")]
+    worker_bin: PathBuf,
+    /// moto's server program (default: $MOTO_SERVER, else `moto_server` on PATH).
+    #[arg(long)]
+    moto_server: Option<String>,
+    /// Once the queue is empty, the longest wait for the worker to release protection (after its
+    /// hold-over, 6 s by default) before it is stopped with SIGTERM.
+    #[arg(long, default_value_t = 10)]
+    release_wait_secs: u64,
+    /// Then, seconds of an idle worker (empty queue, long polls) whose agent calls are counted
+    /// before SIGTERM.
+    #[arg(long, default_value_t = 0)]
+    idle_secs: u64,
+    /// Common options; --server-env, --server-pid-file and --agent-delay-ms apply to the worker.
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Args, Clone)]
@@ -154,7 +199,8 @@ fn main() -> ExitCode {
         | Mode::Storm { common, .. }
         | Mode::Churn { common, .. }
         | Mode::Pingpong { common, .. }
-        | Mode::Outage { common, .. } => common.clone(),
+        | Mode::Outage { common, .. }
+        | Mode::Jobs(JobsArgs { common, .. }) => common.clone(),
         Mode::Summarize { files } => return summarize(files),
     };
     let load_at_start = loadavg();
@@ -173,13 +219,27 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        let mut target = match Target::start(&common, &cli.mode).await {
-            Ok(t) => t,
-            Err(e) => return Err(format!("cannot start: {e}")),
-        };
         let deadline = Duration::from_secs(common.deadline_secs);
-        let outcome = timeout(deadline, run_mode(&cli.mode, &common, &target)).await;
-        let stopped = target.stop().await;
+        let outcome = match &cli.mode {
+            // Starts (and stops) its own moto and worker.
+            Mode::Jobs(args) => timeout(deadline, jobs(args, &common)).await,
+            mode => {
+                let mut target = match Target::start(&common, mode).await {
+                    Ok(t) => t,
+                    Err(e) => return Err(format!("cannot start: {e}")),
+                };
+                let outcome = timeout(deadline, run_mode(mode, &common, &target)).await;
+                let stopped = target.stop().await;
+                outcome.map(|r| {
+                    r.map(|mut report| {
+                        if let Some(obj) = report.as_object_mut() {
+                            obj.insert("server_exit".into(), json!(stopped));
+                        }
+                        report
+                    })
+                })
+            }
+        };
         match outcome {
             Err(_) => Err(format!(
                 "the run did not finish within --deadline-secs {}",
@@ -188,7 +248,6 @@ fn main() -> ExitCode {
             Ok(Err(e)) => Err(e),
             Ok(Ok(mut report)) => {
                 if let Some(obj) = report.as_object_mut() {
-                    obj.insert("server_exit".into(), json!(stopped));
                     obj.insert("machine".into(), machine());
                     obj.insert("loadavg_at_start".into(), json!(load_at_start));
                 }

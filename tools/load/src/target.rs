@@ -146,21 +146,8 @@ impl Target {
 
     /// Stops the spawned server: SIGTERM, then SIGKILL after 20 s. Returns how it ended.
     pub(crate) async fn stop(&mut self) -> Option<String> {
-        let mut child = self.server.take()?;
-        if let Some(pid) = child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-        match timeout(Duration::from_secs(20), child.wait()).await {
-            Ok(Ok(status)) => Some(status.to_string()),
-            Ok(Err(e)) => Some(format!("wait failed: {e}")),
-            Err(_) => {
-                let _ = child.start_kill();
-                let _ = timeout(Duration::from_secs(5), child.wait()).await;
-                Some("killed after 20 s".into())
-            }
-        }
+        let child = self.server.take()?;
+        Some(stop_child(child, Duration::from_secs(20)).await.0)
     }
 
     /// The `/status` document.
@@ -281,7 +268,31 @@ fn loopback_addr(url: &str) -> Result<SocketAddr, String> {
     Ok(addr)
 }
 
-fn free_port() -> Result<u16, String> {
+/// Stops a child process: SIGTERM, then SIGKILL after `grace`. Returns how it ended and how long
+/// that took.
+pub(crate) async fn stop_child(
+    mut child: tokio::process::Child,
+    grace: Duration,
+) -> (String, Duration) {
+    let start = Instant::now();
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    let how = match timeout(grace, child.wait()).await {
+        Ok(Ok(status)) => status.to_string(),
+        Ok(Err(e)) => format!("wait failed: {e}"),
+        Err(_) => {
+            let _ = child.start_kill();
+            let _ = timeout(Duration::from_secs(5), child.wait()).await;
+            format!("killed after {} s", grace.as_secs())
+        }
+    };
+    (how, start.elapsed())
+}
+
+pub(crate) fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }

@@ -2,6 +2,7 @@
 
 mod churn;
 mod hold;
+mod jobs;
 mod outage;
 mod pingpong;
 mod storm;
@@ -16,6 +17,7 @@ use crate::{Common, Mode};
 
 use churn::churn;
 use hold::hold;
+pub(crate) use jobs::jobs;
 use outage::outage;
 use pingpong::pingpong;
 use storm::storm;
@@ -27,6 +29,7 @@ pub(crate) async fn run_mode(
 ) -> Result<Value, String> {
     match mode {
         Mode::Summarize { .. } => Err("summarize runs no load".into()),
+        Mode::Jobs(args) => jobs(args, common).await,
         &Mode::Hold {
             clients,
             settle_secs,
