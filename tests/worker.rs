@@ -121,6 +121,35 @@ async fn every_job_runs_once_and_is_deleted_and_a_burst_costs_one_protect_call()
 }
 
 #[tokio::test]
+async fn a_busy_period_longer_than_the_hold_over_keeps_one_protection_without_releasing() {
+    let Some(moto) = Moto::start("a_busy_period").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let (queue, _) = moto.queue("busy", 60, None).await;
+    // One job at a time for about 10 s: longer than the 6 s hold-over, shorter than the 48 s
+    // refresh mark. Between jobs no job is in hand for an instant.
+    for _ in 0..40 {
+        moto.send(&queue, "250").await;
+    }
+    let w = worker(&queue, moto.endpoint(), &agent, &[]);
+    w.output.wait_for("- Done", 40, LIMIT).await;
+    let puts: Vec<Option<bool>> = agent.put_calls().iter().map(|c| c.enabled).collect();
+    assert_eq!(
+        puts.iter().filter(|e| **e == Some(true)).count(),
+        1,
+        "one protect call for the busy period: {puts:?}"
+    );
+    assert_eq!(puts.first(), Some(&Some(true)), "{puts:?}");
+    assert!(
+        !puts.contains(&Some(false)) || puts.last() == Some(&Some(false)),
+        "no release while jobs kept coming: {puts:?}"
+    );
+    assert_eq!(stop(w).await, Some(0));
+    assert!(!agent.is_protected());
+}
+
+#[tokio::test]
 async fn an_idle_worker_polls_without_protecting_the_task() {
     let Some(moto) = Moto::start("an_idle_worker").await else {
         return;

@@ -6,10 +6,10 @@
 //!   run, deleting them after success, returning them otherwise; `status`: `/healthz` and
 //!   `/status`.
 //!
-//! Each job holds a [`ProtectionGuard`](crate::protection::ProtectionGuard) from the moment its
-//! message is received until its delete is confirmed; the manager coalesces the guards of a busy
-//! period into one protect call (and a refresh now and then), and releases protection after its
-//! hold-over once the last job has ended.
+//! Each job holds a [`ProtectionGuard`] from the moment its message is received until its delete
+//! is confirmed, and the receive loop holds one across a busy period (until a receive comes back
+//! empty); the manager coalesces them into one protect call (and a refresh now and then), and
+//! releases protection once the queue has run dry and the last job has ended.
 
 mod job;
 mod leases;
@@ -26,7 +26,9 @@ use serde::Serialize;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::protection::{retry_delay, BackendError, ProtectionManager, ProtectionStatus, Settings};
+use crate::protection::{
+    retry_delay, BackendError, ProtectionGuard, ProtectionManager, ProtectionStatus, Settings,
+};
 use leases::Leases;
 use queue::{Queue, Received, SQS_BATCH};
 
@@ -34,7 +36,8 @@ pub use queue::create as create_queue;
 pub use status::serve_status;
 
 /// The protection settings the queue consumer starts from: the Node.js sample's queue consumer
-/// (protect for 1 minute, refresh at 80 %, and a 10 % hold-over, i.e. 6 s after the last job).
+/// (protect for 1 minute, refresh at 80 %, and a 10 % hold-over: protection set less than 6 s
+/// before the last job ends is kept until 6 s after it was set).
 pub const PROTECTION_DEFAULTS: Settings = Settings {
     duration_minutes: 1,
     maintain_percent: 10,
@@ -265,9 +268,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Receives while there are free slots, until stopping; each message becomes a job task.
 /// Errors back off (1 s doubling to 30 s, jittered), logged once per kind of error.
+///
+/// A busy period holds protection as a whole: from the first receive that returns messages until
+/// a receive returns none, the loop holds a guard of its own. Without it, the instant between one
+/// job's delete and the next job's receipt would let go of protection, and once the hold-over is
+/// over (6 s after protection was set, with the defaults) every job would cost a release and a
+/// protect call. The first long poll after the queue empties is the only one made protected.
 async fn receive_loop(s: Arc<Shared>) {
     let mut stopping = s.stopping.subscribe();
     let mut failures = 0u32;
+    let mut busy: Option<ProtectionGuard> = None;
     loop {
         let first = tokio::select! {
             biased;
@@ -302,6 +312,13 @@ async fn receive_loop(s: Arc<Shared>) {
                     tracing::info!("Receiving from the queue works again");
                 }
                 failures = 0;
+                // Only jobs make the period busy: a message that is not one takes no protection.
+                let vt = s.settings.visibility_timeout;
+                if !messages.iter().any(|m| job::parse(&m.body, vt).is_ok()) {
+                    busy = None;
+                } else if busy.is_none() {
+                    busy = Some(s.manager.guard());
+                }
                 for message in messages {
                     match permits.pop() {
                         Some(permit) => start_job(&s, message, permit),
@@ -313,6 +330,7 @@ async fn receive_loop(s: Arc<Shared>) {
             }
             Err(error) => {
                 drop(permits);
+                busy = None;
                 failures += 1;
                 s.counters.receive_errors.fetch_add(1, Ordering::Relaxed);
                 let delay = retry_delay(
