@@ -52,12 +52,7 @@ impl Target {
                 pid: common.server_pid,
             });
         }
-        let agent = StandInAgent::start()
-            .await
-            .map_err(|e| format!("stand-in agent: {e}"))?;
-        if common.agent_delay_ms > 0 {
-            agent.set_fault(Fault::Slow(Duration::from_millis(common.agent_delay_ms)));
-        }
+        let agent = start_agent(common).await?;
         let port = free_port()?;
         let mut env: Vec<(String, String)> = vec![
             ("PORT".into(), port.to_string()),
@@ -295,4 +290,15 @@ pub(crate) async fn stop_child(
 pub(crate) fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+/// Starts the in-process stand-in agent, slowed by `--agent-delay-ms` when given.
+pub(crate) async fn start_agent(common: &Common) -> Result<StandInAgent, String> {
+    let agent = StandInAgent::start()
+        .await
+        .map_err(|e| format!("stand-in agent: {e}"))?;
+    if common.agent_delay_ms > 0 {
+        agent.set_fault(Fault::Slow(Duration::from_millis(common.agent_delay_ms)));
+    }
+    Ok(agent)
 }

@@ -23,14 +23,13 @@ use std::time::Duration;
 
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
-use ecs_stand_in::{Fault, StandInAgent};
 use serde_json::{json, Value};
 use tokio::time::{sleep, timeout, Instant, MissedTickBehavior};
 
 use super::round;
 use crate::moto::{create_queue, depth, fill, sqs_client, Moto};
 use crate::procfs::{clock_ticks_per_sec, cpu_ticks, machine_ticks, proc_status_kb};
-use crate::target::{free_port, stop_child};
+use crate::target::{free_port, start_agent, stop_child};
 use crate::{Common, JobsArgs};
 
 /// The queue's visibility timeout, and the worker's (`VISIBILITY_TIMEOUT_SECS`' default).
@@ -194,12 +193,7 @@ async fn worker(
     queue: &str,
 ) -> Result<Value, String> {
     let n = args.jobs;
-    let agent = StandInAgent::start()
-        .await
-        .map_err(|e| format!("stand-in agent: {e}"))?;
-    if common.agent_delay_ms > 0 {
-        agent.set_fault(Fault::Slow(Duration::from_millis(common.agent_delay_ms)));
-    }
+    let agent = start_agent(common).await?;
     // The status endpoint is read once, at the end (its tallies: nothing redone, no errors).
     let status_port = free_port()?;
     let mut env: Vec<(String, String)> = vec![
