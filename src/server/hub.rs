@@ -163,6 +163,11 @@ impl Hub {
         self.state.borrow().clone()
     }
 
+    /// A look at the current state without copying it (hold it briefly: it blocks changes).
+    pub(super) fn borrow_state(&self) -> watch::Ref<'_, ServerState> {
+        self.state.borrow()
+    }
+
     /// A receiver that sees every change of the state.
     pub fn watch_state(&self) -> watch::Receiver<ServerState> {
         self.state.subscribe()

@@ -66,17 +66,16 @@ async fn status(State(hub): State<Arc<Hub>>) -> Response {
 }
 
 async fn upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> Response {
-    let state = hub.state();
-    if state.shutting_down {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{SHUTTING_DOWN}\n"),
-        )
-            .into_response();
-    }
-    if let Some(drain) = &state.draining {
-        let body = format!("{DRAINING_NOTICE}: {}\n", drain.reason);
-        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    {
+        let state = hub.borrow_state();
+        if state.shutting_down {
+            let body = format!("{SHUTTING_DOWN}\n");
+            return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+        }
+        if let Some(drain) = &state.draining {
+            let body = format!("{DRAINING_NOTICE}: {}\n", drain.reason);
+            return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+        }
     }
     let Some(slot) = hub.reserve() else {
         tracing::warn!(

@@ -118,8 +118,10 @@ impl Leases {
         }
     }
 
-    /// Makes every held message visible again at once, 10 to a call (shutdown).
-    pub(crate) async fn give_back_all(&self) {
+    /// Makes every held message visible again at once, 10 to a call (shutdown); returns how many
+    /// SQS took back.
+    pub(crate) async fn give_back_all(&self) -> usize {
+        let mut returned = 0;
         let all: Vec<Lease> = self.lock().drain().map(|(_, l)| l).collect();
         let _serial = self.visibility_calls.lock().await;
         for chunk in all.chunks(SQS_BATCH) {
@@ -131,7 +133,10 @@ impl Leases {
                 Ok(outcomes) => {
                     for (lease, outcome) in chunk.iter().zip(outcomes) {
                         match outcome {
-                            Ok(()) => tracing::info!("{} - Returned to the queue", lease.id),
+                            Ok(()) => {
+                                returned += 1;
+                                tracing::info!("{} - Returned to the queue", lease.id);
+                            }
                             Err(why) => tracing::warn!(
                                 "{} - Could not return it to the queue: {why}",
                                 lease.id
@@ -145,6 +150,7 @@ impl Leases {
                 ),
             }
         }
+        returned
     }
 
     /// Deletes a message whose job succeeded, retrying transient failures; the hold ends either

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use crate::protection::{
     retry_delay, BackendError, ProtectionGuard, ProtectionManager, ProtectionStatus, Settings,
 };
+use job::{Job, JobError};
 use leases::Leases;
 use queue::{Queue, Received, SQS_BATCH};
 
@@ -222,12 +223,13 @@ impl Worker {
             );
         }
         s.abandon.send_replace(true);
-        let returning = s.leases.len();
-        if returning > 0 {
-            let _ = tokio::time::timeout(Duration::from_secs(5), s.leases.give_back_all()).await;
+        if s.leases.len() > 0 {
+            let returned = tokio::time::timeout(Duration::from_secs(5), s.leases.give_back_all())
+                .await
+                .unwrap_or(0);
             s.counters
                 .returned
-                .fetch_add(returning as u64, Ordering::Relaxed);
+                .fetch_add(returned as u64, Ordering::Relaxed);
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), none_left(&mut jobs)).await;
         if let Err(e) = s.manager.shutdown().await {
@@ -312,16 +314,23 @@ async fn receive_loop(s: Arc<Shared>) {
                     tracing::info!("Receiving from the queue works again");
                 }
                 failures = 0;
-                // Only jobs make the period busy: a message that is not one takes no protection.
                 let vt = s.settings.visibility_timeout;
-                if !messages.iter().any(|m| job::parse(&m.body, vt).is_ok()) {
+                let parsed: Vec<_> = messages
+                    .into_iter()
+                    .map(|m| {
+                        let job = job::parse(&m.body, vt);
+                        (m, job)
+                    })
+                    .collect();
+                // Only jobs make the period busy: a message that is not one takes no protection.
+                if !parsed.iter().any(|(_, job)| job.is_ok()) {
                     busy = None;
                 } else if busy.is_none() {
                     busy = Some(s.manager.guard());
                 }
-                for message in messages {
+                for (message, job) in parsed {
                     match permits.pop() {
-                        Some(permit) => start_job(&s, message, permit),
+                        Some(permit) => start_job(&s, message, job, permit),
                         // SQS never sends more than asked; if it did, the extra message simply
                         // becomes visible again after its visibility timeout.
                         None => tracing::warn!("{} - Received beyond the free slots", message.id),
@@ -389,25 +398,34 @@ impl Drop for InHand {
     }
 }
 
-fn start_job(s: &Arc<Shared>, message: Received, slot: OwnedSemaphorePermit) {
+fn start_job(
+    s: &Arc<Shared>,
+    message: Received,
+    job: Result<Job, JobError>,
+    slot: OwnedSemaphorePermit,
+) {
     s.counters.received.fetch_add(1, Ordering::Relaxed);
     let ticket = InHand::new(s);
-    tokio::spawn(run_job(ticket, message, slot));
+    tokio::spawn(run_job(ticket, message, job, slot));
 }
 
-/// One job: from receipt to delete (or return to the queue).
-async fn run_job(ticket: InHand, message: Received, slot: OwnedSemaphorePermit) {
+/// One job, its message already read: from receipt to delete (or return to the queue).
+async fn run_job(
+    ticket: InHand,
+    message: Received,
+    job: Result<Job, JobError>,
+    slot: OwnedSemaphorePermit,
+) {
     let s = &ticket.0;
     let Received {
         id,
         receipt,
-        body,
         receive_count,
+        ..
     } = message;
     tracing::info!("{id} - Received");
     let lease = s.leases.hold(&id, &receipt);
-    let vt = s.settings.visibility_timeout;
-    let job = match job::parse(&body, vt) {
+    let job = match job {
         Ok(job) => job,
         Err(e) => {
             // Not deleted: visible again after a back-off, until the queue's redrive policy moves

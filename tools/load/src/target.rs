@@ -79,21 +79,8 @@ impl Target {
             env.push((k.to_string(), v.to_string()));
         }
         // The server's log lines go to this tool's stderr, keeping stdout for the figures.
-        let stdout_to_stderr = std::os::fd::AsFd::as_fd(&std::io::stderr())
-            .try_clone_to_owned()
-            .map_err(|e| format!("stderr: {e}"))?;
-        let child = tokio::process::Command::new(&common.server_bin)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::from(stdout_to_stderr))
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                format!(
-                    "cannot run {} (build it with `cargo build --release --bin websocket`): {e}",
-                    common.server_bin.display()
-                )
-            })?;
+        let server = tokio::process::Command::new(&common.server_bin);
+        let child = spawn_logging_to_stderr(server, &env, "websocket")?;
         let pid = child.id();
         if let (Some(path), Some(pid)) = (&common.server_pid_file, pid) {
             let _ = std::fs::write(path, format!("{pid}\n"));
@@ -301,4 +288,31 @@ pub(crate) async fn start_agent(common: &Common) -> Result<StandInAgent, String>
         agent.set_fault(Fault::Slow(Duration::from_millis(common.agent_delay_ms)));
     }
     Ok(agent)
+}
+
+/// Spawns `command` (a release binary of this workspace, `bin`) with `env` added, its stdin
+/// closed and its log lines on this tool's stderr (stdout is kept for the figures); it is killed
+/// if dropped.
+pub(crate) fn spawn_logging_to_stderr(
+    mut command: tokio::process::Command,
+    env: &[(String, String)],
+    bin: &str,
+) -> Result<tokio::process::Child, String> {
+    let stdout_to_stderr = std::os::fd::AsFd::as_fd(&std::io::stderr())
+        .try_clone_to_owned()
+        .map_err(|e| format!("stderr: {e}"))?;
+    let program = command
+        .as_std()
+        .get_program()
+        .to_string_lossy()
+        .into_owned();
+    command
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(stdout_to_stderr))
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            format!("cannot run {program} (build it with `cargo build --release --bin {bin}`): {e}")
+        })
 }

@@ -29,7 +29,7 @@ use tokio::time::{sleep, timeout, Instant, MissedTickBehavior};
 use super::round;
 use crate::moto::{create_queue, depth, fill, sqs_client, Moto};
 use crate::procfs::{clock_ticks_per_sec, cpu_ticks, machine_ticks, proc_status_kb};
-use crate::target::{free_port, start_agent, stop_child};
+use crate::target::{free_port, spawn_logging_to_stderr, start_agent, stop_child};
 use crate::{Common, JobsArgs};
 
 /// The queue's visibility timeout, and the worker's (`VISIBILITY_TIMEOUT_SECS`' default).
@@ -232,24 +232,11 @@ async fn worker(
             .collect::<Vec<_>>()
     );
     // The worker's log lines go to this tool's stderr, keeping stdout for the figures.
-    let stdout_to_stderr = std::os::fd::AsFd::as_fd(&std::io::stderr())
-        .try_clone_to_owned()
-        .map_err(|e| format!("stderr: {e}"))?;
     let before = CpuMark::now(moto);
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(&args.worker_bin)
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::from(stdout_to_stderr))
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
-            format!(
-                "cannot run {} (build it with `cargo build --release --bin queue-consumer`): {e}",
-                args.worker_bin.display()
-            )
-        })?;
+    let mut worker = tokio::process::Command::new(&args.worker_bin);
+    worker.env_clear();
+    let mut child = spawn_logging_to_stderr(worker, &env, "queue-consumer")?;
     let pid = child.id();
     if let Some(path) = &common.server_pid_file {
         // Both processes, so that a supervising script can make sure neither is left running.
