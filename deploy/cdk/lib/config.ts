@@ -1,0 +1,127 @@
+import * as fs from 'fs';
+import * as path from 'path';
+import { Node } from 'constructs';
+
+/** Where the Fargate tasks run: see TaskProtectionStack for the cost trade-off. */
+export type TaskSubnets = 'public' | 'private';
+
+/** CPU architecture of the tasks and of the image CDK builds for them. */
+export type Architecture = 'ARM64' | 'X86_64';
+
+/** Everything the app can be told through context (`-c key=value` or cdk.json "context"). */
+export interface AppConfig {
+  /** ECS cluster name; also the ClusterName dimension of the Connections metric and part of the IAM ARNs. */
+  readonly clusterName: string;
+  /** An existing VPC to use instead of creating one (needs a concrete account and region: a lookup). */
+  readonly vpcId?: string;
+  /** `public` (default): public subnets, tasks get public IPs, no NAT gateway. `private`: one NAT gateway. */
+  readonly taskSubnets: TaskSubnets;
+  /** ACM certificate for an HTTPS listener on 443 (HTTP 80 then redirects to it). */
+  readonly certificateArn?: string;
+  readonly architecture: Architecture;
+  readonly websocket: {
+    readonly serviceName: string;
+    readonly minTasks: number;
+    readonly maxTasks: number;
+    /** Target tracking keeps the average Connections per task near this. */
+    readonly connectionsPerTask: number;
+  };
+  readonly queueConsumer: {
+    readonly serviceName: string;
+    readonly minTasks: number;
+    readonly maxTasks: number;
+  };
+  /** The repository root: the Docker build context holding the Dockerfile. */
+  readonly repoRoot: string;
+}
+
+/** Every context key the app reads, with its default (documented in docs/DEPLOY-CDK.md). */
+export const CONTEXT_KEYS = [
+  'clusterName',
+  'vpcId',
+  'taskSubnets',
+  'certificateArn',
+  'architecture',
+  'websocketServiceName',
+  'websocketMinTasks',
+  'websocketMaxTasks',
+  'connectionsPerTask',
+  'queueConsumerServiceName',
+  'queueConsumerMinTasks',
+  'queueConsumerMaxTasks',
+] as const;
+
+function str(node: Node, key: string): string | undefined {
+  const value: unknown = node.tryGetContext(key);
+  if (value === undefined || value === null || value === '') return undefined;
+  return String(value);
+}
+
+function int(node: Node, key: string, fallback: number, min: number, max: number): number {
+  const raw = str(node, key);
+  if (raw === undefined) return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new Error(`context ${key}=${raw}: expected a whole number from ${min} to ${max}`);
+  }
+  return value;
+}
+
+function oneOf<T extends string>(node: Node, key: string, allowed: readonly T[], fallback: T): T {
+  const raw = str(node, key);
+  if (raw === undefined) return fallback;
+  const match = allowed.find((a) => a.toLowerCase() === raw.toLowerCase());
+  if (!match) throw new Error(`context ${key}=${raw}: expected one of ${allowed.join(', ')}`);
+  return match;
+}
+
+// ECS cluster and service names: up to 255 letters, digits, hyphens and underscores.
+function name(node: Node, key: string, fallback: string): string {
+  const value = str(node, key) ?? fallback;
+  if (!/^[A-Za-z0-9_-]{1,255}$/.test(value)) {
+    throw new Error(`context ${key}=${value}: ECS names are 1-255 letters, digits, '-' or '_'`);
+  }
+  return value;
+}
+
+/** The repository root: the nearest directory above this file with both a Dockerfile and Cargo.toml. */
+export function findRepoRoot(start: string = __dirname): string {
+  let dir = path.resolve(start);
+  for (;;) {
+    if (fs.existsSync(path.join(dir, 'Dockerfile')) && fs.existsSync(path.join(dir, 'Cargo.toml'))) {
+      return dir;
+    }
+    const parent = path.dirname(dir);
+    if (parent === dir) throw new Error(`no Dockerfile and Cargo.toml above ${start}`);
+    dir = parent;
+  }
+}
+
+/** Reads and checks the context; throws with the key's name on a bad value. */
+export function readConfig(node: Node): AppConfig {
+  const websocketMin = int(node, 'websocketMinTasks', 1, 0, 1000);
+  const queueMin = int(node, 'queueConsumerMinTasks', 1, 0, 1000);
+  const config: AppConfig = {
+    clusterName: name(node, 'clusterName', 'task-protection'),
+    vpcId: str(node, 'vpcId'),
+    taskSubnets: oneOf(node, 'taskSubnets', ['public', 'private'] as const, 'public'),
+    certificateArn: str(node, 'certificateArn'),
+    architecture: oneOf(node, 'architecture', ['ARM64', 'X86_64'] as const, 'ARM64'),
+    websocket: {
+      serviceName: name(node, 'websocketServiceName', 'websocket'),
+      minTasks: websocketMin,
+      maxTasks: int(node, 'websocketMaxTasks', 10, Math.max(1, websocketMin), 1000),
+      connectionsPerTask: int(node, 'connectionsPerTask', 1000, 1, 1_000_000),
+    },
+    queueConsumer: {
+      serviceName: name(node, 'queueConsumerServiceName', 'queue-consumer'),
+      minTasks: queueMin,
+      maxTasks: int(node, 'queueConsumerMaxTasks', 10, Math.max(1, queueMin), 1000),
+    },
+    repoRoot: findRepoRoot(),
+  };
+  if (config.websocket.serviceName === config.queueConsumer.serviceName) {
+    throw new Error('websocketServiceName and queueConsumerServiceName must differ');
+  }
+  return config;
+}
