@@ -236,9 +236,11 @@ pub struct Config {
     pub chat_messages_per_sec: u32,
 
     /// Once draining, close the clients still connected after this many seconds (with 1001, so
-    /// the page reconnects to another task). 0 keeps them until they leave.
+    /// the page reconnects to another task) and release protection; protection is never asked for
+    /// past this deadline. 0 keeps them (and protection) until they leave, which lets one idle
+    /// client hold a deployment back for as long as it stays.
     #[arg(long, env = "DRAIN_DEADLINE_SECS", value_name = "DRAIN_DEADLINE_SECS",
-          default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=172_800))]
+          default_value_t = crate::server::drain::DEFAULT_DEADLINE.as_secs(), value_parser = clap::value_parser!(u64).range(0..=172_800))]
     pub drain_deadline_secs: u64,
 
     /// Start draining once protection has been held without a break for this many minutes, so
@@ -487,7 +489,7 @@ mod tests {
         assert_eq!(limits.ping_interval, SessionLimits::DEFAULT.ping_interval);
         assert_eq!(limits.queue_messages, SessionLimits::DEFAULT.queue_messages);
         assert_eq!(limits.chat_per_sec, SessionLimits::DEFAULT.chat_per_sec);
-        assert_eq!(c.drain_deadline(), None);
+        assert_eq!(c.drain_deadline(), Some(crate::server::drain::DEFAULT_DEADLINE));
         assert_eq!(c.max_protected(), None);
     }
 

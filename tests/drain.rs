@@ -146,3 +146,34 @@ async fn a_server_protected_for_the_maximum_lifetime_starts_draining() {
     assert!(drain.reason.contains("MAX_PROTECTED_MINUTES"));
     assert!(manager.status().draining);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_deadline_caps_protection_and_releases_it_although_a_client_stays() {
+    // 10-minute protection refreshed at 80 %, a 15.5-minute drain deadline, and one client (its
+    // claim) that never leaves.
+    let fake = FakeBackend::new();
+    let manager = ProtectionManager::start(fake.clone(), settings(0)).unwrap();
+    let hub = Hub::new(manager.clone(), SessionLimits::default(), 10);
+    drain::evict_after(&hub, Duration::from_secs(930));
+    let _client = manager.guard();
+    fake.wait_set_calls(1).await;
+    let t0 = tokio::time::Instant::now();
+    hub.begin_drain("operator request (SIGUSR1)", false);
+
+    // The refresh at 8 minutes asks only for the 7.5 minutes left until the deadline (rounded up
+    // to 8: ECS counts whole minutes), and none follows.
+    fake.wait_set_calls(2).await;
+    assert_eq!(*fake.protect_minutes.lock().unwrap(), vec![10, 8]);
+    // At the deadline: the stragglers are evicted and protection is released, although the
+    // client's claim is still held.
+    fake.wait_set_calls(3).await;
+    let calls = fake.set_calls();
+    assert_eq!(calls[2].1, support::Op::Release);
+    let at = calls[2].0.duration_since(t0);
+    assert!(
+        at >= Duration::from_secs(930) && at < Duration::from_secs(945),
+        "released {at:?} after the drain began"
+    );
+    assert!(hub.state().evicting);
+    assert_eq!(*fake.protect_minutes.lock().unwrap(), vec![10, 8]);
+}

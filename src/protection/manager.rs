@@ -118,6 +118,8 @@ struct Inner {
     wake: Notify,
     /// Skip the hold-over (draining): release as soon as the last claim goes.
     skip_hold: AtomicBool,
+    /// No protection past this instant (a drain deadline).
+    deadline: Mutex<Option<Instant>>,
     /// The current status; every change is seen by `watch()` receivers and by `acquire()`.
     status: watch::Sender<ProtectionStatus>,
     /// Events for `subscribe()` receivers.
@@ -187,6 +189,7 @@ impl ProtectionManager {
             manual_holds: Mutex::new(0),
             wake: Notify::new(),
             skip_hold: AtomicBool::new(false),
+            deadline: Mutex::new(None),
             status,
             events,
             task: Mutex::new(None),
@@ -280,6 +283,19 @@ impl ProtectionManager {
         }
     }
 
+    /// Sets (or lifts, with `None`) a deadline: no protection is asked for past it, and at the
+    /// deadline protection is released even if claims are still held. Used with a drain deadline,
+    /// so that a task that is draining cannot hold protection longer than the drain may last.
+    pub fn set_deadline(&self, deadline: Option<Instant>) {
+        let changed = {
+            let mut current = lock(&self.inner.deadline);
+            std::mem::replace(&mut *current, deadline) != deadline
+        };
+        if changed {
+            self.inner.wake.notify_one();
+        }
+    }
+
     /// Stops the reconciler and releases protection (regardless of claims: the process is going
     /// away), waiting at most for one call. Returns the release call's error, if any.
     pub async fn shutdown(&self) -> Result<(), BackendError> {
@@ -355,15 +371,22 @@ impl Reconciler {
                 ecs: self.ecs,
                 retry_at: self.retry_at,
                 skip_hold: self.inner.skip_hold.load(Ordering::Acquire),
+                deadline: *lock(&self.inner.deadline),
                 settings: &self.settings,
                 now,
             });
             let wait_until = match decision {
-                Decision::Protect | Decision::Release => {
-                    let protect = decision == Decision::Protect;
+                Decision::Protect { minutes } => {
                     tokio::select! {
                         _ = &mut stop => return self.final_release().await,
-                        _ = self.call(protect) => {}
+                        _ = self.call(true, minutes) => {}
+                    }
+                    continue;
+                }
+                Decision::Release => {
+                    tokio::select! {
+                        _ = &mut stop => return self.final_release().await,
+                        _ = self.call(false, self.settings.duration_minutes) => {}
                     }
                     continue;
                 }
@@ -390,7 +413,7 @@ impl Reconciler {
         self.count_call(result.is_ok());
         match result {
             Ok(state) if state.enabled => {
-                let expires_at = self.expiry_instant(&state);
+                let expires_at = self.expiry_instant(&state, self.settings.duration_minutes);
                 tracing::info!(
                     "Task protection is already on (expires {}); it will be released unless work arrives",
                     fmt_time(state.expires_at)
@@ -408,8 +431,7 @@ impl Reconciler {
         }
     }
 
-    async fn call(&mut self, protect: bool) {
-        let minutes = self.settings.duration_minutes;
+    async fn call(&mut self, protect: bool, minutes: u32) {
         let result = self
             .timed(self.backend.set_protection(protect, minutes))
             .await
@@ -433,7 +455,7 @@ impl Reconciler {
                 self.failures = 0;
                 self.retry_at = None;
                 self.logged = None;
-                let expires_at = self.expiry_instant(&state);
+                let expires_at = self.expiry_instant(&state, minutes);
                 self.set_ecs(
                     EcsState::Protected {
                         since: Some(Instant::now()),
@@ -554,14 +576,14 @@ impl Reconciler {
         }
     }
 
-    /// Converts the expiry ECS reported into an instant on the runtime's clock (assuming the full
-    /// duration when ECS did not say).
-    fn expiry_instant(&self, state: &ProtectionState) -> Instant {
+    /// Converts the expiry ECS reported into an instant on the runtime's clock (assuming the
+    /// `minutes` asked for when ECS did not say).
+    fn expiry_instant(&self, state: &ProtectionState, minutes: u32) -> Instant {
         let left = match state.expires_at {
             Some(at) => at
                 .duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO),
-            None => self.settings.duration(),
+            None => super::backend::minutes(minutes),
         };
         Instant::now() + left
     }

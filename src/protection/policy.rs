@@ -13,6 +13,10 @@
 //!   While draining, the hold-over is skipped.
 //! * **Release**: protection is not wanted and the hold-over is over → call to release.
 //! * **Lapse**: ECS's expiry has passed without a refresh → protection is gone; record it.
+//! * **Deadline**: while a deadline is set (a draining server's drain deadline), protection is
+//!   never asked for past it: a refresh asks only for the minutes left until the deadline
+//!   (rounded up: ECS counts whole minutes), protection that already lasts until the deadline is
+//!   not refreshed, and at the deadline protection is released whatever is still held.
 //! * **Back-off**: after a failed call, no call is made before `retry_at`: exponential from
 //!   `backoff_base` to `backoff_max` for faults ([`retry_delay`]), and a slow, steady
 //!   `blocked_retry` while ECS answers `DEPLOYMENT_BLOCKED` ([`retry_delay_after`]), a condition
@@ -187,6 +191,8 @@ pub(crate) struct Input<'a> {
     pub retry_at: Option<Instant>,
     /// Skip the hold-over: release as soon as protection is no longer wanted (draining).
     pub skip_hold: bool,
+    /// No protection past this instant (a drain deadline), whatever is wanted.
+    pub deadline: Option<Instant>,
     /// The settings.
     pub settings: &'a Settings,
     /// The current instant.
@@ -196,8 +202,11 @@ pub(crate) struct Input<'a> {
 /// What to do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Decision {
-    /// Call ECS to protect the task (first time or refresh).
-    Protect,
+    /// Call ECS to protect the task (first time or refresh) for this many minutes.
+    Protect {
+        /// `expiresInMinutes`: the setting's duration, or less before a deadline.
+        minutes: u32,
+    },
     /// Call ECS to release protection.
     Release,
     /// ECS's protection has expired without a refresh: record the task as unprotected.
@@ -215,24 +224,42 @@ pub(crate) fn decide(input: Input<'_>) -> Decision {
         ecs,
         retry_at,
         skip_hold,
+        deadline,
         settings,
         now,
     } = input;
+    // Past the deadline nothing is wanted any more, and nothing is held over.
+    let past_deadline = deadline.is_some_and(|d| now >= d);
+    let (wanted, skip_hold) = if past_deadline {
+        (false, true)
+    } else {
+        (wanted, skip_hold)
+    };
     // A call is allowed only once any back-off has passed.
     let call = |d: Decision| match retry_at {
         Some(t) if now < t => Decision::WaitUntil(t),
         _ => d,
     };
+    let protect = Decision::Protect {
+        minutes: protect_minutes(settings, deadline, now),
+    };
     match ecs {
         EcsState::Protected { expires_at, .. } if now >= expires_at => Decision::Lapsed,
-        EcsState::Unknown | EcsState::Unprotected if wanted => call(Decision::Protect),
+        EcsState::Unknown | EcsState::Unprotected if wanted => call(protect),
         EcsState::Unknown | EcsState::Unprotected => Decision::Idle,
         EcsState::Protected { expires_at, .. } if wanted => {
+            // Protection that lasts until the deadline (to within ECS's one-minute unit) is not
+            // refreshed: the deadline releases it.
+            if let Some(d) = deadline {
+                if expires_at + MINUTE >= d {
+                    return Decision::WaitUntil(d.min(expires_at));
+                }
+            }
             let refresh_at = expires_at
                 .checked_sub(settings.duration() - settings.share(settings.refresh_percent))
                 .unwrap_or(now);
             if now >= refresh_at {
-                match call(Decision::Protect) {
+                match call(protect) {
                     // While backing off, still note the expiry.
                     Decision::WaitUntil(t) => Decision::WaitUntil(t.min(expires_at)),
                     d => d,
@@ -244,13 +271,33 @@ pub(crate) fn decide(input: Input<'_>) -> Decision {
         EcsState::Protected { since, expires_at } => {
             let hold_until = since.map(|s| s + settings.share(settings.maintain_percent));
             match hold_until {
-                Some(t) if !skip_hold && now < t => Decision::WaitUntil(t.min(expires_at)),
+                Some(t) if !skip_hold && now < t => {
+                    let t = deadline.map_or(t, |d| t.min(d));
+                    Decision::WaitUntil(t.min(expires_at))
+                }
                 _ => match call(Decision::Release) {
                     Decision::WaitUntil(t) => Decision::WaitUntil(t.min(expires_at)),
                     d => d,
                 },
             }
         }
+    }
+}
+
+/// One minute, ECS's unit of protection.
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// The minutes to ask for: the setting's duration, or fewer when a deadline comes sooner (the
+/// minutes left, rounded up, and at least 1, the least ECS accepts).
+fn protect_minutes(settings: &Settings, deadline: Option<Instant>, now: Instant) -> u32 {
+    let full = settings.duration_minutes;
+    match deadline {
+        Some(d) => {
+            let left = d.saturating_duration_since(now).as_secs();
+            let minutes = u32::try_from(left.div_ceil(60)).unwrap_or(u32::MAX);
+            minutes.clamp(1, full.max(1))
+        }
+        None => full,
     }
 }
 
@@ -305,6 +352,7 @@ mod tests {
             ecs,
             retry_at: None,
             skip_hold: false,
+            deadline: None,
             settings: s,
             now,
         }
@@ -323,11 +371,11 @@ mod tests {
         let now = Instant::now();
         assert_eq!(
             decide(input(&s, now, true, EcsState::Unprotected)),
-            Decision::Protect
+            Decision::Protect { minutes: 10 }
         );
         assert_eq!(
             decide(input(&s, now, true, EcsState::Unknown)),
-            Decision::Protect
+            Decision::Protect { minutes: 10 }
         );
     }
 
@@ -356,7 +404,7 @@ mod tests {
         );
         assert_eq!(
             decide(input(&s, t0 + 8 * MIN, true, protected(t0))),
-            Decision::Protect
+            Decision::Protect { minutes: 10 }
         );
     }
 
@@ -473,7 +521,7 @@ mod tests {
         i.retry_at = Some(retry);
         assert_eq!(decide(i), Decision::WaitUntil(retry));
         i.now = retry;
-        assert_eq!(decide(i), Decision::Protect);
+        assert_eq!(decide(i), Decision::Protect { minutes: 10 });
 
         // Release is backed off too.
         let mut i = input(&s, t0 + 5 * MIN, false, protected(t0));
@@ -543,6 +591,56 @@ mod tests {
             retry_delay_after(ErrorKind::Server, 5, &s, 1.0),
             Duration::from_secs(15)
         );
+    }
+
+    #[test]
+    fn before_a_deadline_a_protect_call_asks_only_for_the_minutes_left() {
+        let s = settings();
+        let t0 = Instant::now();
+        let mut i = input(&s, t0, true, EcsState::Unprotected);
+        i.deadline = Some(t0 + 3 * MIN + Duration::from_secs(10));
+        assert_eq!(decide(i), Decision::Protect { minutes: 4 });
+        // Never more than the setting, never less than ECS's minimum of one minute.
+        i.deadline = Some(t0 + 60 * MIN);
+        assert_eq!(decide(i), Decision::Protect { minutes: 10 });
+        i.deadline = Some(t0 + Duration::from_secs(5));
+        assert_eq!(decide(i), Decision::Protect { minutes: 1 });
+    }
+
+    #[test]
+    fn protection_that_lasts_until_the_deadline_is_not_refreshed() {
+        let s = settings();
+        let t0 = Instant::now();
+        // Refresh is due at 8 min, but the deadline (9 min) comes before the expiry (10 min).
+        let mut i = input(&s, t0 + 8 * MIN, true, protected(t0));
+        i.deadline = Some(t0 + 9 * MIN);
+        assert_eq!(decide(i), Decision::WaitUntil(t0 + 9 * MIN));
+        // With a later deadline the refresh asks only for what is left of it (4 min at 8 min).
+        i.deadline = Some(t0 + 12 * MIN);
+        assert_eq!(decide(i), Decision::Protect { minutes: 4 });
+    }
+
+    #[test]
+    fn at_the_deadline_protection_is_released_although_still_wanted() {
+        let s = settings();
+        let t0 = Instant::now();
+        let mut i = input(&s, t0 + MIN, true, protected(t0));
+        i.deadline = Some(t0 + MIN);
+        // Inside the hold-over window too: the deadline skips it.
+        assert_eq!(decide(i), Decision::Release);
+        // And nothing new is asked for.
+        let mut i = input(&s, t0 + 2 * MIN, true, EcsState::Unprotected);
+        i.deadline = Some(t0 + MIN);
+        assert_eq!(decide(i), Decision::Idle);
+    }
+
+    #[test]
+    fn a_hold_over_ends_at_the_deadline() {
+        let s = settings(); // hold-over: 20 % of 10 min = 2 min
+        let t0 = Instant::now();
+        let mut i = input(&s, t0 + Duration::from_secs(30), false, protected(t0));
+        i.deadline = Some(t0 + MIN);
+        assert_eq!(decide(i), Decision::WaitUntil(t0 + MIN));
     }
 
     #[test]

@@ -57,20 +57,30 @@ pub fn follow_watcher(hub: &Arc<Hub>, mut reasons: watch::Receiver<Option<String
     });
 }
 
-/// Closes the remaining clients with 1001 once a drain has lasted `deadline`.
+/// How long a drain lasts at most by default (`DRAIN_DEADLINE_SECS`): 15 minutes, long enough
+/// for most game rounds and jobs to end on their own, short enough that one idle client cannot
+/// hold a deployment or a scale-in back for long.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(15 * 60);
+
+/// Bounds every drain to `deadline`: protection is never asked for past it (the manager's
+/// deadline), and once it passes the remaining clients are closed with 1001 and protection is
+/// released. A reversible drain that ends sooner lifts the deadline.
 pub fn evict_after(hub: &Arc<Hub>, deadline: Duration) {
     let weak = Arc::downgrade(hub);
     let mut state = hub.watch_state();
+    let manager = hub.manager().clone();
     tokio::spawn(async move {
         loop {
             if state.wait_for(|s| s.draining.is_some()).await.is_err() {
                 return;
             }
+            let until = Instant::now() + deadline;
+            manager.set_deadline(Some(until));
             let ended = async {
                 let _ = state.wait_for(|s| s.draining.is_none()).await;
             };
             tokio::select! {
-                _ = tokio::time::sleep(deadline) => {
+                _ = tokio::time::sleep_until(until) => {
                     let Some(hub) = weak.upgrade() else { return };
                     tracing::warn!(
                         "Drain deadline ({deadline:?}) passed: closing the remaining {} clients",
@@ -79,7 +89,7 @@ pub fn evict_after(hub: &Arc<Hub>, deadline: Duration) {
                     hub.evict_all();
                     return;
                 }
-                _ = ended => {}
+                _ = ended => manager.set_deadline(None),
             }
         }
     });

@@ -39,6 +39,8 @@ pub enum Op {
 pub struct FakeBackend {
     pub script: Mutex<VecDeque<Result<(), BackendError>>>,
     pub calls: Mutex<Vec<(Instant, Op)>>,
+    /// `expiresInMinutes` of each protect call, in order.
+    pub protect_minutes: Mutex<Vec<u32>>,
     pub initial: Mutex<Option<ProtectionState>>,
     hold: Mutex<Option<watch::Receiver<bool>>>,
     pub changed: tokio::sync::Notify,
@@ -104,6 +106,9 @@ impl ProtectionBackend for FakeBackend {
     async fn set_protection(&self, enabled: bool, m: u32) -> Result<ProtectionState, BackendError> {
         let op = if enabled { Op::Protect } else { Op::Release };
         self.calls.lock().unwrap().push((Instant::now(), op));
+        if enabled {
+            self.protect_minutes.lock().unwrap().push(m);
+        }
         self.changed.notify_waiters();
         let hold = self.hold.lock().unwrap().clone();
         if let Some(mut rx) = hold {
