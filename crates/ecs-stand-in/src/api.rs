@@ -3,10 +3,17 @@
 //! every call in order, and fails on demand.
 //!
 //! * `POST /` with `X-Amz-Target: AmazonEC2ContainerServiceV20141113.<Operation>` for
-//!   `UpdateTaskProtection`, `GetTaskProtection` and `DescribeServices`; errors are HTTP 400 (500
-//!   for `ServerException`) with `{"__type": "...", "message": "..."}`, as ECS answers.
+//!   `UpdateTaskProtection`, `GetTaskProtection`, `DescribeServices` and `DescribeTasks`; errors
+//!   are HTTP 400 (500 for `ServerException`) with `{"__type": "...", "message": "..."}`, as ECS
+//!   answers.
 //! * `GET /v4/stand-in/task`: the task metadata v4 `/task` document (give
-//!   [`StandInEcs::metadata_uri`] as `ECS_CONTAINER_METADATA_URI_V4`).
+//!   [`StandInEcs::metadata_uri`] as `ECS_CONTAINER_METADATA_URI_V4`). It carries `ServiceName`
+//!   as on EC2, or omits it as on Fargate ([`StandInEcs::set_metadata_service_name`]).
+//!
+//! The simulated task belongs to the service's first deployment: `DescribeTasks` reports its
+//! `group` as `service:stand-in-service` and its `startedBy` as [`FIRST_DEPLOYMENT_ID`], the `id`
+//! of the PRIMARY deployment of [`ServiceDoc::steady`]; both can be changed
+//! ([`StandInEcs::set_task_group`], [`StandInEcs::set_task_started_by`]).
 //! * `GET /_calls`: the recorded ECS calls as JSON, for a separate process (the load tool).
 //!
 //! Point the SDK at [`StandInEcs::endpoint_url`] with any credentials; the signature is not
@@ -46,6 +53,9 @@ pub const SERVICE_NAME: &str = "stand-in-service";
 pub const FAMILY: &str = "stand-in";
 /// The stand-in task's task definition revision.
 pub const REVISION: u32 = 1;
+/// The ID of the service deployment that started the stand-in's task: the PRIMARY deployment of
+/// [`ServiceDoc::steady`], and the task's `startedBy`.
+pub const FIRST_DEPLOYMENT_ID: &str = "ecs-svc/1000000000000000001";
 
 const TARGET_PREFIX: &str = "AmazonEC2ContainerServiceV20141113.";
 
@@ -63,13 +73,16 @@ pub enum EcsOperation {
     GetTaskProtection,
     /// `DescribeServices`.
     DescribeServices,
+    /// `DescribeTasks`.
+    DescribeTasks,
 }
 
 impl EcsOperation {
-    const ALL: [EcsOperation; 3] = [
+    const ALL: [EcsOperation; 4] = [
         EcsOperation::UpdateTaskProtection,
         EcsOperation::GetTaskProtection,
         EcsOperation::DescribeServices,
+        EcsOperation::DescribeTasks,
     ];
 
     fn from_target(target: &str) -> Option<Self> {
@@ -77,6 +90,7 @@ impl EcsOperation {
             "UpdateTaskProtection" => Some(Self::UpdateTaskProtection),
             "GetTaskProtection" => Some(Self::GetTaskProtection),
             "DescribeServices" => Some(Self::DescribeServices),
+            "DescribeTasks" => Some(Self::DescribeTasks),
             _ => None,
         }
     }
@@ -87,6 +101,7 @@ impl EcsOperation {
             Self::UpdateTaskProtection => "UpdateTaskProtection",
             Self::GetTaskProtection => "GetTaskProtection",
             Self::DescribeServices => "DescribeServices",
+            Self::DescribeTasks => "DescribeTasks",
         }
     }
 }
@@ -97,7 +112,8 @@ pub enum EcsFault {
     /// Behave like ECS.
     None,
     /// HTTP 200 with a `failures[]` entry for the task (e.g. `TASK_NOT_VALID`) and no
-    /// `protectedTasks` (for `DescribeServices`: a failure for the service, no services).
+    /// `protectedTasks` (for `DescribeServices`: a failure for the service, no services; for
+    /// `DescribeTasks`: a failure for the task, no tasks).
     Failure {
         /// The failure's `reason`.
         reason: String,
@@ -116,7 +132,8 @@ pub enum EcsFault {
     ServerError,
     /// HTTP 200 with a body that is not JSON.
     Malformed,
-    /// HTTP 200 with empty `protectedTasks` and `failures` (for `DescribeServices`: no services).
+    /// HTTP 200 with empty `protectedTasks` and `failures` (for `DescribeServices`: no services;
+    /// for `DescribeTasks`: no tasks).
     OmitTask,
     /// Never answer until [`StandInEcs::release_hangs`] is called (then answer normally).
     Hang,
@@ -145,7 +162,7 @@ pub struct EcsCall {
     pub expires_in_minutes: Option<u32>,
     /// `cluster` as sent.
     pub cluster: Option<String>,
-    /// `tasks` as sent.
+    /// `tasks` as sent (`UpdateTaskProtection`, `GetTaskProtection`, `DescribeTasks`).
     pub tasks: Vec<String>,
     /// `services` as sent (`DescribeServices`).
     pub services: Vec<String>,
@@ -194,7 +211,7 @@ impl ServiceDoc {
             desired_count: count,
             running_count: count,
             deployments: vec![DeploymentDoc {
-                id: "ecs-svc/1000000000000000001".to_string(),
+                id: FIRST_DEPLOYMENT_ID.to_string(),
                 status: "PRIMARY".to_string(),
                 task_definition: task_definition.to_string(),
                 desired_count: count,
@@ -254,6 +271,8 @@ struct Sim {
     protection: Protection,
     service: ServiceDoc,
     metadata_service_name: Option<String>,
+    task_group: Option<String>,
+    task_started_by: Option<String>,
     metadata_available: bool,
     metadata_reads: usize,
     next_deployment: u64,
@@ -280,6 +299,8 @@ impl StandInEcs {
             protection: Protection::default(),
             service: ServiceDoc::steady(&task_definition_arn(REVISION), 2),
             metadata_service_name: Some(SERVICE_NAME.to_string()),
+            task_group: Some(format!("service:{SERVICE_NAME}")),
+            task_started_by: Some(FIRST_DEPLOYMENT_ID.to_string()),
             metadata_available: true,
             metadata_reads: 0,
             next_deployment: 2,
@@ -400,6 +421,22 @@ impl StandInEcs {
         );
     }
 
+    /// Starts a forced new deployment (`--force-new-deployment`): a new PRIMARY deployment of the
+    /// PRIMARY's own task definition, as [`begin_deployment`](Self::begin_deployment) does.
+    pub fn force_new_deployment(&self) {
+        let current = self
+            .served
+            .shared
+            .sim()
+            .service
+            .deployments
+            .iter()
+            .find(|d| d.status == "PRIMARY")
+            .map(|d| d.task_definition.clone())
+            .unwrap_or_else(|| task_definition_arn(REVISION));
+        self.begin_deployment(&current);
+    }
+
     /// Ends every deployment but the PRIMARY one, which completes with all its tasks running.
     pub fn finish_deployment(&self) {
         let mut sim = self.served.shared.sim();
@@ -428,9 +465,34 @@ impl StandInEcs {
         }
     }
 
-    /// Sets the `ServiceName` the metadata endpoint reports (`None`: a standalone task).
+    /// Sets the `ServiceName` the metadata endpoint reports. `None` omits the field: a standalone
+    /// task, or a service's task on Fargate, whose metadata has no `ServiceName`.
     pub fn set_metadata_service_name(&self, name: Option<&str>) {
         self.served.shared.sim().metadata_service_name = name.map(str::to_string);
+    }
+
+    /// Sets the task's `group` in `DescribeTasks` (`service:NAME` for a service's task,
+    /// `family:FAMILY` for a standalone one by default; `None` omits the field).
+    pub fn set_task_group(&self, group: Option<&str>) {
+        self.served.shared.sim().task_group = group.map(str::to_string);
+    }
+
+    /// Sets the task's `startedBy` in `DescribeTasks` (the ID of the deployment that started it,
+    /// for a service's task; `None` omits the field).
+    pub fn set_task_started_by(&self, started_by: Option<&str>) {
+        self.served.shared.sim().task_started_by = started_by.map(str::to_string);
+    }
+
+    /// The ID of the PRIMARY deployment now, if there is one.
+    pub fn primary_deployment_id(&self) -> Option<String> {
+        self.served
+            .shared
+            .sim()
+            .service
+            .deployments
+            .iter()
+            .find(|d| d.status == "PRIMARY")
+            .map(|d| d.id.clone())
     }
 
     /// Makes the metadata endpoint answer HTTP 500 (`false`) or normally (`true`).
@@ -473,7 +535,7 @@ async fn task_metadata(State(shared): State<Shared>) -> Response {
     Json(doc).into_response()
 }
 
-/// The fields of the three operations' inputs.
+/// The fields of the operations' inputs.
 #[derive(Default)]
 struct Input {
     cluster: Option<String>,
@@ -643,6 +705,7 @@ fn answer(
             protection_answer(shared, op, fault, input)
         }
         EcsOperation::DescribeServices => services_answer(shared, fault, input),
+        EcsOperation::DescribeTasks => tasks_answer(shared, fault, input),
     }
 }
 
@@ -754,5 +817,63 @@ fn services_answer(shared: &Shared, fault: &EcsFault, input: &Input) -> (StatusC
     (
         StatusCode::OK,
         json!({"services": services, "failures": failures}).to_string(),
+    )
+}
+
+fn tasks_answer(shared: &Shared, fault: &EcsFault, input: &Input) -> (StatusCode, String) {
+    if input.tasks.is_empty() || input.tasks.len() > 100 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameterException",
+            "tasks must list 1 to 100 tasks.",
+        );
+    }
+    let (group, started_by) = {
+        let sim = shared.sim();
+        (sim.task_group.clone(), sim.task_started_by.clone())
+    };
+    let mut tasks = Vec::new();
+    let mut failures = Vec::new();
+    for task in &input.tasks {
+        if task != TASK_ARN && Some(task.as_str()) != TASK_ARN.rsplit('/').next() {
+            failures.push(json!({"arn": task, "reason": "MISSING"}));
+            continue;
+        }
+        match fault {
+            EcsFault::Failure { reason, detail } => {
+                failures.push(json!({"arn": TASK_ARN, "reason": reason, "detail": detail}));
+                continue;
+            }
+            EcsFault::OmitTask => continue,
+            _ => {}
+        }
+        let mut doc = json!({
+            "taskArn": TASK_ARN,
+            "clusterArn": CLUSTER_ARN,
+            "taskDefinitionArn": task_definition_arn(REVISION),
+            "lastStatus": "RUNNING",
+            "desiredStatus": "RUNNING",
+            "launchType": "FARGATE",
+            "availabilityZone": format!("{REGION}a"),
+            "cpu": "256",
+            "memory": "512",
+            "containers": [],
+            "createdAt": 1_700_000_000.0,
+            "startedAt": 1_700_000_030.0,
+            "version": 3,
+        });
+        if let Some(object) = doc.as_object_mut() {
+            if let Some(group) = &group {
+                object.insert("group".to_string(), Value::String(group.clone()));
+            }
+            if let Some(started_by) = &started_by {
+                object.insert("startedBy".to_string(), Value::String(started_by.clone()));
+            }
+        }
+        tasks.push(doc);
+    }
+    (
+        StatusCode::OK,
+        json!({"tasks": tasks, "failures": failures}).to_string(),
     )
 }

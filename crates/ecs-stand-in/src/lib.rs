@@ -31,7 +31,8 @@ use tokio::sync::watch;
 pub use agent::{Call, Fault, StandInAgent};
 pub use api::{
     task_definition_arn, DeploymentDoc, EcsCall, EcsFault, EcsOperation, ServiceDoc, StandInEcs,
-    ACCOUNT, CLUSTER_ARN, CLUSTER_NAME, FAMILY, REGION, REVISION, SERVICE_NAME, TASK_ARN,
+    ACCOUNT, CLUSTER_ARN, CLUSTER_NAME, FAMILY, FIRST_DEPLOYMENT_ID, REGION, REVISION,
+    SERVICE_NAME, TASK_ARN,
 };
 
 /// ECS's own limits on `ExpiresInMinutes` / `expiresInMinutes` (1..=2880, 120 when omitted). The
