@@ -1,5 +1,8 @@
 //! The drain watcher with the real `aws-sdk-ecs` client against the local ECS and metadata
 //! endpoints, on real time with a 200 ms interval.
+//!
+//! The stand-in's task is of the service's first deployment ([`FIRST_DEPLOYMENT_ID`]), which
+//! `DescribeTasks` reports as its `startedBy`, with the group `service:stand-in-service`.
 
 mod support;
 
@@ -7,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ecs_stand_in::{
-    self, EcsFault, EcsOperation, ServiceDoc, StandInEcs, CLUSTER_ARN, SERVICE_NAME,
+    self, EcsFault, EcsOperation, ServiceDoc, StandInEcs, CLUSTER_ARN, FIRST_DEPLOYMENT_ID,
+    SERVICE_NAME, TASK_ARN,
 };
 use task_protection::ecs::drain_watch::spawn_drain_watch;
 use task_protection::ecs::identity::IdentitySource;
@@ -24,6 +28,10 @@ fn start_watch(ecs: &StandInEcs) -> watch::Receiver<Option<String>> {
 
 fn describes(ecs: &StandInEcs) -> usize {
     ecs.calls_of(EcsOperation::DescribeServices).len()
+}
+
+fn task_describes(ecs: &StandInEcs) -> usize {
+    ecs.calls_of(EcsOperation::DescribeTasks).len()
 }
 
 async fn wait_describes(ecs: &StandInEcs, n: usize) {
@@ -68,9 +76,13 @@ async fn a_newer_primary_deployment_is_noticed_within_one_interval_and_clears_wh
     let reason = wait_value(&mut rx, ONE_INTERVAL, Option::is_some)
         .await
         .unwrap();
+    let new_deployment = ecs.primary_deployment_id().unwrap();
     assert_eq!(
         reason,
-        format!("deployment in progress: the service is moving to {newer}")
+        format!(
+            "deployment in progress: the service is moving to deployment {new_deployment} \
+             ({newer}); this task is of deployment {FIRST_DEPLOYMENT_ID}"
+        )
     );
 
     // The deployment is rolled back: the service is on our task definition again.
@@ -155,9 +167,13 @@ async fn an_unavailable_metadata_endpoint_is_retried_on_the_next_round() {
 }
 
 #[tokio::test]
-async fn a_task_without_a_service_stops_the_watch() {
+async fn a_standalone_task_stops_the_watch_with_one_log_line() {
+    let logs = Logs::global();
     let ecs = StandInEcs::start().await.unwrap();
+    // RunTask: no ServiceName, the family as the group, no deployment.
     ecs.set_metadata_service_name(None);
+    ecs.set_task_group(Some("family:stand-in"));
+    ecs.set_task_started_by(None);
     let mut rx = start_watch(&ecs);
     let closed = tokio::time::timeout(Duration::from_secs(2), rx.changed()).await;
     assert!(
@@ -166,7 +182,168 @@ async fn a_task_without_a_service_stops_the_watch() {
     );
     assert_eq!(*rx.borrow(), None);
     assert_eq!(describes(&ecs), 0);
+    assert_eq!(task_describes(&ecs), 1);
     assert_eq!(ecs.metadata_reads(), 1);
+    let text = logs.mine();
+    let off: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("Drain watch off"))
+        .collect();
+    assert_eq!(off.len(), 1, "{text}");
+    assert!(off[0].contains("\"family:stand-in\""), "{text}");
+}
+
+#[tokio::test]
+async fn without_service_name_in_the_metadata_the_service_is_found_through_describe_tasks_and_a_newer_deployment_drains(
+) {
+    let ecs = StandInEcs::start().await.unwrap();
+    // Fargate: the task metadata has no ServiceName.
+    ecs.set_metadata_service_name(None);
+    let mut rx = start_watch(&ecs);
+    wait_describes(&ecs, 1).await;
+    assert_eq!(*rx.borrow_and_update(), None, "a service at rest");
+    let task_call = &ecs.calls_of(EcsOperation::DescribeTasks)[0];
+    assert_eq!(task_call.cluster.as_deref(), Some(CLUSTER_ARN));
+    assert_eq!(task_call.tasks, vec![TASK_ARN.to_string()]);
+    assert_eq!(task_call.region.as_deref(), Some(ecs_stand_in::REGION));
+    let service_call = &ecs.calls_of(EcsOperation::DescribeServices)[0];
+    assert_eq!(service_call.services, vec![SERVICE_NAME.to_string()]);
+
+    ecs.begin_deployment(&ecs_stand_in::task_definition_arn(2));
+    let reason = wait_value(&mut rx, ONE_INTERVAL, Option::is_some)
+        .await
+        .unwrap();
+    let new_deployment = ecs.primary_deployment_id().unwrap();
+    assert!(
+        reason.starts_with("deployment in progress")
+            && reason.contains(&new_deployment)
+            && reason.contains(FIRST_DEPLOYMENT_ID),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn a_forced_new_deployment_with_the_same_task_definition_drains() {
+    let ecs = StandInEcs::start().await.unwrap();
+    let mut rx = start_watch(&ecs);
+    wait_describes(&ecs, 1).await;
+    assert_eq!(*rx.borrow_and_update(), None);
+
+    ecs.force_new_deployment();
+    let reason = wait_value(&mut rx, ONE_INTERVAL, Option::is_some)
+        .await
+        .unwrap();
+    let same = ecs_stand_in::task_definition_arn(ecs_stand_in::REVISION);
+    let new_deployment = ecs.primary_deployment_id().unwrap();
+    assert_ne!(new_deployment, FIRST_DEPLOYMENT_ID);
+    assert_eq!(
+        reason,
+        format!(
+            "deployment in progress: the service is moving to deployment {new_deployment} \
+             ({same}); this task is of deployment {FIRST_DEPLOYMENT_ID}"
+        )
+    );
+
+    // The new deployment is cancelled: the service is back on ours.
+    ecs.set_service(ServiceDoc::steady(&same, 2));
+    assert_eq!(
+        wait_value(&mut rx, ONE_INTERVAL, Option::is_none).await,
+        None
+    );
+}
+
+#[tokio::test]
+async fn describe_tasks_denied_falls_back_on_the_metadata_service_name_and_names_the_iam_action_once(
+) {
+    let logs = Logs::global();
+    let ecs = StandInEcs::start().await.unwrap();
+    ecs.set_fault_for(EcsOperation::DescribeTasks, EcsFault::AccessDenied);
+    let mut rx = start_watch(&ecs);
+    wait_describes(&ecs, 3).await;
+    assert_eq!(*rx.borrow_and_update(), None);
+    assert_eq!(
+        ecs.calls_of(EcsOperation::DescribeServices)[0].services,
+        vec![SERVICE_NAME.to_string()],
+        "the metadata's ServiceName"
+    );
+
+    // The task definition comparison still works.
+    let newer = ecs_stand_in::task_definition_arn(2);
+    ecs.begin_deployment(&newer);
+    let reason = wait_value(&mut rx, ONE_INTERVAL, Option::is_some).await;
+    assert_eq!(
+        reason,
+        Some(format!(
+            "deployment in progress: the service is moving to {newer}"
+        ))
+    );
+    let seen = describes(&ecs);
+    wait_describes(&ecs, seen + 2).await;
+
+    assert_eq!(task_describes(&ecs), 1, "a denial is not asked again");
+    let text = logs.mine();
+    let denied = text
+        .lines()
+        .filter(|l| l.contains("the task role lacks ecs:DescribeTasks"))
+        .count();
+    assert_eq!(denied, 1, "{text}");
+    assert!(!text.contains("Drain watch off"), "{text}");
+}
+
+#[tokio::test]
+async fn describe_tasks_denied_without_service_name_in_the_metadata_stops_the_watch() {
+    let ecs = StandInEcs::start().await.unwrap();
+    ecs.set_metadata_service_name(None);
+    ecs.set_fault_for(EcsOperation::DescribeTasks, EcsFault::AccessDenied);
+    let mut rx = start_watch(&ecs);
+    let closed = tokio::time::timeout(Duration::from_secs(2), rx.changed()).await;
+    assert!(
+        matches!(closed, Ok(Err(_))),
+        "the watcher ended: {closed:?}"
+    );
+    assert_eq!(describes(&ecs), 0);
+    assert_eq!(task_describes(&ecs), 1);
+}
+
+#[tokio::test]
+async fn describe_tasks_is_called_once_per_task_once_it_has_answered() {
+    let ecs = StandInEcs::start().await.unwrap();
+    // Failing at first (HTTP 400, which the SDK does not retry): asked again every round, the
+    // metadata's ServiceName meanwhile.
+    ecs.set_fault_for(EcsOperation::DescribeTasks, EcsFault::InvalidParameter);
+    let mut rx = start_watch(&ecs);
+    wait_describes(&ecs, 3).await;
+    let failed = task_describes(&ecs);
+    assert!(failed >= 3, "retried on the next rounds: {failed}");
+    ecs.set_counts(1, 3);
+    let reason = wait_value(&mut rx, ONE_INTERVAL, Option::is_some).await;
+    assert_eq!(reason.as_deref(), Some("scale-in: desired 1, running 3"));
+    ecs.set_counts(2, 2);
+    wait_value(&mut rx, ONE_INTERVAL, Option::is_none).await;
+
+    ecs.set_fault_for(EcsOperation::DescribeTasks, EcsFault::None);
+    support::eventually("DescribeTasks answers", || {
+        ecs.calls_of(EcsOperation::DescribeTasks)
+            .iter()
+            .any(|c| c.status == 200)
+    })
+    .await;
+    let asked = task_describes(&ecs);
+    let seen = describes(&ecs);
+    wait_describes(&ecs, seen + 5).await;
+    assert_eq!(task_describes(&ecs), asked, "asked again after it answered");
+    let answered = ecs
+        .calls_of(EcsOperation::DescribeTasks)
+        .iter()
+        .filter(|c| c.status == 200)
+        .count();
+    assert_eq!(answered, 1);
+    // And what it said is used: a forced new deployment is recognised.
+    ecs.force_new_deployment();
+    let reason = wait_value(&mut rx, ONE_INTERVAL, Option::is_some)
+        .await
+        .unwrap();
+    assert!(reason.contains(FIRST_DEPLOYMENT_ID), "{reason}");
 }
 
 #[tokio::test]

@@ -1,33 +1,50 @@
 //! Drain awareness, ECS side: is ECS trying to replace this task?
 //!
 //! A busy task that keeps refreshing its protection can hold a deployment (or a scale-in) back
-//! for as long as clients keep arriving. The watcher asks ECS (`DescribeServices` for the task's
-//! own service) every interval whether the task is wanted gone:
+//! for as long as clients keep arriving. The watcher asks ECS every interval whether the task is
+//! wanted gone:
 //!
-//! * a deployment is in progress whose task definition is not this task's (the PRIMARY
-//!   deployment is the one ECS is moving to), or
+//! * once, `DescribeTasks` on the task's own ARN: its `group` (`service:NAME` for a service's
+//!   task) and `startedBy` (the ID of the service deployment that started it, `ecs-svc/…`).
+//!   Neither changes during a task's life; a failed call is retried on the next round;
+//! * every round, `DescribeServices` for the task's service: its deployments and counts.
+//!
+//! The service is the task metadata's `ServiceName` when there is one (EC2, ECS Anywhere), or
+//! else the one the `group` names (Fargate's metadata has no `ServiceName`). The task is wanted
+//! gone when:
+//!
+//! * a deployment is in progress and this task is not of the PRIMARY deployment (the one ECS is
+//!   moving to), by deployment ID; this covers a forced new deployment with the same task
+//!   definition. When the deployment ID is unknown (`DescribeTasks` denied or failing, or a
+//!   `startedBy` that is not `ecs-svc/…`), the PRIMARY deployment's task definition is compared
+//!   with the task's instead;
 //! * the service is being scaled below the number of tasks it runs.
 //!
 //! The answer is published on a [`watch`] channel as `Some(reason)` (or `None`); the server
 //! drains while it is `Some`. The watcher never stops the task itself.
-//!
-//! Known limit: a forced new deployment with the *same* task definition
-//! (`--force-new-deployment`) is not recognised, because the task metadata does not say which
-//! deployment a task belongs to.
 
 use std::time::Duration;
 
-use aws_sdk_ecs::types::{Deployment, Service};
+use aws_sdk_ecs::types::{Deployment, Service, Task};
 use tokio::sync::watch;
 
-use super::sdk::{classify_sdk_error, region_override, DESCRIBE_SERVICES_ACTION};
+use super::identity::TaskIdentity;
+use super::sdk::{
+    classify_sdk_error, is_access_denied, region_override, DESCRIBE_SERVICES_ACTION,
+    DESCRIBE_TASKS_ACTION,
+};
 use super::EcsContext;
 use crate::protection::{BackendError, ErrorKind};
 
-/// The longest one `DescribeServices` call may take before the round counts as failed.
+/// The longest one ECS call may take before the round counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The shortest interval the watcher accepts.
 const MIN_INTERVAL: Duration = Duration::from_millis(50);
+/// How a service's task's `group` starts (`service:NAME`).
+const SERVICE_GROUP_PREFIX: &str = "service:";
+/// How the `startedBy` of a task started by a service deployment starts (`ecs-svc/<digits>`, the
+/// deployment's ID).
+const DEPLOYMENT_ID_PREFIX: &str = "ecs-svc/";
 
 /// What the drain rules need to know about a service (from `DescribeServices`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -43,6 +60,8 @@ struct ServiceView {
 /// One deployment of a [`ServiceView`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct DeploymentView {
+    /// The deployment's ID (`ecs-svc/<digits>`), what its tasks carry as `startedBy`.
+    pub id: String,
     /// `PRIMARY` (the newest deployment, the one ECS is moving to), `ACTIVE` (an older one that
     /// still has tasks) or `INACTIVE`.
     pub status: String,
@@ -59,11 +78,21 @@ struct DeploymentView {
 impl DeploymentView {
     fn from_sdk(d: &Deployment) -> Self {
         Self {
+            id: d.id().unwrap_or_default().to_string(),
             status: d.status().unwrap_or_default().to_string(),
             task_definition: d.task_definition().unwrap_or_default().to_string(),
             desired_count: d.desired_count(),
             running_count: d.running_count(),
             rollout_state: d.rollout_state().map(|s| s.as_str().to_string()),
+        }
+    }
+
+    /// Whether the deployment has finished rolling out: its rollout state says `COMPLETED`, or,
+    /// where ECS reports no rollout state, all the tasks it wants are running.
+    fn rolled_out(&self) -> bool {
+        match self.rollout_state.as_deref() {
+            Some(state) => state == "COMPLETED",
+            None => self.running_count >= self.desired_count,
         }
     }
 }
@@ -88,26 +117,119 @@ impl ServiceView {
     }
 }
 
-/// Why ECS wants a task of task definition `my_task_definition_arn` gone, or `None` if it does
-/// not:
+/// What `DescribeTasks` says about this task.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct TaskView {
+    /// The task group: `service:NAME` for a service's task, `family:FAMILY` (or the group given)
+    /// for a standalone one.
+    pub group: Option<String>,
+    /// Who started the task: the deployment ID (`ecs-svc/…`) for a task a service started.
+    pub started_by: Option<String>,
+    /// The task definition ARN.
+    pub task_definition: Option<String>,
+}
+
+impl TaskView {
+    fn from_sdk(task: &Task) -> Self {
+        let non_empty = |v: Option<&str>| v.filter(|s| !s.trim().is_empty()).map(str::to_string);
+        Self {
+            group: non_empty(task.group()),
+            started_by: non_empty(task.started_by()),
+            task_definition: non_empty(task.task_definition_arn()),
+        }
+    }
+
+    /// The service the group names (`service:NAME`), if it names one.
+    fn service_name(&self) -> Option<&str> {
+        self.group
+            .as_deref()?
+            .strip_prefix(SERVICE_GROUP_PREFIX)
+            .filter(|name| !name.is_empty())
+    }
+
+    /// The ID of the deployment that started the task, when a service deployment did
+    /// (`startedBy` is `ecs-svc/…`).
+    fn deployment_id(&self) -> Option<&str> {
+        self.started_by
+            .as_deref()
+            .filter(|s| s.len() > DEPLOYMENT_ID_PREFIX.len() && s.starts_with(DEPLOYMENT_ID_PREFIX))
+    }
+}
+
+/// What the watcher has learnt from `DescribeTasks`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TaskFacts {
+    /// Not asked yet, or the last call failed: asked on the next round.
+    Unknown,
+    /// ECS's answer (kept: it does not change during the task's life).
+    Known(TaskView),
+    /// The task role may not call `DescribeTasks`: the task metadata is all there is.
+    Denied,
+}
+
+/// The service to watch, as far as the task metadata and `DescribeTasks` tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Watched<'a> {
+    /// This service.
+    Service(&'a str),
+    /// None: the task belongs to no service (why, for the one log line).
+    NoService(String),
+    /// Not known until `DescribeTasks` answers.
+    NotYetKnown,
+}
+
+/// The service to watch: the metadata's `ServiceName` when it has one, or else the service the
+/// task's group names.
+fn watched_service<'a>(metadata_service: Option<&'a str>, facts: &'a TaskFacts) -> Watched<'a> {
+    if let Some(name) = metadata_service {
+        return Watched::Service(name);
+    }
+    match facts {
+        TaskFacts::Known(view) => match view.service_name() {
+            Some(name) => Watched::Service(name),
+            None => Watched::NoService(format!(
+                "the task belongs to no service: its group is {} (a standalone task, started \
+                 by RunTask or StartTask)",
+                view.group
+                    .as_deref()
+                    .map_or_else(|| "not given".to_string(), |g| format!("{g:?}"))
+            )),
+        },
+        TaskFacts::Denied => Watched::NoService(format!(
+            "the task metadata names no service, and the task role may not call \
+             {DESCRIBE_TASKS_ACTION} to ask ECS for it"
+        )),
+        TaskFacts::Unknown => Watched::NotYetKnown,
+    }
+}
+
+/// What is known of this task's place in its service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Mine<'a> {
+    /// The ID of the deployment that started the task (`ecs-svc/…`), when known.
+    pub deployment_id: Option<&'a str>,
+    /// The task's task definition ARN, when known.
+    pub task_definition: Option<&'a str>,
+}
+
+/// Why ECS wants this task (`mine`) gone, or `None` if it does not:
 ///
-/// * `Some("deployment in progress: the service is moving to <taskdef>")` when the PRIMARY
-///   deployment's task definition is not ours;
+/// * `Some("deployment in progress: the service is moving to deployment <id> (<taskdef>); this
+///   task is of deployment <id>")` when the task's deployment is not the PRIMARY one, and the
+///   PRIMARY deployment is still rolling out or the task's deployment is ACTIVE (being replaced);
+/// * when the deployment ID is unknown (or the task's deployment is not listed and the PRIMARY
+///   one has rolled out), `Some("deployment in progress: the service is moving to <taskdef>")`
+///   when the PRIMARY deployment's task definition is not the task's;
 /// * `Some("scale-in: desired N, running M")` when fewer tasks are desired than run. While a
 ///   deployment is in progress and ours is the PRIMARY one, the PRIMARY deployment's own counts
 ///   are compared (the service's running count then includes the old tasks being replaced, which
 ///   is not a scale-in of ours).
 ///
-/// An empty `my_task_definition_arn` means "not known": only the scale-in rule applies.
-fn replacement_reason(service: &ServiceView, my_task_definition_arn: &str) -> Option<String> {
+/// With neither the deployment ID nor the task definition known, only the scale-in rule applies.
+fn replacement_reason(service: &ServiceView, mine: Mine<'_>) -> Option<String> {
     let primary = service.primary();
-    if let Some(primary) = primary {
-        if !my_task_definition_arn.is_empty() && primary.task_definition != my_task_definition_arn {
-            return Some(format!(
-                "deployment in progress: the service is moving to {}",
-                primary.task_definition
-            ));
-        }
+    if let Some(reason) = primary.and_then(|p| deployment_reason(service, p, mine)) {
+        return Some(reason);
     }
     let (desired, running) = match primary {
         Some(p) if service.deployments.len() > 1 => (p.desired_count, p.running_count),
@@ -116,20 +238,43 @@ fn replacement_reason(service: &ServiceView, my_task_definition_arn: &str) -> Op
     (desired < running).then(|| format!("scale-in: desired {desired}, running {running}"))
 }
 
-/// The outcome of one look at the service.
-enum Look {
-    /// The current reason to drain (`None`: no reason).
-    Reason(Option<String>),
-    /// The task has no service: nothing to watch.
-    NoService(String),
+/// The deployment part of [`replacement_reason`].
+fn deployment_reason(
+    service: &ServiceView,
+    primary: &DeploymentView,
+    mine: Mine<'_>,
+) -> Option<String> {
+    if let Some(ours) = mine.deployment_id.filter(|_| !primary.id.is_empty()) {
+        if primary.id == ours {
+            return None;
+        }
+        let ours_is_replaced = service
+            .deployments
+            .iter()
+            .any(|d| d.id == ours && d.status == "ACTIVE");
+        if ours_is_replaced || !primary.rolled_out() {
+            return Some(format!(
+                "deployment in progress: the service is moving to deployment {} ({}); this task \
+                 is of deployment {ours}",
+                primary.id, primary.task_definition
+            ));
+        }
+    }
+    let mine = mine.task_definition?;
+    (primary.task_definition != mine).then(|| {
+        format!(
+            "deployment in progress: the service is moving to {}",
+            primary.task_definition
+        )
+    })
 }
 
 /// Starts the watcher: every `interval` (±10 % jitter; the first look is at once) it calls
-/// `DescribeServices` for the task's service and publishes the reason ECS wants the task gone,
-/// `None` while it does not. On an error it logs a warning and keeps the previous value. It stops
-/// when every receiver is dropped, or at once (after one log line) when the task belongs to no
-/// service. It never panics and returns at once; outside a tokio runtime it logs an error and the
-/// receiver stays `None`.
+/// `DescribeServices` for the task's service (after `DescribeTasks` once for the task's group and
+/// deployment) and publishes the reason ECS wants the task gone, `None` while it does not. On an
+/// error it logs a warning and keeps the previous value. It stops when every receiver is dropped,
+/// or at once (after one log line) when the task belongs to no service. It never panics and
+/// returns at once; outside a tokio runtime it logs an error and the receiver stays `None`.
 pub fn spawn_drain_watch(
     context: &EcsContext,
     interval: Duration,
@@ -146,14 +291,16 @@ pub fn spawn_drain_watch(
 
 async fn run(context: EcsContext, interval: Duration, tx: watch::Sender<Option<String>>) {
     tracing::info!(
-        "Drain watch: asking ECS (DescribeServices) every {:.0?} whether this task is being replaced",
+        "Drain watch: asking ECS (DescribeTasks once, DescribeServices every {:.0?}) whether this \
+         task is being replaced",
         interval
     );
+    let mut task = TaskState::default();
     let mut last_error: Option<BackendError> = None;
     loop {
         let look = tokio::select! {
             _ = tx.closed() => return,
-            look = look(&context) => look,
+            look = look(&context, &mut task) => look,
         };
         match look {
             Ok(Look::Reason(reason)) => {
@@ -201,17 +348,207 @@ fn publish(tx: &watch::Sender<Option<String>>, reason: Option<String>) {
     });
 }
 
-async fn look(context: &EcsContext) -> Result<Look, BackendError> {
+/// What the watcher keeps from round to round about `DescribeTasks`.
+struct TaskState {
+    facts: TaskFacts,
+    /// The last `DescribeTasks` error logged while watching with the metadata alone (each
+    /// distinct error is logged once).
+    last_error: Option<BackendError>,
+    /// Whether the metadata's `ServiceName` and the task's group were found to disagree (logged
+    /// once).
+    disagreement_logged: bool,
+}
+
+impl Default for TaskState {
+    fn default() -> Self {
+        Self {
+            facts: TaskFacts::Unknown,
+            last_error: None,
+            disagreement_logged: false,
+        }
+    }
+}
+
+impl TaskState {
+    /// Asks `DescribeTasks` unless its answer (or its denial) is known already. Returns the error
+    /// of a failed call, which leaves the facts unknown (asked again on the next round).
+    async fn learn(
+        &mut self,
+        client: &aws_sdk_ecs::Client,
+        id: &TaskIdentity,
+    ) -> Option<BackendError> {
+        if self.facts != TaskFacts::Unknown {
+            return None;
+        }
+        match describe_task(client, id).await {
+            Ok(view) => {
+                tracing::info!(
+                    "Drain watch: ECS says task {} is in group {} and was started by {}",
+                    id.task_arn,
+                    view.group.as_deref().unwrap_or("(none)"),
+                    view.started_by.as_deref().unwrap_or("(not given)")
+                );
+                self.facts = TaskFacts::Known(view);
+                self.last_error = None;
+                None
+            }
+            Err(TaskError::Denied(error)) => {
+                tracing::warn!(
+                    "Drain watch: {error}. Going on with the task metadata alone: a forced new \
+                     deployment with the same task definition is not recognised, and a task \
+                     whose metadata names no service is not watched"
+                );
+                self.facts = TaskFacts::Denied;
+                None
+            }
+            Err(TaskError::Other(error)) => Some(error),
+        }
+    }
+
+    /// Logs (once per distinct error) that `DescribeTasks` failed and the metadata is used alone
+    /// this round.
+    fn note_fallback(&mut self, error: BackendError) {
+        if self.last_error.as_ref() != Some(&error) {
+            tracing::warn!(
+                "Drain watch: {DESCRIBE_TASKS_ACTION} failed, watching with the task metadata \
+                 alone until it answers: {error}"
+            );
+        } else {
+            tracing::debug!("Drain watch: {DESCRIBE_TASKS_ACTION} still failing: {error}");
+        }
+        self.last_error = Some(error);
+    }
+
+    /// Logs once when the metadata's `ServiceName` and the task's group name different services.
+    fn check_agreement(&mut self, metadata_service: Option<&str>) {
+        let TaskFacts::Known(view) = &self.facts else {
+            return;
+        };
+        if let (Some(metadata), Some(group)) = (metadata_service, view.service_name()) {
+            if metadata != group && !self.disagreement_logged {
+                tracing::warn!(
+                    "Drain watch: the task metadata names service {metadata:?} but ECS puts the \
+                     task in group {:?}; watching {metadata:?}",
+                    view.group.as_deref().unwrap_or_default()
+                );
+                self.disagreement_logged = true;
+            }
+        }
+    }
+}
+
+/// The outcome of one look at the service.
+enum Look {
+    /// The current reason to drain (`None`: no reason).
+    Reason(Option<String>),
+    /// The task has no service: nothing to watch.
+    NoService(String),
+}
+
+async fn look(context: &EcsContext, task: &mut TaskState) -> Result<Look, BackendError> {
     let client = context.client();
     let id = context.identity().identity().await?;
-    let Some(service_name) = id.service_name.as_deref() else {
-        return Ok(Look::NoService(format!(
-            "task {} belongs to no service that the task metadata names (a standalone task, an \
-             older agent, or an identity given by ECS_CLUSTER / ECS_TASK_ARN)",
-            id.task_arn
-        )));
+    let task_error = task.learn(client, id).await;
+    let service_name = match watched_service(id.service_name.as_deref(), &task.facts) {
+        Watched::Service(name) => name.to_string(),
+        Watched::NoService(why) => {
+            return Ok(Look::NoService(format!("task {}: {why}", id.task_arn)))
+        }
+        Watched::NotYetKnown => {
+            return Err(task_error.unwrap_or_else(|| {
+                BackendError::new(
+                    ErrorKind::Failure,
+                    format!("{DESCRIBE_TASKS_ACTION}: the task's service is not known yet"),
+                )
+            }))
+        }
     };
-    let mine = id.task_definition_arn().unwrap_or_default();
+    if let Some(error) = task_error {
+        task.note_fallback(error);
+    }
+    task.check_agreement(id.service_name.as_deref());
+    let view = match &task.facts {
+        TaskFacts::Known(view) => Some(view),
+        TaskFacts::Unknown | TaskFacts::Denied => None,
+    };
+    let metadata_task_definition = id.task_definition_arn();
+    let mine = Mine {
+        deployment_id: view.and_then(TaskView::deployment_id),
+        task_definition: metadata_task_definition
+            .as_deref()
+            .or_else(|| view.and_then(|v| v.task_definition.as_deref())),
+    };
+    let service = describe_service(client, id, &service_name).await?;
+    Ok(Look::Reason(replacement_reason(&service, mine)))
+}
+
+/// Why `DescribeTasks` gave no answer.
+enum TaskError {
+    /// IAM refused the call (the task role lacks `ecs:DescribeTasks`).
+    Denied(BackendError),
+    /// Any other failure.
+    Other(BackendError),
+}
+
+/// `DescribeTasks` on the task's own ARN.
+async fn describe_task(
+    client: &aws_sdk_ecs::Client,
+    id: &TaskIdentity,
+) -> Result<TaskView, TaskError> {
+    let request = client
+        .describe_tasks()
+        .cluster(&id.cluster)
+        .tasks(&id.task_arn)
+        .customize()
+        .config_override(region_override(client, id).map_err(TaskError::Other)?)
+        .send();
+    let output = tokio::time::timeout(CALL_TIMEOUT, request)
+        .await
+        .map_err(|_| {
+            TaskError::Other(BackendError::new(
+                ErrorKind::Timeout,
+                format!("{DESCRIBE_TASKS_ACTION}: no answer within {CALL_TIMEOUT:?}"),
+            ))
+        })?
+        .map_err(|e| {
+            let error = classify_sdk_error(&e, DESCRIBE_TASKS_ACTION);
+            if is_access_denied(&e) {
+                TaskError::Denied(error)
+            } else {
+                TaskError::Other(error)
+            }
+        })?;
+    if let Some(failure) = output.failures().first() {
+        let mut error = super::ecs_failure(failure.reason(), failure.detail());
+        error.message = format!(
+            "{DESCRIBE_TASKS_ACTION} for task {}: {}",
+            id.task_arn, error.message
+        );
+        return Err(TaskError::Other(error));
+    }
+    output
+        .tasks()
+        .iter()
+        .find(|t| t.task_arn() == Some(id.task_arn.as_str()))
+        .or_else(|| output.tasks().first())
+        .map(TaskView::from_sdk)
+        .ok_or_else(|| {
+            TaskError::Other(BackendError::new(
+                ErrorKind::Malformed,
+                format!(
+                    "{DESCRIBE_TASKS_ACTION}: the answer lists no task {}",
+                    id.task_arn
+                ),
+            ))
+        })
+}
+
+/// `DescribeServices` for `service_name` in the task's cluster.
+async fn describe_service(
+    client: &aws_sdk_ecs::Client,
+    id: &TaskIdentity,
+    service_name: &str,
+) -> Result<ServiceView, BackendError> {
     let request = client
         .describe_services()
         .cluster(&id.cluster)
@@ -236,21 +573,18 @@ async fn look(context: &EcsContext) -> Result<Look, BackendError> {
         );
         return Err(error);
     }
-    let service = output
+    output
         .services()
         .iter()
         .find(|s| s.service_name() == Some(service_name))
         .or_else(|| output.services().first())
+        .map(ServiceView::from_sdk)
         .ok_or_else(|| {
             BackendError::new(
                 ErrorKind::Malformed,
                 format!("{DESCRIBE_SERVICES_ACTION}: the answer lists no service {service_name}"),
             )
-        })?;
-    Ok(Look::Reason(replacement_reason(
-        &ServiceView::from_sdk(service),
-        &mine,
-    )))
+        })
 }
 
 #[cfg(test)]
@@ -259,9 +593,26 @@ mod tests {
 
     const OURS: &str = "arn:aws:ecs:eu-west-1:123456789012:task-definition/web:7";
     const NEWER: &str = "arn:aws:ecs:eu-west-1:123456789012:task-definition/web:8";
+    const OUR_DEPLOYMENT: &str = "ecs-svc/1111111111111111111";
+    const NEW_DEPLOYMENT: &str = "ecs-svc/2222222222222222222";
 
     fn deployment(status: &str, td: &str, desired: i32, running: i32) -> DeploymentView {
+        let id = match (status, td) {
+            ("PRIMARY", NEWER) => "ecs-svc/8888888888888888888",
+            _ => "ecs-svc/7777777777777777777",
+        };
+        deployment_with_id(id, status, td, desired, running)
+    }
+
+    fn deployment_with_id(
+        id: &str,
+        status: &str,
+        td: &str,
+        desired: i32,
+        running: i32,
+    ) -> DeploymentView {
         DeploymentView {
+            id: id.into(),
             status: status.into(),
             task_definition: td.into(),
             desired_count: desired,
@@ -285,10 +636,35 @@ mod tests {
         }
     }
 
+    /// A task whose deployment is unknown (the task definition comparison applies).
+    fn by_task_definition(td: &str) -> Mine<'_> {
+        Mine {
+            deployment_id: None,
+            task_definition: Some(td),
+        }
+    }
+
+    /// A task of deployment `id`, task definition `td`.
+    fn of_deployment<'a>(id: &'a str, td: &'a str) -> Mine<'a> {
+        Mine {
+            deployment_id: Some(id),
+            task_definition: Some(td),
+        }
+    }
+
     #[test]
     fn a_service_at_rest_on_our_task_definition_keeps_us() {
         let s = service(2, 2, vec![deployment("PRIMARY", OURS, 2, 2)]);
-        assert_eq!(replacement_reason(&s, OURS), None);
+        assert_eq!(replacement_reason(&s, by_task_definition(OURS)), None);
+        let s = service(
+            2,
+            2,
+            vec![deployment_with_id(OUR_DEPLOYMENT, "PRIMARY", OURS, 2, 2)],
+        );
+        assert_eq!(
+            replacement_reason(&s, of_deployment(OUR_DEPLOYMENT, OURS)),
+            None
+        );
     }
 
     #[test]
@@ -302,9 +678,140 @@ mod tests {
             ],
         );
         assert_eq!(
-            replacement_reason(&s, OURS).as_deref(),
+            replacement_reason(&s, by_task_definition(OURS)).as_deref(),
             Some(format!("deployment in progress: the service is moving to {NEWER}").as_str())
         );
+    }
+
+    #[test]
+    fn a_newer_primary_deployment_replaces_us_by_deployment_id() {
+        let s = service(
+            2,
+            3,
+            vec![
+                deployment_with_id(NEW_DEPLOYMENT, "PRIMARY", NEWER, 2, 1),
+                deployment_with_id(OUR_DEPLOYMENT, "ACTIVE", OURS, 2, 2),
+            ],
+        );
+        assert_eq!(
+            replacement_reason(&s, of_deployment(OUR_DEPLOYMENT, OURS)).as_deref(),
+            Some(
+                format!(
+                    "deployment in progress: the service is moving to deployment \
+                     {NEW_DEPLOYMENT} ({NEWER}); this task is of deployment {OUR_DEPLOYMENT}"
+                )
+                .as_str()
+            )
+        );
+    }
+
+    #[test]
+    fn a_forced_new_deployment_with_the_same_task_definition_replaces_us() {
+        let s = service(
+            2,
+            3,
+            vec![
+                deployment_with_id(NEW_DEPLOYMENT, "PRIMARY", OURS, 2, 1),
+                deployment_with_id(OUR_DEPLOYMENT, "ACTIVE", OURS, 2, 2),
+            ],
+        );
+        let reason = replacement_reason(&s, of_deployment(OUR_DEPLOYMENT, OURS)).unwrap();
+        assert!(reason.starts_with("deployment in progress"), "{reason}");
+        assert!(reason.contains(NEW_DEPLOYMENT), "{reason}");
+        assert!(reason.contains(OUR_DEPLOYMENT), "{reason}");
+        // Without the deployment ID the same service looks at rest: the old limit.
+        assert_eq!(replacement_reason(&s, by_task_definition(OURS)), None);
+    }
+
+    #[test]
+    fn our_deployment_still_active_after_the_primary_rolled_out_replaces_us() {
+        // The PRIMARY deployment has all its tasks; ECS is stopping the old ones (ours is held by
+        // its protection).
+        let mut primary = deployment_with_id(NEW_DEPLOYMENT, "PRIMARY", OURS, 2, 2);
+        primary.rollout_state = Some("COMPLETED".into());
+        let s = service(
+            2,
+            3,
+            vec![
+                primary,
+                deployment_with_id(OUR_DEPLOYMENT, "ACTIVE", OURS, 0, 1),
+            ],
+        );
+        assert!(replacement_reason(&s, of_deployment(OUR_DEPLOYMENT, OURS))
+            .unwrap()
+            .contains(NEW_DEPLOYMENT));
+    }
+
+    #[test]
+    fn a_primary_still_rolling_out_without_a_rollout_state_replaces_us() {
+        let mut primary = deployment_with_id(NEW_DEPLOYMENT, "PRIMARY", OURS, 2, 1);
+        primary.rollout_state = None;
+        let s = service(2, 2, vec![primary.clone()]);
+        assert!(replacement_reason(&s, of_deployment(OUR_DEPLOYMENT, OURS)).is_some());
+        // Rolled out (all desired tasks run) and ours not listed: the task definition decides.
+        primary.running_count = 2;
+        let s = service(2, 2, vec![primary]);
+        assert_eq!(
+            replacement_reason(&s, of_deployment(OUR_DEPLOYMENT, OURS)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_new_task_of_the_primary_deployment_is_not_told_to_drain() {
+        // A forced new deployment, we are one of its new tasks: same task definition everywhere.
+        let s = service(
+            2,
+            4,
+            vec![
+                deployment_with_id(NEW_DEPLOYMENT, "PRIMARY", OURS, 2, 2),
+                deployment_with_id(OUR_DEPLOYMENT, "ACTIVE", OURS, 2, 2),
+            ],
+        );
+        assert_eq!(
+            replacement_reason(&s, of_deployment(NEW_DEPLOYMENT, OURS)),
+            None
+        );
+        // A new task definition: we run it, the old tasks do not.
+        let s = service(
+            2,
+            4,
+            vec![
+                deployment_with_id(NEW_DEPLOYMENT, "PRIMARY", NEWER, 2, 2),
+                deployment_with_id(OUR_DEPLOYMENT, "ACTIVE", OURS, 2, 2),
+            ],
+        );
+        assert_eq!(
+            replacement_reason(&s, of_deployment(NEW_DEPLOYMENT, NEWER)),
+            None
+        );
+    }
+
+    #[test]
+    fn an_unknown_deployment_id_falls_back_on_the_task_definition() {
+        let s = service(
+            2,
+            3,
+            vec![
+                deployment_with_id(NEW_DEPLOYMENT, "PRIMARY", NEWER, 2, 1),
+                deployment_with_id(OUR_DEPLOYMENT, "ACTIVE", OURS, 2, 2),
+            ],
+        );
+        assert_eq!(
+            replacement_reason(&s, by_task_definition(OURS)).as_deref(),
+            Some(format!("deployment in progress: the service is moving to {NEWER}").as_str())
+        );
+        assert_eq!(replacement_reason(&s, by_task_definition(NEWER)), None);
+        // A PRIMARY deployment without an ID cannot be compared by ID either.
+        let mut s = s;
+        s.deployments[0].id.clear();
+        assert_eq!(
+            replacement_reason(&s, of_deployment(OUR_DEPLOYMENT, NEWER)),
+            None
+        );
+        assert!(replacement_reason(&s, of_deployment(OUR_DEPLOYMENT, OURS))
+            .unwrap()
+            .ends_with(NEWER));
     }
 
     #[test]
@@ -318,14 +825,25 @@ mod tests {
                 deployment("ACTIVE", OURS, 2, 2),
             ],
         );
-        assert!(replacement_reason(&s, OURS).unwrap().contains("web:6"));
+        assert!(replacement_reason(&s, by_task_definition(OURS))
+            .unwrap()
+            .contains("web:6"));
     }
 
     #[test]
     fn scale_in_below_the_running_count_replaces_us() {
         let s = service(1, 3, vec![deployment("PRIMARY", OURS, 1, 3)]);
         assert_eq!(
-            replacement_reason(&s, OURS).as_deref(),
+            replacement_reason(&s, by_task_definition(OURS)).as_deref(),
+            Some("scale-in: desired 1, running 3")
+        );
+        let s = service(
+            1,
+            3,
+            vec![deployment_with_id(OUR_DEPLOYMENT, "PRIMARY", OURS, 1, 3)],
+        );
+        assert_eq!(
+            replacement_reason(&s, of_deployment(OUR_DEPLOYMENT, OURS)).as_deref(),
             Some("scale-in: desired 1, running 3")
         );
     }
@@ -333,10 +851,10 @@ mod tests {
     #[test]
     fn scale_in_clears_when_running_reaches_desired() {
         let s = service(1, 1, vec![deployment("PRIMARY", OURS, 1, 1)]);
-        assert_eq!(replacement_reason(&s, OURS), None);
+        assert_eq!(replacement_reason(&s, by_task_definition(OURS)), None);
         // Scaling out is no reason to drain.
         let s = service(4, 2, vec![deployment("PRIMARY", OURS, 4, 2)]);
-        assert_eq!(replacement_reason(&s, OURS), None);
+        assert_eq!(replacement_reason(&s, by_task_definition(OURS)), None);
     }
 
     #[test]
@@ -350,7 +868,7 @@ mod tests {
                 deployment("ACTIVE", NEWER, 2, 2),
             ],
         );
-        assert_eq!(replacement_reason(&s, OURS), None);
+        assert_eq!(replacement_reason(&s, by_task_definition(OURS)), None);
         // But a scale-in of the primary deployment during it still counts.
         let s = service(
             1,
@@ -361,7 +879,7 @@ mod tests {
             ],
         );
         assert_eq!(
-            replacement_reason(&s, OURS).as_deref(),
+            replacement_reason(&s, by_task_definition(OURS)).as_deref(),
             Some("scale-in: desired 1, running 2")
         );
     }
@@ -369,17 +887,91 @@ mod tests {
     #[test]
     fn an_unknown_task_definition_only_checks_scale_in() {
         let s = service(2, 2, vec![deployment("PRIMARY", NEWER, 2, 2)]);
-        assert_eq!(replacement_reason(&s, ""), None);
+        assert_eq!(replacement_reason(&s, Mine::default()), None);
         let s = service(1, 2, vec![deployment("PRIMARY", NEWER, 1, 2)]);
-        assert!(replacement_reason(&s, "").unwrap().starts_with("scale-in"));
+        assert!(replacement_reason(&s, Mine::default())
+            .unwrap()
+            .starts_with("scale-in"));
     }
 
     #[test]
     fn no_deployments_uses_the_service_counts() {
-        assert_eq!(replacement_reason(&service(2, 2, vec![]), OURS), None);
-        assert!(replacement_reason(&service(0, 1, vec![]), OURS)
+        let mine = of_deployment(OUR_DEPLOYMENT, OURS);
+        assert_eq!(replacement_reason(&service(2, 2, vec![]), mine), None);
+        assert!(replacement_reason(&service(0, 1, vec![]), mine)
             .unwrap()
             .starts_with("scale-in"));
+    }
+
+    fn known(group: Option<&str>, started_by: Option<&str>) -> TaskFacts {
+        TaskFacts::Known(TaskView {
+            group: group.map(str::to_string),
+            started_by: started_by.map(str::to_string),
+            task_definition: Some(OURS.into()),
+        })
+    }
+
+    #[test]
+    fn the_group_names_the_service_and_started_by_the_deployment() {
+        let TaskFacts::Known(view) = known(Some("service:web"), Some(OUR_DEPLOYMENT)) else {
+            unreachable!()
+        };
+        assert_eq!(view.service_name(), Some("web"));
+        assert_eq!(view.deployment_id(), Some(OUR_DEPLOYMENT));
+        let other = TaskView {
+            group: Some("family:web".into()),
+            started_by: Some("my-batch-job".into()),
+            task_definition: None,
+        };
+        assert_eq!(other.service_name(), None);
+        assert_eq!(other.deployment_id(), None);
+        let bare = TaskView {
+            group: Some("service:".into()),
+            started_by: Some("ecs-svc/".into()),
+            task_definition: None,
+        };
+        assert_eq!((bare.service_name(), bare.deployment_id()), (None, None));
+    }
+
+    #[test]
+    fn the_metadata_service_name_is_preferred_and_the_group_fills_in() {
+        let facts = known(Some("service:from-group"), Some(OUR_DEPLOYMENT));
+        assert_eq!(
+            watched_service(Some("from-metadata"), &facts),
+            Watched::Service("from-metadata")
+        );
+        // Fargate: no ServiceName in the metadata.
+        assert_eq!(
+            watched_service(None, &facts),
+            Watched::Service("from-group")
+        );
+        // DescribeTasks denied or not answered yet: the metadata alone.
+        for facts in [TaskFacts::Denied, TaskFacts::Unknown] {
+            assert_eq!(watched_service(Some("m"), &facts), Watched::Service("m"));
+        }
+        assert_eq!(
+            watched_service(None, &TaskFacts::Unknown),
+            Watched::NotYetKnown
+        );
+    }
+
+    #[test]
+    fn a_standalone_task_is_not_watched() {
+        // RunTask: the group is the task definition family, startedBy is not a deployment.
+        let facts = known(Some("family:web"), None);
+        let Watched::NoService(why) = watched_service(None, &facts) else {
+            panic!("a standalone task is watched");
+        };
+        assert!(why.contains("\"family:web\""), "{why}");
+        assert!(why.contains("standalone"), "{why}");
+        assert!(matches!(
+            watched_service(None, &known(None, None)),
+            Watched::NoService(_)
+        ));
+        let Watched::NoService(why) = watched_service(None, &TaskFacts::Denied) else {
+            panic!("watched without a service name");
+        };
+        assert!(why.contains("ecs:DescribeTasks"), "{why}");
     }
 
     #[test]

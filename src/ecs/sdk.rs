@@ -22,6 +22,8 @@ pub(crate) const UPDATE_ACTION: &str = "ecs:UpdateTaskProtection";
 pub(crate) const GET_ACTION: &str = "ecs:GetTaskProtection";
 /// The IAM action behind `DescribeServices`.
 pub(crate) const DESCRIBE_SERVICES_ACTION: &str = "ecs:DescribeServices";
+/// The IAM action behind `DescribeTasks`.
+pub(crate) const DESCRIBE_TASKS_ACTION: &str = "ecs:DescribeTasks";
 
 /// The per-call configuration that sends a call to the task's own region (the region in its ARN),
 /// or an error when no region is known at all.
@@ -110,6 +112,22 @@ where
     }
 }
 
+/// Whether an AWS error code is IAM refusing the action (the policy lacks it), as opposed to a
+/// credentials problem or any other error.
+pub(crate) fn denies_the_action(code: &str) -> bool {
+    matches!(code, "AccessDeniedException" | "AccessDenied")
+}
+
+/// Whether an SDK error is IAM refusing the action (see [`denies_the_action`]).
+pub(crate) fn is_access_denied<E>(err: &SdkError<E, HttpResponse>) -> bool
+where
+    E: ProvideErrorMetadata,
+{
+    err.as_service_error()
+        .and_then(ProvideErrorMetadata::code)
+        .is_some_and(denies_the_action)
+}
+
 /// Classifies an error answer of an AWS service (ECS, SQS) by its error code, falling back on
 /// the HTTP status.
 fn classify_service_error(code: &str, message: &str, status: u16, action: &str) -> BackendError {
@@ -122,7 +140,7 @@ fn classify_service_error(code: &str, message: &str, status: u16, action: &str) 
         | "RequestLimitExceeded"
         | "RequestThrottled"
         | "AWS.SimpleQueueService.RequestThrottled" => ErrorKind::Throttled,
-        "AccessDeniedException" | "AccessDenied" => {
+        _ if denies_the_action(code) => {
             return BackendError::new(
                 ErrorKind::AccessDenied,
                 format!("the task role lacks {action} ({code}: {message})"),
@@ -251,6 +269,21 @@ mod tests {
         assert_eq!(kind("", 503), ErrorKind::Server);
         assert_eq!(kind("", 429), ErrorKind::Throttled);
         assert_eq!(kind("SomethingNew", 400), ErrorKind::InvalidRequest);
+    }
+
+    #[test]
+    fn only_iams_refusal_is_access_denied_to_the_action() {
+        assert!(denies_the_action("AccessDeniedException"));
+        assert!(denies_the_action("AccessDenied"));
+        // A credentials problem is access denied too, but not a missing action.
+        assert!(!denies_the_action("UnrecognizedClientException"));
+        assert!(!denies_the_action("ThrottlingException"));
+        assert!(!denies_the_action(""));
+        let e = classify_service_error("AccessDeniedException", "m", 400, DESCRIBE_TASKS_ACTION);
+        assert!(
+            e.message.contains("the task role lacks ecs:DescribeTasks"),
+            "{e}"
+        );
     }
 
     #[test]
