@@ -62,7 +62,8 @@ def websocket(t):
         expect("websocket deregistration delay",
                str(delay.get("deregistration_delay.timeout_seconds")), "300")
     expect("websocket task role actions", addon_actions("websocket"),
-           ["ecs:DescribeServices", "ecs:GetTaskProtection", "ecs:UpdateTaskProtection"])
+           ["ecs:DescribeServices", "ecs:DescribeTasks", "ecs:GetTaskProtection",
+            "ecs:UpdateTaskProtection"])
 
 
 def queue_consumer(t):
