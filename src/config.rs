@@ -36,8 +36,9 @@ pub enum Command {
     /// server is process 1 and the image has no shell):
     /// `copilot svc exec --command "/usr/local/bin/websocket drain"`.
     Drain {
-        /// The server's process id.
-        #[arg(long, default_value_t = 1)]
+        /// The server's process id (a positive number: 0 and negative numbers would signal whole
+        /// process groups).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
         pid: i32,
     },
 }
@@ -489,7 +490,10 @@ mod tests {
         assert_eq!(limits.ping_interval, SessionLimits::DEFAULT.ping_interval);
         assert_eq!(limits.queue_messages, SessionLimits::DEFAULT.queue_messages);
         assert_eq!(limits.chat_per_sec, SessionLimits::DEFAULT.chat_per_sec);
-        assert_eq!(c.drain_deadline(), Some(crate::server::drain::DEFAULT_DEADLINE));
+        assert_eq!(
+            c.drain_deadline(),
+            Some(crate::server::drain::DEFAULT_DEADLINE)
+        );
         assert_eq!(c.max_protected(), None);
     }
 

@@ -21,7 +21,12 @@ fn main() -> ExitCode {
     else {
         return ExitCode::FAILURE;
     };
-    match runtime.block_on(run(config)) {
+    // Before anything slow: a drain asked for during start-up must not end the process.
+    let drain_signal = {
+        let _in_runtime = runtime.enter();
+        server::drain::listen_for_sigusr1()
+    };
+    match runtime.block_on(run(config, drain_signal)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!("{message}");
@@ -30,7 +35,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> Result<(), String> {
+async fn run(config: Config, drain_signal: server::drain::DrainSignal) -> Result<(), String> {
     let plan = config.protection.backend_plan()?;
     let ecs::Connection { backend, context } =
         ecs::connect(plan, None).await.map_err(|e| e.explain())?;
@@ -41,7 +46,7 @@ async fn run(config: Config) -> Result<(), String> {
         config.session_limits(),
         config.max_connections as usize,
     );
-    server::drain::on_sigusr1(&hub);
+    server::drain::on_sigusr1(&hub, drain_signal);
     if let (Some(context), Some(interval)) = (&context, config.drain_watch_interval()) {
         server::drain::follow_watcher(&hub, spawn_drain_watch(context, interval));
     }
@@ -82,6 +87,11 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener
 
 /// `websocket drain`: sends SIGUSR1 to the server, which starts draining.
 fn send_drain_signal(pid: i32) -> ExitCode {
+    if pid <= 0 {
+        // Settings already refuse these; kill(2) would signal a whole process group.
+        eprintln!("--pid must be a positive process id, got {pid}");
+        return ExitCode::from(2);
+    }
     #[cfg(unix)]
     {
         // SAFETY: kill(2) takes plain integers and has no memory-safety preconditions.

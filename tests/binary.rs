@@ -299,3 +299,29 @@ async fn logs_written_to_a_pipe_have_no_colour_codes() {
         "escape codes in piped logs: {text:?}"
     );
 }
+
+#[test]
+fn websocket_drain_accepts_only_the_positive_pid_of_a_running_process() {
+    // 0 would signal the caller's own process group, -1 every process the user may signal.
+    for pid in ["0", "-1", "-42"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_websocket"))
+            .args(["drain", &format!("--pid={pid}")])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--pid {pid}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--pid") && err.contains("1.."), "{err}");
+    }
+    // A process that is not running: a clear error, exit 1. (Pid numbers are reused only after
+    // the kernel's pid_max wraps; a child that has been reaped is gone.)
+    let mut child = Command::new("true").spawn().unwrap();
+    let gone = child.id().to_string();
+    child.wait().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_websocket"))
+        .args(["drain", "--pid", &gone])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No such process"), "{err}");
+}

@@ -11,19 +11,34 @@ use tokio::time::Instant;
 use super::Hub;
 use crate::protection::ProtectionEvent;
 
-/// Drains on SIGUSR1 (an operator's request, e.g. `kill -USR1 1` through `copilot svc exec`).
-/// Not reversible.
-pub fn on_sigusr1(hub: &Arc<Hub>) {
+/// The operator's drain signal, SIGUSR1, listened for from start-up on (see [`on_sigusr1`]).
+pub struct DrainSignal {
+    #[cfg(unix)]
+    usr1: Option<tokio::signal::unix::Signal>,
+}
+
+/// Starts listening for SIGUSR1. Call it first thing in the runtime, before anything slow: until
+/// a handler is installed, SIGUSR1's default action ends the process, and once it is, a signal
+/// that arrives before the server is ready is kept and acted on as soon as it is.
+pub fn listen_for_sigusr1() -> DrainSignal {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut usr1 = match signal(SignalKind::user_defined1()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("Cannot listen for SIGUSR1 (operator drain): {e}");
-                return;
-            }
-        };
+        let usr1 = signal(SignalKind::user_defined1())
+            .inspect_err(|e| tracing::warn!("Cannot listen for SIGUSR1 (operator drain): {e}"))
+            .ok();
+        DrainSignal { usr1 }
+    }
+    #[cfg(not(unix))]
+    DrainSignal {}
+}
+
+/// Drains on SIGUSR1 (an operator's request, e.g. `websocket drain` through
+/// `copilot svc exec`). Not reversible.
+pub fn on_sigusr1(hub: &Arc<Hub>, signal: DrainSignal) {
+    #[cfg(unix)]
+    {
+        let Some(mut usr1) = signal.usr1 else { return };
         let hub = Arc::downgrade(hub);
         tokio::spawn(async move {
             while usr1.recv().await.is_some() {
@@ -33,7 +48,7 @@ pub fn on_sigusr1(hub: &Arc<Hub>) {
         });
     }
     #[cfg(not(unix))]
-    let _ = hub;
+    let _ = (hub, signal);
 }
 
 /// Follows the drain watcher: drains (reversibly) while it reports a reason, stops when it
