@@ -1,0 +1,95 @@
+// The context keys (-c key=value) change what they say, and bad values are refused.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { App } from 'aws-cdk-lib';
+import { Match } from 'aws-cdk-lib/assertions';
+import { readConfig } from '../lib/config';
+import { containerOf, environmentOf, synth, taskDefinitionOf, taskRoleGrants } from './helpers';
+
+describe('context', () => {
+  it('clusterName and the service names reach the cluster, the services, the IAM ARNs and the metric', () => {
+    const { template } = synth({ clusterName: 'games', websocketServiceName: 'lobby', queueConsumerServiceName: 'jobs' });
+    template.hasResourceProperties('AWS::ECS::Cluster', { ClusterName: 'games' });
+    template.hasResourceProperties('AWS::ECS::Service', { ServiceName: 'lobby' });
+    template.hasResourceProperties('AWS::ECS::Service', { ServiceName: 'jobs' });
+    const ws = taskRoleGrants(template, 'websocket').statements.flatMap((s) => s.Resource);
+    assert.deepEqual(ws, [
+      'arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/games/*',
+      'arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:service/games/lobby',
+    ]);
+    assert.equal(taskRoleGrants(template, 'queue-consumer').statements[0].Resource[0],
+      'arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/games/*');
+    template.hasResourceProperties('AWS::ApplicationAutoScaling::ScalingPolicy', {
+      TargetTrackingScalingPolicyConfiguration: Match.objectLike({
+        CustomizedMetricSpecification: Match.objectLike({
+          Dimensions: [{ Name: 'ClusterName', Value: 'games' }, { Name: 'ServiceName', Value: 'lobby' }],
+        }),
+      }),
+    });
+    assert.equal(environmentOf(template, 'websocket').METRICS_SERVICE_NAME, 'lobby');
+    assert.equal(environmentOf(template, 'queue-consumer').METRICS_SERVICE_NAME, 'jobs');
+  });
+
+  it('task counts and the connections target come from context', () => {
+    const { template } = synth({ websocketMinTasks: '2', websocketMaxTasks: '4', connectionsPerTask: '250', queueConsumerMaxTasks: '3' });
+    template.hasResourceProperties('AWS::ApplicationAutoScaling::ScalableTarget', { MinCapacity: 2, MaxCapacity: 4 });
+    template.hasResourceProperties('AWS::ApplicationAutoScaling::ScalableTarget', { MinCapacity: 1, MaxCapacity: 3 });
+    template.hasResourceProperties('AWS::ApplicationAutoScaling::ScalingPolicy', {
+      TargetTrackingScalingPolicyConfiguration: Match.objectLike({ TargetValue: 250 }),
+    });
+  });
+
+  it('architecture=X86_64 builds amd64 images and runs X86_64 tasks', () => {
+    const { template } = synth({ architecture: 'X86_64' });
+    for (const name of ['websocket', 'queue-consumer']) {
+      assert.equal(taskDefinitionOf(template, name).props.RuntimePlatform.CpuArchitecture, 'X86_64');
+    }
+  });
+
+  it('certificateArn adds an HTTPS listener on 443 and turns port 80 into a redirect', () => {
+    const certificateArn = 'arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-0000-0000-000000000000';
+    const { template } = synth({ certificateArn });
+    template.resourceCountIs('AWS::ElasticLoadBalancingV2::Listener', 2);
+    template.hasResourceProperties('AWS::ElasticLoadBalancingV2::Listener', {
+      Port: 443,
+      Protocol: 'HTTPS',
+      Certificates: [{ CertificateArn: certificateArn }],
+      DefaultActions: [Match.objectLike({ Type: 'forward' })],
+    });
+    template.hasResourceProperties('AWS::ElasticLoadBalancingV2::Listener', {
+      Port: 80,
+      DefaultActions: [Match.objectLike({ Type: 'redirect', RedirectConfig: Match.objectLike({ Protocol: 'HTTPS', Port: '443' }) })],
+    });
+    template.hasResourceProperties('AWS::EC2::SecurityGroup', {
+      SecurityGroupIngress: Match.arrayWith([Match.objectLike({ FromPort: 443, CidrIp: '0.0.0.0/0' })]),
+    });
+  });
+
+  it('taskSubnets=private puts the tasks in private subnets behind one NAT gateway, without public IPs', () => {
+    const { template } = synth({ taskSubnets: 'private' });
+    template.resourceCountIs('AWS::EC2::NatGateway', 1);
+    template.resourceCountIs('AWS::EC2::Subnet', 4);
+    template.hasResourceProperties('AWS::EC2::VPCEndpoint', { VpcEndpointType: 'Gateway' });
+    for (const service of Object.values(template.findResources('AWS::ECS::Service'))) {
+      assert.equal(service.Properties.NetworkConfiguration.AwsvpcConfiguration.AssignPublicIp, 'DISABLED');
+    }
+    // The stop timeouts do not depend on the network.
+    assert.equal(containerOf(template, 'queue-consumer').StopTimeout, 120);
+  });
+
+  it('refuses bad values, naming the key', () => {
+    const bad: Record<string, string>[] = [
+      { websocketMaxTasks: 'lots' },
+      { connectionsPerTask: '0' },
+      { websocketMinTasks: '5', websocketMaxTasks: '2' },
+      { architecture: 'sparc' },
+      { taskSubnets: 'isolated' },
+      { clusterName: 'no spaces' },
+      { websocketServiceName: 'same', queueConsumerServiceName: 'same' },
+    ];
+    for (const context of bad) {
+      const key = Object.keys(context).pop()!;
+      assert.throws(() => readConfig(new App({ context }).node), new RegExp(key.replace(/Name$/, '')), JSON.stringify(context));
+    }
+  });
+});
