@@ -13,7 +13,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::ecs::{BackendPlan, EcsSettings};
 use crate::protection::{Settings, DURATION_MINUTES};
-use crate::server::SessionLimits;
+use crate::server::{HttpLimits, SessionLimits};
 
 /// How the server reaches ECS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -250,6 +250,20 @@ pub struct Config {
           default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=525_600))]
     pub max_protected_minutes: u32,
 
+    /// Seconds a client may take to send a request's headers (also the longest a kept-alive HTTP
+    /// connection may sit idle between requests); slower connections are closed.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECS", value_name = "HTTP_HEADER_TIMEOUT_SECS",
+          default_value_t = HttpLimits::DEFAULT.header_read_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub http_header_timeout_secs: u64,
+
+    /// Most HTTP connections that have not upgraded to a WebSocket (page loads, health checks,
+    /// idle sockets); past it the oldest is closed to make room.
+    #[arg(long, env = "MAX_HTTP_CONNECTIONS", value_name = "MAX_HTTP_CONNECTIONS",
+          default_value_t = HttpLimits::DEFAULT.max_pending as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_http_connections: u32,
+
     /// Seconds the server may take to close clients and release protection on SIGTERM.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", value_name = "SHUTDOWN_TIMEOUT_SECS",
           default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=110))]
@@ -275,6 +289,14 @@ impl Config {
             queue_messages: self.client_queue_messages as usize,
             chat_per_sec: self.chat_messages_per_sec,
             ..SessionLimits::DEFAULT
+        }
+    }
+
+    /// The HTTP side's limits.
+    pub fn http_limits(&self) -> HttpLimits {
+        HttpLimits {
+            header_read_timeout: Duration::from_secs(self.http_header_timeout_secs),
+            max_pending: self.max_http_connections as usize,
         }
     }
 
@@ -495,6 +517,7 @@ mod tests {
             Some(crate::server::drain::DEFAULT_DEADLINE)
         );
         assert_eq!(c.max_protected(), None);
+        assert_eq!(c.http_limits(), HttpLimits::DEFAULT);
     }
 
     #[test]

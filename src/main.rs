@@ -64,6 +64,7 @@ async fn run(config: Config, drain_signal: server::drain::DrainSignal) -> Result
     server::run(
         listener,
         hub,
+        config.http_limits(),
         task_protection::shutdown::signal(),
         config.shutdown_timeout(),
     )

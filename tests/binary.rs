@@ -325,3 +325,51 @@ fn websocket_drain_accepts_only_the_positive_pid_of_a_running_process() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("No such process"), "{err}");
 }
+
+#[tokio::test]
+async fn health_answers_while_idle_sockets_exhaust_the_file_descriptors() {
+    // 48 file descriptors for the whole process, and 100 idle connections: accept fails for want
+    // of descriptors until the server closes the oldest connection that has not upgraded.
+    let port = free_port();
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nofile=48:48", "--", env!("CARGO_BIN_EXE_websocket")])
+        .env_clear()
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let lines = capture(&mut child);
+    wait_healthy(port).await;
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let health = client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .expect("health answered under fd pressure");
+        assert_eq!(health.status(), 200);
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let log: Vec<String> = lines.iter().collect();
+    let warnings = log.iter().filter(|l| l.contains("Cannot accept")).count();
+    assert!(
+        warnings <= 2,
+        "accept failures are logged at most every 10 s: {log:#?}"
+    );
+}

@@ -49,6 +49,16 @@ impl SessionLimits {
     };
 }
 
+impl SessionLimits {
+    /// The most bytes waiting to be written to one client (frames its socket has not taken yet,
+    /// pongs included): one largest message, one notice and the pongs for a few pings. A client
+    /// that stops reading reaches it and is dropped, instead of pinning memory until the write
+    /// timeout.
+    pub(crate) fn max_write_buffer_bytes(&self) -> usize {
+        self.max_message_bytes + 4 * 1024
+    }
+}
+
 impl Default for SessionLimits {
     fn default() -> Self {
         Self::DEFAULT
@@ -97,6 +107,9 @@ pub struct StatusDoc {
     pub connections: usize,
     /// The most allowed at once.
     pub max_connections: usize,
+    /// HTTP connections open now that have not upgraded to a WebSocket (page loads, health
+    /// checks, idle sockets).
+    pub http_connections: usize,
     /// Whether the server is shutting down.
     pub shutting_down: bool,
     /// Whether the server is draining (refusing new clients).
@@ -115,6 +128,8 @@ pub struct Hub {
     connections: AtomicUsize,
     /// Notified when the count reaches zero (shutdown waits for it).
     idle: Notify,
+    /// HTTP connections that have not upgraded to a WebSocket (set by the listener).
+    http_connections: AtomicUsize,
     next_id: AtomicU64,
     /// The chat room: one bounded broadcast ring for all sessions.
     room: broadcast::Sender<Outgoing>,
@@ -135,6 +150,7 @@ impl Hub {
             manager,
             connections: AtomicUsize::new(0),
             idle: Notify::new(),
+            http_connections: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             room,
             state: watch::channel(ServerState::default()).0,
@@ -236,6 +252,7 @@ impl Hub {
         StatusDoc {
             connections: self.connections(),
             max_connections: self.max_connections,
+            http_connections: self.http_connections.load(Ordering::Relaxed),
             shutting_down: state.shutting_down,
             draining: state.draining.is_some(),
             drain_reason: state.draining.map(|d| d.reason.to_string()),
@@ -259,6 +276,11 @@ impl Hub {
     /// The per-connection limits.
     pub(super) fn limits(&self) -> &SessionLimits {
         &self.limits
+    }
+
+    /// Records how many HTTP connections have not upgraded (the listener's count).
+    pub(super) fn set_http_connections(&self, n: usize) {
+        self.http_connections.store(n, Ordering::Relaxed);
     }
 
     /// The most clients allowed at once.

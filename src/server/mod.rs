@@ -8,7 +8,9 @@
 
 pub mod drain;
 mod hub;
+mod listener;
 mod session;
+mod throttle;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 pub use hub::{Drain, Hub, ServerState, SessionLimits, StatusDoc};
+pub use listener::HttpLimits;
 
 /// The page, embedded at compile time.
 const INDEX_HTML: &str = include_str!("../../static/index.html");
@@ -87,7 +90,7 @@ async fn upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> Response 
     let limits = hub.limits();
     ws.read_buffer_size(limits.read_buffer_bytes)
         .write_buffer_size(0)
-        .max_write_buffer_size(limits.max_message_bytes.max(64 * 1024) * 4)
+        .max_write_buffer_size(limits.max_write_buffer_bytes())
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
         .on_upgrade(move |socket| session::run(socket, slot))
@@ -98,29 +101,28 @@ async fn upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> Response 
 pub async fn run(
     listener: tokio::net::TcpListener,
     hub: Arc<Hub>,
+    http: HttpLimits,
     signal: impl Future<Output = ()> + Send + 'static,
     timeout: Duration,
 ) -> std::io::Result<()> {
     let hub_for_signal = Arc::clone(&hub);
     let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve =
-        axum::serve(listener, router(Arc::clone(&hub))).with_graceful_shutdown(async move {
+    let serving = tokio::spawn(listener::serve(
+        listener,
+        router(Arc::clone(&hub)),
+        Arc::clone(&hub),
+        http,
+        async move {
             signal.await;
             hub_for_signal.begin_shutdown();
             // Keep answering (503 health, refused upgrades) until the clients are closed.
             let _ = closed_rx.await;
-        });
-    let mut serving = tokio::spawn(async move { serve.await });
-    // Wait for the signal to be seen (or the HTTP server to fail), then for the sessions to close.
-    let mut state = hub.watch_state();
-    tokio::select! {
-        _ = async { state.wait_for(|s| s.shutting_down).await.is_ok() } => {}
-        ended = &mut serving => {
-            hub.begin_shutdown();
-            let _ = hub.manager().shutdown().await;
-            return ended.map_err(std::io::Error::other)?;
-        }
-    }
+        },
+    ));
+    hub.watch_state()
+        .wait_for(|s| s.shutting_down)
+        .await
+        .map_err(std::io::Error::other)?;
     let n = hub.connections();
     tracing::info!("Shutting down: closing {n} client connections and releasing task protection");
     let orderly = tokio::time::timeout(timeout, async {
@@ -135,12 +137,11 @@ pub async fn run(
     if orderly.is_err() {
         tracing::warn!("Shutdown took longer than {timeout:?}; exiting anyway");
     }
-    // The HTTP side ends once its in-flight requests finish; do not wait past the deadline.
-    match tokio::time::timeout(Duration::from_secs(1), serving).await {
-        Ok(Ok(result)) => result?,
-        Ok(Err(join)) => tracing::warn!("HTTP server task failed: {join}"),
-        Err(_) => tracing::warn!("HTTP connections still open at exit"),
+    // The accept loop stops and closes the connections that have not upgraded.
+    if let Err(join) = serving.await {
+        tracing::warn!("HTTP server task failed: {join}");
     }
+    listener::wait_for_lingering(Duration::from_secs(1)).await;
     tracing::info!("Shutdown complete");
     Ok(())
 }

@@ -114,7 +114,11 @@ pub(super) fn run(mut socket: WebSocket, slot: Slot) -> impl Future<Output = ()>
                         }
                         Some(Ok(Message::Binary(_))) => Some(End::Close(close_code::UNSUPPORTED, "binary messages are not supported")),
                         Some(Ok(Message::Close(_))) => Some(End::ClientGone),
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                        // The pong is queued by the WebSocket layer; push it out now, so that a
+                        // client that sends pings but never reads fills its socket, not our
+                        // memory, and is dropped after the write timeout.
+                        Some(Ok(Message::Ping(_))) => flush(&mut socket, limits.write_timeout).await,
+                        Some(Ok(Message::Pong(_))) => None,
                     }
                 }
             };
@@ -156,9 +160,25 @@ async fn send(socket: &mut WebSocket, message: Message, timeout: Duration) -> Op
         Poll::Ready(result) => Ok(result),
         Poll::Pending => tokio::time::timeout(timeout, sending).await,
     };
+    written(result)
+}
+
+/// Pushes out what is queued for the client (pongs) within `timeout`.
+async fn flush(socket: &mut WebSocket, timeout: Duration) -> Option<End> {
+    use futures_util::SinkExt;
+    written(tokio::time::timeout(timeout, socket.flush()).await)
+}
+
+/// What a write's outcome means for the session.
+fn written(result: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>) -> Option<End> {
     match result {
         Ok(Ok(())) => None,
-        Ok(Err(_)) => Some(End::ClientGone),
+        Ok(Err(e)) => match e.into_inner().downcast_ref::<tungstenite::Error>() {
+            Some(tungstenite::Error::WriteBufferFull(_)) => {
+                Some(End::Drop("client stopped reading (write buffer full)"))
+            }
+            _ => Some(End::ClientGone),
+        },
         Err(_) => Some(End::Drop("client stopped reading (write timed out)")),
     }
 }

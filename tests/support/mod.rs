@@ -18,7 +18,7 @@ use futures_util::{SinkExt, StreamExt};
 use task_protection::protection::{
     BackendError, ProtectionBackend, ProtectionManager, ProtectionState, Settings,
 };
-use task_protection::server::{self, Hub, SessionLimits};
+use task_protection::server::{self, HttpLimits, Hub, SessionLimits};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -165,6 +165,16 @@ impl TestServer {
         limits: SessionLimits,
         max: usize,
     ) -> Self {
+        Self::start_with_http(backend, settings, limits, max, HttpLimits::default()).await
+    }
+
+    pub async fn start_with_http(
+        backend: Arc<dyn ProtectionBackend>,
+        settings: Settings,
+        limits: SessionLimits,
+        max: usize,
+        http: HttpLimits,
+    ) -> Self {
         let manager = ProtectionManager::start(backend, settings).expect("valid settings");
         let hub = Hub::new(manager, limits, max);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -175,6 +185,7 @@ impl TestServer {
         let done = tokio::spawn(server::run(
             listener,
             Arc::clone(&hub),
+            http,
             async move {
                 let _ = stopped.await;
             },

@@ -1,0 +1,363 @@
+//! The HTTP side of the server: the accept loop and each connection until it upgrades to a
+//! WebSocket or ends.
+//!
+//! What it adds to a plain `axum::serve`:
+//!
+//! * **HTTP/1.1 only.** The load balancer speaks HTTP/1.1 to its targets, and WebSockets upgrade
+//!   over HTTP/1.1; HTTP/2 by prior knowledge on a plain port is not offered.
+//! * **A header-read timeout** (`HTTP_HEADER_TIMEOUT_SECS`). It also covers a kept-alive
+//!   connection that sends no next request, so neither slow headers (slowloris) nor idle sockets
+//!   stay open.
+//! * **A small header buffer** (16 KiB instead of hyper's ~400 KiB), so an unfinished header
+//!   costs little.
+//! * **A cap on connections that have not upgraded** (`MAX_HTTP_CONNECTIONS`), counted in
+//!   `/status`: past it, and whenever `accept` fails for want of file descriptors, the oldest such
+//!   connection is closed to make room. A flood of idle sockets therefore cannot keep the load
+//!   balancer's health check (a new connection) from being answered.
+//! * **A bounded send buffer** per connection (`SO_SNDBUF` 32 KiB), so a client that stops
+//!   reading pins little kernel memory before the write timeout drops it.
+//! * **A lingering close.** When a connection ends, the server sends FIN and reads (and drops)
+//!   what the peer still sends for a moment before closing the socket. Closing a socket with
+//!   unread input makes the kernel send a TCP reset, which can destroy the close frame the peer has
+//!   not read yet (RFC 6455 §7.1.1: the server closes the TCP connection first, cleanly).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use super::throttle::Throttle;
+use super::Hub;
+
+/// Limits of the HTTP side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// The longest a client may take to send a request's headers, counted from when the server
+    /// starts waiting for them (also between requests on a kept-alive connection).
+    pub header_read_timeout: Duration,
+    /// The most connections that have not upgraded to a WebSocket at once; past it the oldest is
+    /// closed.
+    pub max_pending: usize,
+}
+
+impl HttpLimits {
+    /// The defaults (also the defaults of the settings in `config`).
+    pub const DEFAULT: HttpLimits = HttpLimits {
+        header_read_timeout: Duration::from_secs(10),
+        max_pending: 1000,
+    };
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// The largest request head the server reads (hyper's smallest allowed buffer is 8 KiB).
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// The kernel send buffer of each connection (Linux doubles it, and stops growing it on its
+/// own). Plenty for chat; and a client that stops reading pins at most this much kernel memory
+/// (counted in the task's memory) before the write timeout drops it, not the 4 MiB the kernel's
+/// autotuning may reach.
+const SEND_BUFFER_BYTES: libc::c_int = 32 * 1024;
+
+/// How long a closing connection's input is read and dropped before the socket is closed.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Serves `router` on `listener` until `stop` resolves; then closes the connections that have
+/// not upgraded (WebSocket sessions are the hub's to end).
+pub(super) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    hub: Arc<Hub>,
+    limits: HttpLimits,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let pending = Arc::new(Pending::new(hub));
+    let accept_failed = Throttle::new(Duration::from_secs(10));
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                while pending.len() >= limits.max_pending {
+                    if !pending.evict_oldest() {
+                        break;
+                    }
+                }
+                // Registered here, not in the task, so that the count is right at the next accept.
+                let (id, evicted) = pending.register();
+                tokio::spawn(connection(
+                    stream,
+                    router.clone(),
+                    Arc::clone(&pending),
+                    (id, evicted),
+                    limits.header_read_timeout,
+                ));
+            }
+            Err(e) => {
+                // Out of file descriptors (EMFILE, ENFILE) or buffers: free one by closing the
+                // oldest connection that has not upgraded, so the next accept (perhaps the load
+                // balancer's health check) can succeed.
+                let evicted = pending.evict_oldest();
+                if let Some(suppressed) = accept_failed.allow() {
+                    tracing::warn!(
+                        "Cannot accept a connection: {e}{}{}",
+                        if evicted {
+                            "; closed the oldest connection that has not upgraded"
+                        } else {
+                            ""
+                        },
+                        Throttle::suppressed_note(suppressed)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(if evicted { 1 } else { 50 })).await;
+            }
+        }
+    }
+    while pending.evict_oldest() {}
+}
+
+/// One connection: HTTP/1.1 with upgrades, until it upgrades, ends, or is evicted.
+async fn connection(
+    stream: TcpStream,
+    router: Router,
+    pending: Arc<Pending>,
+    (id, evicted): (u64, Arc<Notify>),
+    header_read_timeout: Duration,
+) {
+    let _ = stream.set_nodelay(true);
+    set_send_buffer(&stream, SEND_BUFFER_BYTES);
+    let abort = Arc::new(AtomicBool::new(false));
+    let io = TokioIo::new(Lingering {
+        stream: Some(stream),
+        abort: Arc::clone(&abort),
+    });
+    let service = TowerToHyperService::new(router);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let served = http.serve_connection(io, service).with_upgrades();
+    tokio::select! {
+        // Ends when the connection closes, times out, or has been handed to a WebSocket session.
+        _ = served => {}
+        _ = evicted.notified() => {
+            // Close at once: the point is to free the file descriptor now.
+            abort.store(true, Ordering::Release);
+        }
+    }
+    pending.remove(id);
+}
+
+/// Sets `SO_SNDBUF` (best effort: the default autotuning stays if the kernel refuses).
+fn set_send_buffer(stream: &TcpStream, bytes: libc::c_int) {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setsockopt on a socket this stream owns, with a pointer to a live c_int and
+        // its size; no memory is retained by the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                std::ptr::from_ref(&bytes).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(
+                "setsockopt(SO_SNDBUF) failed: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (stream, bytes);
+}
+
+/// The connections that have not upgraded, oldest first, each with a way to close it.
+struct Pending {
+    hub: Arc<Hub>,
+    next: Mutex<(u64, BTreeMap<u64, Arc<Notify>>)>,
+}
+
+impl Pending {
+    fn new(hub: Arc<Hub>) -> Self {
+        Self {
+            hub,
+            next: Mutex::new((0, BTreeMap::new())),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, BTreeMap<u64, Arc<Notify>>)> {
+        self.next.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(&self) -> (u64, Arc<Notify>) {
+        let notify = Arc::new(Notify::new());
+        let mut guard = self.lock();
+        let (next, map) = &mut *guard;
+        let id = *next;
+        *next += 1;
+        map.insert(id, Arc::clone(&notify));
+        self.hub.set_http_connections(map.len());
+        (id, notify)
+    }
+
+    fn remove(&self, id: u64) {
+        let mut guard = self.lock();
+        guard.1.remove(&id);
+        self.hub.set_http_connections(guard.1.len());
+    }
+
+    fn len(&self) -> usize {
+        self.lock().1.len()
+    }
+
+    /// Closes the oldest connection; `false` if there is none.
+    fn evict_oldest(&self) -> bool {
+        let mut guard = self.lock();
+        match guard.1.pop_first() {
+            Some((_, notify)) => {
+                // `notify_one` keeps a permit if the connection is not waiting yet.
+                notify.notify_one();
+                self.hub.set_http_connections(guard.1.len());
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Connections in their lingering close, across the process.
+static LINGERING: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits (at most `limit`) for the lingering closes to finish, so that the clients closed on
+/// shutdown get a clean end of stream rather than a reset when the process exits.
+pub(super) async fn wait_for_lingering(limit: Duration) {
+    let _ = tokio::time::timeout(limit, async {
+        while LINGERING.load(Ordering::Acquire) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// A TCP stream that closes the way RFC 6455 asks when dropped: FIN first, then the peer's
+/// remaining input is read and dropped for up to [`LINGER`], then the socket is closed. Unless
+/// `abort` is set: then it is closed at once.
+struct Lingering {
+    stream: Option<TcpStream>,
+    abort: Arc<AtomicBool>,
+}
+
+impl Lingering {
+    fn stream(&mut self) -> io::Result<&mut TcpStream> {
+        self.stream
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let Some(mut stream) = self.stream.take() else {
+            return;
+        };
+        if self.abort.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        LINGERING.fetch_add(1, Ordering::AcqRel);
+        runtime.spawn(async move {
+            let _ = stream.shutdown().await;
+            let mut sink = [0u8; 1024];
+            let _ = tokio::time::timeout(LINGER, async {
+                while let Ok(n) = stream.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+            LINGERING.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
+impl AsyncRead for Lingering {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.stream() {
+            Ok(s) => Pin::new(s).poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.stream() {
+            Ok(s) => Pin::new(s).poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.stream() {
+            Ok(s) => Pin::new(s).poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.stream() {
+            Ok(s) => Pin::new(s).poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.stream() {
+            Ok(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream
+            .as_ref()
+            .is_some_and(AsyncWrite::is_write_vectored)
+    }
+}

@@ -1,0 +1,217 @@
+//! Clients that misbehave on purpose, at the TCP and HTTP level: slow or idle sockets, floods of
+//! connections that never upgrade, a client that never reads, and what a client sees when the
+//! server closes it for cause.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::{within, TestServer};
+use task_protection::protection::local::LocalBackend;
+use task_protection::server::{HttpLimits, SessionLimits};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn server_with(http: HttpLimits, limits: SessionLimits) -> TestServer {
+    TestServer::start_with_http(
+        Arc::new(LocalBackend::new()),
+        support::settings(0),
+        limits,
+        10_000,
+        http,
+    )
+    .await
+}
+
+async fn status(server: &TestServer) -> serde_json::Value {
+    reqwest::get(server.http_url("/status"))
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// Waits until the server closes `stream`: a read returns end of file or an error.
+async fn closed_by_server(stream: &mut TcpStream) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_headers_and_idle_sockets_are_closed_after_the_header_read_timeout() {
+    let server = server_with(
+        HttpLimits {
+            header_read_timeout: Duration::from_secs(1),
+            ..HttpLimits::DEFAULT
+        },
+        SessionLimits::default(),
+    )
+    .await;
+    // Slowloris: a request head that never ends.
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n")
+        .await
+        .unwrap();
+    // An idle socket that never sends a byte.
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    // A kept-alive connection that sends no second request.
+    let mut kept = TcpStream::connect(server.addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    within("slowloris closed", closed_by_server(&mut slow)).await;
+    within("idle socket closed", closed_by_server(&mut idle)).await;
+    within("kept-alive socket closed", closed_by_server(&mut kept)).await;
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_eq!(status(&server).await["http_connections"], 1); // the status request itself
+}
+
+#[tokio::test]
+async fn past_the_cap_the_oldest_connection_that_has_not_upgraded_makes_room() {
+    let server = server_with(
+        HttpLimits {
+            max_pending: 5,
+            ..HttpLimits::DEFAULT
+        },
+        SessionLimits::default(),
+    )
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    // The first 16 were closed to make room (the 20th left 5 open); health still answers.
+    within("the oldest closed", closed_by_server(&mut idle[0])).await;
+    within("the 15th closed", closed_by_server(&mut idle[14])).await;
+    let health = reqwest::get(server.http_url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let doc = status(&server).await;
+    let open = doc["http_connections"].as_u64().unwrap();
+    assert!(open <= 5, "{doc}");
+    // A WebSocket is not counted once it has upgraded.
+    let (_ws, _) = support::connect(&server.ws_url()).await;
+    assert_eq!(status(&server).await["connections"], 1);
+}
+
+#[tokio::test]
+async fn http2_by_prior_knowledge_is_not_served() {
+    let server = server_with(HttpLimits::DEFAULT, SessionLimits::default()).await;
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = within("answer", s.read_to_end(&mut answer)).await;
+    // An HTTP/2 server answers with a SETTINGS frame (type 4 in the fourth byte).
+    assert!(
+        answer.len() < 9 || answer[3] != 4 || answer.starts_with(b"HTTP/1.1"),
+        "{answer:?}"
+    );
+}
+
+/// Opens a WebSocket over raw TCP (so the test controls every byte) with a small receive buffer.
+async fn raw_websocket(server: &TestServer) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(server.addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    s
+}
+
+#[tokio::test]
+async fn a_client_that_sends_pings_and_never_reads_is_dropped_after_the_write_timeout() {
+    let server = server_with(
+        HttpLimits::DEFAULT,
+        SessionLimits {
+            write_timeout: Duration::from_secs(1),
+            ..SessionLimits::default()
+        },
+    )
+    .await;
+    let mut s = raw_websocket(&server).await;
+    support::eventually("connected", || server.hub.connections() == 1).await;
+    // 1,500 pings with 125-byte payloads (masked with a zero key): 190 KB of pongs owed. The
+    // server holds at most a few KiB of them (its write buffer), and once the socket takes no
+    // more for the write timeout the client is dropped; the 256 KiB buffer it had before held
+    // them all without complaint.
+    let mut frame = vec![0x89, 0x80 | 125, 0, 0, 0, 0];
+    frame.extend(std::iter::repeat_n(b'p', 125));
+    for _ in 0..1500 {
+        if s.write_all(&frame).await.is_err() {
+            break; // dropped already
+        }
+    }
+    within("dropped", async {
+        while server.hub.connections() != 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn clients_closed_for_cause_receive_the_close_code_not_a_reset() {
+    let server = server_with(
+        HttpLimits::DEFAULT,
+        SessionLimits {
+            chat_per_sec: 5,
+            ..SessionLimits::default()
+        },
+    )
+    .await;
+    let url = server.ws_url();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+            let _welcome = ws.next().await;
+            if i % 2 == 0 {
+                // Larger than MAX_MESSAGE_BYTES (4096), sent in one go: 1009.
+                let _ = ws.send(Message::text("x".repeat(64 * 1024))).await;
+            } else {
+                // A chat flood past the client's budget: 1008.
+                for _ in 0..200 {
+                    if ws.send(Message::text("flood")).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(Some(frame)))) => return Ok(u16::from(frame.code)),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Err("closed without a close frame".to_string()),
+                }
+            }
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let seen = within("close", task).await.unwrap();
+        let want = if i % 2 == 0 { 1009 } else { 1008 };
+        assert_eq!(seen, Ok(want), "client {i}");
+    }
+}
