@@ -373,3 +373,39 @@ async fn health_answers_while_idle_sockets_exhaust_the_file_descriptors() {
         "accept failures are logged at most every 10 s: {log:#?}"
     );
 }
+
+#[tokio::test]
+async fn refused_upgrades_do_not_flood_the_log_and_a_vanished_client_is_not_a_protocol_error() {
+    let server = Running::start(&[("MAX_CONNECTIONS", "1".to_string())]).await;
+    let (mut c, _) = connect(&server.ws_url()).await;
+    for _ in 0..50 {
+        assert!(tokio_tungstenite::connect_async(server.ws_url())
+            .await
+            .is_err());
+    }
+    ping_pong(&mut c).await;
+    // Gone without a close frame: the TCP connection just ends.
+    drop(c);
+    let url = server.http_url("/status");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let doc: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        if doc["connections"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the vanished client is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.sigterm();
+    let (code, log) = server.exit().await;
+    assert_eq!(code, Some(0));
+    assert_eq!(log.matches("Refused a client").count(), 1, "{log}");
+    assert!(!log.contains("1002"), "{log}");
+    assert!(
+        log.contains("Client connection closed. There are 0 connections"),
+        "{log}"
+    );
+}

@@ -12,6 +12,7 @@ use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use tokio::sync::{broadcast, watch, Notify};
 
+use super::throttle::Throttle;
 use crate::protection::{
     ErrorKind, ProtectionEvent, ProtectionGuard, ProtectionManager, ProtectionStatus,
 };
@@ -136,6 +137,8 @@ pub struct Hub {
     state: watch::Sender<ServerState>,
     limits: SessionLimits,
     max_connections: usize,
+    /// One warning per period for refused upgrades (a full server, a foreign origin).
+    pub(super) refusals: Throttle,
 }
 
 impl Hub {
@@ -156,6 +159,7 @@ impl Hub {
             state: watch::channel(ServerState::default()).0,
             limits,
             max_connections,
+            refusals: Throttle::new(Duration::from_secs(10)),
         });
         tokio::spawn(relay_rejections(
             Arc::downgrade(&hub),

@@ -81,10 +81,13 @@ async fn upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> Response 
         }
     }
     let Some(slot) = hub.reserve() else {
-        tracing::warn!(
-            "Refused a client: {} connections is the maximum",
-            hub.max_connections()
-        );
+        if let Some(suppressed) = hub.refusals.allow() {
+            tracing::warn!(
+                "Refused a client: {} connections is the maximum{}",
+                hub.max_connections(),
+                throttle::Throttle::suppressed_note(suppressed)
+            );
+        }
         return (StatusCode::SERVICE_UNAVAILABLE, "server full\n").into_response();
     };
     let limits = hub.limits();

@@ -191,6 +191,11 @@ fn classify(error: axum::Error) -> End {
         Some(tungstenite::Error::Utf8(_)) => {
             End::Close(close_code::INVALID, "invalid UTF-8 in a text message")
         }
+        // The peer closed the TCP connection without a close frame: it went away (a closed tab,
+        // a lost network), which is not a protocol error worth a line of its own.
+        Some(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )) => End::ClientGone,
         Some(tungstenite::Error::Protocol(_)) => {
             End::Close(close_code::PROTOCOL, "WebSocket protocol error")
         }
