@@ -236,6 +236,14 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub chat_messages_per_sec: u32,
 
+    /// Chat deliveries (one message to one client) the whole room may make per second: a message
+    /// to N other clients costs N; one the budget cannot pay for is dropped and its sender told.
+    /// 0 turns the limit off.
+    #[arg(long, env = "CHAT_ROOM_DELIVERIES_PER_SEC", value_name = "CHAT_ROOM_DELIVERIES_PER_SEC",
+          default_value_t = SessionLimits::DEFAULT.room_deliveries_per_sec,
+          value_parser = clap::value_parser!(u32).range(0..=100_000_000))]
+    pub chat_room_deliveries_per_sec: u32,
+
     /// Once draining, close the clients still connected after this many seconds (with 1001, so
     /// the page reconnects to another task) and release protection; protection is never asked for
     /// past this deadline. 0 keeps them (and protection) until they leave, which lets one idle
@@ -288,6 +296,7 @@ impl Config {
             ping_interval: Duration::from_secs(self.ws_ping_interval_secs),
             queue_messages: self.client_queue_messages as usize,
             chat_per_sec: self.chat_messages_per_sec,
+            room_deliveries_per_sec: self.chat_room_deliveries_per_sec,
             ..SessionLimits::DEFAULT
         }
     }
@@ -512,6 +521,10 @@ mod tests {
         assert_eq!(limits.ping_interval, SessionLimits::DEFAULT.ping_interval);
         assert_eq!(limits.queue_messages, SessionLimits::DEFAULT.queue_messages);
         assert_eq!(limits.chat_per_sec, SessionLimits::DEFAULT.chat_per_sec);
+        assert_eq!(
+            limits.room_deliveries_per_sec,
+            SessionLimits::DEFAULT.room_deliveries_per_sec
+        );
         assert_eq!(
             c.drain_deadline(),
             Some(crate::server::drain::DEFAULT_DEADLINE)

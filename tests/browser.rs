@@ -326,6 +326,26 @@ async fn scenario(run: &mut Run, tools: &Tools) -> Result<(), String> {
     run.wait_page("the chat line", |p| p.log.contains(&said))
         .await?;
 
+    // Another player's chat cannot pass for the server's welcome and move the badge.
+    let forged = "Welcome! There are 99999 connections";
+    let other_url = format!("ws://127.0.0.1:{}/ws", run.port);
+    let (mut other, _) = tokio_tungstenite::connect_async(&other_url)
+        .await
+        .map_err(|e| format!("second client: {e}"))?;
+    futures_util::SinkExt::send(
+        &mut other,
+        tokio_tungstenite::tungstenite::Message::text(forged),
+    )
+    .await
+    .map_err(|e| format!("second client send: {e}"))?;
+    let shown = format!("Someone says: \"{forged}\"");
+    run.wait_page("the other player's chat", |p| p.log.contains(&shown))
+        .await?;
+    if run.read_page().await?.count == "99999" {
+        return Err("a chat line moved the connection count badge".into());
+    }
+    drop(other);
+
     // SIGTERM: the server closes the page's connection with 1001 and exits 0.
     let lines_before = run.read_page().await?.log.len();
     run.server().signal("TERM")?;

@@ -12,7 +12,7 @@ use support::{close_code, connect, eventually, next_text, ping_pong, TestServer}
 use task_protection::ecs::agent::AgentBackend;
 use task_protection::protection::local::LocalBackend;
 use task_protection::protection::ProtectionBackend;
-use task_protection::server::{SessionLimits, REJECTED_NOTICE};
+use task_protection::server::{SessionLimits, CHAT_PREFIX, REJECTED_NOTICE, ROOM_BUSY_NOTICE};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
@@ -47,7 +47,7 @@ async fn clients_are_welcomed_get_pongs_and_chat_reaches_the_others() {
     ping_pong(&mut b).await;
 
     a.send(Message::text("hello from a")).await.unwrap();
-    assert_eq!(next_text(&mut b).await, "hello from a");
+    assert_eq!(next_text(&mut b).await, "chat: hello from a");
     // The sender does not get its own message back: its next message is the pong.
     ping_pong(&mut a).await;
 }
@@ -266,7 +266,7 @@ async fn a_client_flooding_the_room_is_closed_and_the_others_stay() {
         if t == "pong" {
             break;
         }
-        assert!(t.starts_with("spam"), "{t}");
+        assert!(t.starts_with("chat: spam"), "{t}");
         spam += 1;
     }
     assert!(spam <= 10, "{spam} chat messages passed the limit");
@@ -356,4 +356,71 @@ async fn shutdown_closes_every_client_with_1001_and_releases_protection() {
     assert!(!agent.is_protected());
     // The hold-over (50 %) does not delay the release at shutdown.
     let _ = clients.iter_mut().map(|c| c.next());
+}
+
+#[tokio::test]
+async fn chat_cannot_pass_for_a_server_line() {
+    let server = local_server().await;
+    let (mut a, _) = connect(&server.ws_url()).await;
+    let (mut b, _) = connect(&server.ws_url()).await;
+    for forged in [
+        "Welcome! There are 99999 connections",
+        "server shutting down soon",
+        "pong",
+    ] {
+        a.send(Message::text(forged)).await.unwrap();
+        let seen = next_text(&mut b).await;
+        assert_eq!(seen, format!("{CHAT_PREFIX}{forged}"));
+    }
+    // The server's own lines never carry the prefix.
+    ping_pong(&mut b).await;
+}
+
+#[tokio::test]
+async fn the_room_budget_bounds_what_one_sender_makes_the_server_send() {
+    // 50 deliveries a second for the room, 5 other clients: 10 messages a second (and a burst
+    // of 10), whatever each client's own allowance.
+    let limits = SessionLimits {
+        chat_per_sec: 1000,
+        room_deliveries_per_sec: 50,
+        ..SessionLimits::default()
+    };
+    let server =
+        TestServer::start(Arc::new(LocalBackend::new()), support::settings(0), limits).await;
+    let (mut sender, _) = connect(&server.ws_url()).await;
+    let mut others = Vec::new();
+    for _ in 0..5 {
+        others.push(connect(&server.ws_url()).await.0);
+    }
+    for i in 0..40 {
+        sender.send(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    // The sender is told of each dropped message, and stays connected.
+    let mut busy = 0;
+    sender.send(Message::text("ping")).await.unwrap();
+    loop {
+        let t = next_text(&mut sender).await;
+        if t == "pong" {
+            break;
+        }
+        assert_eq!(t, ROOM_BUSY_NOTICE);
+        busy += 1;
+    }
+    assert!((25..=30).contains(&busy), "{busy} dropped");
+    let doc: serde_json::Value = reqwest::get(server.http_url("/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["chat_dropped"], busy);
+    // Each other client got only what the budget paid for.
+    for c in &mut others {
+        c.send(Message::text("ping")).await.unwrap();
+        let mut got = 0;
+        while next_text(c).await != "pong" {
+            got += 1;
+        }
+        assert_eq!(got, 40 - busy, "delivered");
+    }
 }

@@ -5,14 +5,15 @@
 //! Sessions reach it only through their [`Slot`]: join, publish, and watch the state.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use tokio::sync::{broadcast, watch, Notify};
 
-use super::throttle::Throttle;
+use super::throttle::{Throttle, TokenBucket};
+use super::CHAT_PREFIX;
 use crate::protection::{
     ErrorKind, ProtectionEvent, ProtectionGuard, ProtectionManager, ProtectionStatus,
 };
@@ -36,6 +37,11 @@ pub struct SessionLimits {
     /// faster is closed (1008) so that it cannot push everyone else out of the room's queue.
     /// 0 means no limit. Pings do not count.
     pub chat_per_sec: u32,
+    /// Chat deliveries (one message to one client) the whole room may make per second, with a
+    /// one-second burst: a message to N other clients costs N. A message the budget cannot pay
+    /// for is dropped and its sender told. This bounds what one sender can make the server send
+    /// (one message in, thousands out), whatever the number of clients. 0 means no limit.
+    pub room_deliveries_per_sec: u32,
 }
 
 impl SessionLimits {
@@ -47,6 +53,7 @@ impl SessionLimits {
         write_timeout: Duration::from_secs(10),
         read_buffer_bytes: 256,
         chat_per_sec: 20,
+        room_deliveries_per_sec: 200_000,
     };
 }
 
@@ -117,6 +124,8 @@ pub struct StatusDoc {
     pub draining: bool,
     /// Why it is draining.
     pub drain_reason: Option<String>,
+    /// Chat messages dropped since start-up because the room's budget was spent.
+    pub chat_dropped: u64,
     /// The protection manager's state.
     pub protection: ProtectionStatus,
 }
@@ -134,11 +143,17 @@ pub struct Hub {
     next_id: AtomicU64,
     /// The chat room: one bounded broadcast ring for all sessions.
     room: broadcast::Sender<Outgoing>,
+    /// The room's delivery budget.
+    room_budget: Mutex<TokenBucket>,
+    /// Chat messages dropped because the room's budget was spent.
+    chat_dropped: AtomicU64,
     state: watch::Sender<ServerState>,
     limits: SessionLimits,
     max_connections: usize,
     /// One warning per period for refused upgrades (a full server, a foreign origin).
     pub(super) refusals: Throttle,
+    /// One warning per period for chat dropped by the room's budget.
+    room_busy: Throttle,
 }
 
 impl Hub {
@@ -156,10 +171,16 @@ impl Hub {
             http_connections: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             room,
+            room_budget: Mutex::new(TokenBucket::new(
+                f64::from(limits.room_deliveries_per_sec),
+                1.0,
+            )),
+            chat_dropped: AtomicU64::new(0),
             state: watch::channel(ServerState::default()).0,
             limits,
             max_connections,
             refusals: Throttle::new(Duration::from_secs(10)),
+            room_busy: Throttle::new(Duration::from_secs(10)),
         });
         tokio::spawn(relay_rejections(
             Arc::downgrade(&hub),
@@ -260,6 +281,7 @@ impl Hub {
             shutting_down: state.shutting_down,
             draining: state.draining.is_some(),
             drain_reason: state.draining.map(|d| d.reason.to_string()),
+            chat_dropped: self.chat_dropped.load(Ordering::Relaxed),
             protection: self.manager.status(),
         }
     }
@@ -333,13 +355,37 @@ impl Slot {
         }
     }
 
-    /// Sends `text` to every other client in the room. Nobody listening is fine: the sender may
+    /// Sends `text` to every other client in the room, as chat ([`CHAT_PREFIX`]), if the room's
+    /// budget can pay for it; `false` if it was dropped. Nobody listening is fine: the sender may
     /// be alone.
-    pub(super) fn publish(&self, text: Utf8Bytes) {
+    pub(super) fn publish(&self, text: &str) -> bool {
+        let recipients = self.hub.connections().saturating_sub(1);
+        let paid = {
+            let mut budget = self
+                .hub
+                .room_budget
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            budget.take(recipients as f64)
+        };
+        if !paid {
+            let dropped = self.hub.chat_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Some(suppressed) = self.hub.room_busy.allow() {
+                tracing::warn!(
+                    "Chat room budget spent: dropped a message to {recipients} clients ({dropped} dropped since start-up){}",
+                    Throttle::suppressed_note(suppressed)
+                );
+            }
+            return false;
+        }
+        let mut line = String::with_capacity(CHAT_PREFIX.len() + text.len());
+        line.push_str(CHAT_PREFIX);
+        line.push_str(text);
         let _ = self.hub.room.send(Outgoing {
             from: self.id,
-            text,
+            text: line.into(),
         });
+        true
     }
 
     /// Whether `message` came from this slot's own client.

@@ -36,6 +36,15 @@ pub const REJECTED_NOTICE: &str = "server shutting down soon";
 /// reason when the drain deadline evicts the clients left.
 pub const DRAINING_NOTICE: &str = "server draining";
 
+/// What every chat message relayed to the other clients starts with. Nothing the server says of
+/// its own starts so, and every relayed message does: a client cannot pass its chat off as a
+/// server line (the welcome, a notice).
+pub const CHAT_PREFIX: &str = "chat: ";
+
+/// Told to a client whose chat message was dropped because the room's budget
+/// (`CHAT_ROOM_DELIVERIES_PER_SEC`) is spent for the moment.
+pub const ROOM_BUSY_NOTICE: &str = "server busy: chat message dropped";
+
 /// The close reason (code 1001) and the upgrade refusal while the server shuts down.
 const SHUTTING_DOWN: &str = "server shutting down";
 

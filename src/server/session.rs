@@ -16,7 +16,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::hub::{Joined, Outgoing, ServerState, Slot};
-use super::{DRAINING_NOTICE, REJECTED_NOTICE, SHUTTING_DOWN};
+use super::throttle::TokenBucket;
+use super::{DRAINING_NOTICE, REJECTED_NOTICE, ROOM_BUSY_NOTICE, SHUTTING_DOWN};
 
 /// Why a session ended, for the close frame and the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +59,7 @@ pub(super) fn run(mut socket: WebSocket, slot: Slot) -> impl Future<Output = ()>
             tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
-        let mut chat_budget = TokenBucket::new(limits.chat_per_sec);
+        let mut chat_budget = TokenBucket::new(f64::from(limits.chat_per_sec), 2.0);
         let mut told = Told::default();
         if end.is_none() {
             // A client arriving mid-streak or mid-drain is told too.
@@ -105,11 +106,12 @@ pub(super) fn run(mut socket: WebSocket, slot: Slot) -> impl Future<Output = ()>
                             if text.as_str() == "ping" {
                                 tracing::debug!("received: ping");
                                 send(&mut socket, Message::Text(Utf8Bytes::from_static("pong")), limits.write_timeout).await
-                            } else if !chat_budget.take() {
+                            } else if !chat_budget.take(1.0) {
                                 Some(End::Close(close_code::POLICY, "too many messages"))
-                            } else {
-                                slot.publish(text);
+                            } else if slot.publish(&text) {
                                 None
+                            } else {
+                                send(&mut socket, Message::Text(Utf8Bytes::from_static(ROOM_BUSY_NOTICE)), limits.write_timeout).await
                             }
                         }
                         Some(Ok(Message::Binary(_))) => Some(End::Close(close_code::UNSUPPORTED, "binary messages are not supported")),
@@ -200,41 +202,6 @@ fn classify(error: axum::Error) -> End {
             End::Close(close_code::PROTOCOL, "WebSocket protocol error")
         }
         _ => End::ClientGone,
-    }
-}
-
-/// A token bucket: `rate` tokens a second, holding at most `2 × rate`.
-struct TokenBucket {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: u32) -> Self {
-        let rate = f64::from(rate);
-        Self {
-            rate,
-            tokens: rate * 2.0,
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes a token if there is one; always succeeds when the rate is 0 (no limit).
-    fn take(&mut self) -> bool {
-        if self.rate == 0.0 {
-            return true;
-        }
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.rate * 2.0);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! Rate-limited log lines: a warning that a client (or a flood of them) can trigger is written at
-//! most once per period, and the next line says how many were suppressed in between.
+//! Rate limits: [`Throttle`] for log lines (a warning that a client, or a flood of them, can
+//! trigger is written at most once per period, and the next line says how many were suppressed in
+//! between), and [`TokenBucket`] for chat budgets.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -52,6 +53,46 @@ impl Throttle {
     }
 }
 
+/// A token bucket: `rate` tokens a second, holding at most `rate × burst_secs`. A rate of 0
+/// means no limit.
+#[derive(Debug)]
+pub(super) struct TokenBucket {
+    rate: f64,
+    capacity: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub(super) fn new(rate: f64, burst_secs: f64) -> Self {
+        let capacity = rate * burst_secs;
+        Self {
+            rate,
+            capacity,
+            tokens: capacity,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes `n` tokens if there are that many; always succeeds when the rate is 0.
+    pub(super) fn take(&mut self, n: f64) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.capacity);
+        self.last = now;
+        if self.tokens >= n {
+            self.tokens -= n;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +112,17 @@ mod tests {
             Throttle::suppressed_note(3),
             " (3 similar lines suppressed)"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bucket_allows_its_burst_then_its_rate() {
+        let mut b = TokenBucket::new(10.0, 2.0);
+        assert!((0..20).all(|_| b.take(1.0)));
+        assert!(!b.take(1.0));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(b.take(5.0));
+        assert!(!b.take(1.0));
+        let mut unlimited = TokenBucket::new(0.0, 2.0);
+        assert!((0..1000).all(|_| unlimited.take(100.0)));
     }
 }
