@@ -13,7 +13,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::ecs::{BackendPlan, EcsSettings};
 use crate::protection::{Settings, DURATION_MINUTES};
-use crate::server::{HttpLimits, SessionLimits};
+use crate::server::{AllowedOrigins, HttpLimits, SessionLimits};
 
 /// How the server reaches ECS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -272,6 +272,14 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_http_connections: u32,
 
+    /// Web pages that may open a WebSocket, by their `Origin`: `same-host` (the page's own host,
+    /// whatever name the load balancer is reached by), `*` (any), or a comma-separated list of
+    /// `scheme://host[:port]`. Clients that send no `Origin` (not browsers) are always allowed;
+    /// others get HTTP 403.
+    #[arg(long, env = "ALLOWED_ORIGINS", value_name = "ALLOWED_ORIGINS", default_value = "same-host",
+          value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<AllowedOrigins>()))]
+    pub allowed_origins: AllowedOrigins,
+
     /// Seconds the server may take to close clients and release protection on SIGTERM.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", value_name = "SHUTDOWN_TIMEOUT_SECS",
           default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=110))]
@@ -306,6 +314,7 @@ impl Config {
         HttpLimits {
             header_read_timeout: Duration::from_secs(self.http_header_timeout_secs),
             max_pending: self.max_http_connections as usize,
+            allowed_origins: self.allowed_origins.clone(),
         }
     }
 

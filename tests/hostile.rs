@@ -215,3 +215,51 @@ async fn clients_closed_for_cause_receive_the_close_code_not_a_reset() {
         assert_eq!(seen, Ok(want), "client {i}");
     }
 }
+
+/// The HTTP status of a WebSocket handshake sent with this `Origin` (none if `None`).
+async fn handshake_with_origin(server: &TestServer, origin: Option<&str>) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = server.ws_url().into_client_request().unwrap();
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_foreign_web_page_cannot_open_a_websocket_by_default() {
+    let server = server_with(HttpLimits::DEFAULT, SessionLimits::default()).await;
+    let own = format!("http://{}", server.addr);
+    assert_eq!(handshake_with_origin(&server, Some(&own)).await, 101);
+    assert_eq!(
+        handshake_with_origin(&server, None).await,
+        101,
+        "not a browser"
+    );
+    assert_eq!(
+        handshake_with_origin(&server, Some("https://evil.example")).await,
+        403
+    );
+    assert_eq!(server.hub.connections(), 0);
+
+    let listed = server_with(
+        HttpLimits {
+            allowed_origins: "https://game.example".parse().unwrap(),
+            ..HttpLimits::DEFAULT
+        },
+        SessionLimits::default(),
+    )
+    .await;
+    assert_eq!(
+        handshake_with_origin(&listed, Some("https://game.example")).await,
+        101
+    );
+    let own = format!("http://{}", listed.addr);
+    assert_eq!(handshake_with_origin(&listed, Some(&own)).await, 403);
+}

@@ -36,10 +36,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
+use super::origin::AllowedOrigins;
 use super::throttle::Throttle;
 use super::Hub;
 
-/// Limits of the HTTP side.
+/// Limits of the HTTP side, and who may upgrade.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpLimits {
     /// The longest a client may take to send a request's headers, counted from when the server
@@ -48,6 +49,8 @@ pub struct HttpLimits {
     /// The most connections that have not upgraded to a WebSocket at once; past it the oldest is
     /// closed.
     pub max_pending: usize,
+    /// The web pages that may open a WebSocket (browsers' `Origin`).
+    pub allowed_origins: AllowedOrigins,
 }
 
 impl HttpLimits {
@@ -55,6 +58,7 @@ impl HttpLimits {
     pub const DEFAULT: HttpLimits = HttpLimits {
         header_read_timeout: Duration::from_secs(10),
         max_pending: 1000,
+        allowed_origins: AllowedOrigins::SameHost,
     };
 }
 

@@ -9,6 +9,7 @@
 pub mod drain;
 mod hub;
 mod listener;
+mod origin;
 mod session;
 mod throttle;
 
@@ -18,13 +19,14 @@ use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 
 pub use hub::{Drain, Hub, ServerState, SessionLimits, StatusDoc};
 pub use listener::HttpLimits;
+pub use origin::AllowedOrigins;
 
 /// The page, embedded at compile time.
 const INDEX_HTML: &str = include_str!("../../static/index.html");
@@ -49,13 +51,14 @@ pub const ROOM_BUSY_NOTICE: &str = "server busy: chat message dropped";
 const SHUTTING_DOWN: &str = "server shutting down";
 
 /// The router.
-fn router(hub: Arc<Hub>) -> Router {
+fn router(hub: Arc<Hub>, origins: AllowedOrigins) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/index.html", get(index))
         .route("/ws", get(upgrade))
         .route("/healthz", get(health))
         .route("/status", get(status))
+        .layer(Extension(Arc::new(origins)))
         .with_state(hub)
 }
 
@@ -77,7 +80,25 @@ async fn status(State(hub): State<Arc<Hub>>) -> Response {
     ([(header::CACHE_CONTROL, "no-store")], Json(hub.status())).into_response()
 }
 
-async fn upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(hub): State<Arc<Hub>>,
+    Extension(origins): Extension<Arc<AllowedOrigins>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !origins.allows(origin, host) {
+        if let Some(suppressed) = hub.refusals.allow() {
+            tracing::warn!(
+                "Refused a WebSocket from origin {:?} (host {:?}): not in ALLOWED_ORIGINS{}",
+                origin.unwrap_or_default(),
+                host.unwrap_or_default(),
+                throttle::Throttle::suppressed_note(suppressed)
+            );
+        }
+        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+    }
     {
         let state = hub.borrow_state();
         if state.shutting_down {
@@ -121,7 +142,7 @@ pub async fn run(
     let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(listener::serve(
         listener,
-        router(Arc::clone(&hub)),
+        router(Arc::clone(&hub), http.allowed_origins.clone()),
         Arc::clone(&hub),
         http,
         async move {
