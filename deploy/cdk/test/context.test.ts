@@ -1,10 +1,14 @@
 // The context keys (-c key=value) change what they say, and bad values are refused.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
 import { App } from 'aws-cdk-lib';
-import { Match } from 'aws-cdk-lib/assertions';
+import { Match, Template } from 'aws-cdk-lib/assertions';
 import { readConfig } from '../lib/config';
-import { containerOf, environmentOf, synth, taskDefinitionOf, taskRoleGrants } from './helpers';
+import { TaskProtectionStack } from '../lib/task-protection-stack';
+import { containerOf, environmentOf, quietly, synth, taskDefinitionOf, taskRoleGrants } from './helpers';
 
 describe('context', () => {
   it('clusterName and the service names reach the cluster, the services, the IAM ARNs and the metric', () => {
@@ -91,5 +95,22 @@ describe('context', () => {
       const key = Object.keys(context).pop()!;
       assert.throws(() => readConfig(new App({ context }).node), new RegExp(key.replace(/Name$/, '')), JSON.stringify(context));
     }
+  });
+});
+
+describe('context vpcId', () => {
+  it('looks the VPC up (a recorded lookup, no new VPC) when an account and region are known', () => {
+    const app = new App({ outdir: fs.mkdtempSync(path.join(os.tmpdir(), 'cdk-test-')), context: { vpcId: 'vpc-0123456789abcdef0' } });
+    const stack = new TaskProtectionStack(app, 'TaskProtectionStack', {
+      config: readConfig(app.node),
+      env: { account: '123456789012', region: 'us-east-1' }, // AWS's documentation placeholders
+    });
+    // The dummy VPC a lookup returns has subnet IDs CloudFormation's schema check warns about.
+    const assembly = quietly(() => app.synth());
+    const lookups = assembly.manifest.missing ?? [];
+    assert.deepEqual(lookups.map((m) => [m.provider, (m.props as { filter?: Record<string, string> }).filter]), [
+      ['vpc-provider', { 'vpc-id': 'vpc-0123456789abcdef0' }],
+    ]);
+    Template.fromStack(stack).resourceCountIs('AWS::EC2::VPC', 0);
   });
 });

@@ -105,3 +105,17 @@ export function taskRoleGrants(template: Template, containerName: string) {
     attachedManagedPolicies: managedPolicies.length,
   };
 }
+
+/** Runs fn with stderr and console output dropped: validation reports a test expects. */
+export function quietly<T>(fn: () => T): T {
+  const write = process.stderr.write;
+  const { error, warn, log } = console;
+  process.stderr.write = (() => true) as typeof process.stderr.write;
+  console.error = console.warn = console.log = () => undefined;
+  try {
+    return fn();
+  } finally {
+    process.stderr.write = write;
+    Object.assign(console, { error, warn, log });
+  }
+}

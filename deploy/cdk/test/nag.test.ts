@@ -5,7 +5,7 @@ import { describe, it } from 'node:test';
 import * as fs from 'fs';
 import * as path from 'path';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
-import { buildStack } from './helpers';
+import { buildStack, quietly } from './helpers';
 
 interface Report {
   pluginReports: { pluginName?: string; summary?: { status?: string }; violations?: unknown[] }[];
@@ -13,20 +13,6 @@ interface Report {
 
 function readReport(outdir: string): Report {
   return JSON.parse(fs.readFileSync(path.join(outdir, 'validation-report.json'), 'utf8'));
-}
-
-/** Runs fn with stderr and console output dropped (the report of a failure this test expects). */
-function quietly<T>(fn: () => T): T {
-  const write = process.stderr.write;
-  const { error, warn, log } = console;
-  process.stderr.write = (() => true) as typeof process.stderr.write;
-  console.error = console.warn = console.log = () => undefined;
-  try {
-    return fn();
-  } finally {
-    process.stderr.write = write;
-    Object.assign(console, { error, warn, log });
-  }
 }
 
 describe('cdk-nag AwsSolutionsChecks', () => {
