@@ -424,3 +424,40 @@ async fn the_room_budget_bounds_what_one_sender_makes_the_server_send() {
         assert_eq!(got, 40 - busy, "delivered");
     }
 }
+
+#[tokio::test]
+async fn status_shows_short_codes_and_keeps_error_details_and_arns_out() {
+    use task_protection::protection::{BackendError, ErrorKind};
+    let fake = support::FakeBackend::new();
+    let secret = "User: arn:aws:sts::111122223333:assumed-role/task-role is not authorized \
+                  (endpoint http://169.254.170.2/api/secret-path)";
+    fake.push((0..10).map(|_| Err(BackendError::new(ErrorKind::AccessDenied, secret))));
+    let server =
+        TestServer::start(fake.clone(), support::settings(0), SessionLimits::default()).await;
+    let (mut c, _) = connect(&server.ws_url()).await;
+    eventually("rejected", || server.hub.manager().status().rejections > 0).await;
+    server.hub.begin_drain(
+        "deployment in progress: the service is moving to arn:aws:ecs:us-east-1:111122223333:task-definition/ws:2",
+        true,
+    );
+    let notice = next_text(&mut c).await;
+    let notice = if notice == REJECTED_NOTICE {
+        next_text(&mut c).await
+    } else {
+        notice
+    };
+    assert_eq!(
+        notice,
+        "server draining: deployment in progress. Reconnect to join another server."
+    );
+    let (_, body) = get(&server.http_url("/status")).await;
+    for leak in ["111122223333", "arn:", "secret-path", "169.254"] {
+        assert!(!body.contains(leak), "/status leaks {leak}: {body}");
+    }
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["drain_reason"], "deployment in progress");
+    assert_eq!(
+        doc["protection"]["last_rejection"], "access_denied",
+        "{doc}"
+    );
+}

@@ -63,6 +63,26 @@ pub enum ErrorKind {
     Config,
 }
 
+impl ErrorKind {
+    /// A short, stable code for public status documents (`/status`), which must not carry an
+    /// error's details (endpoint URLs, ARNs, account IDs): those go to the log.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::Failure => "failure",
+            ErrorKind::Blocked => "deployment_blocked",
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::AccessDenied => "access_denied",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Server => "server_error",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::Malformed => "malformed_answer",
+            ErrorKind::Config => "misconfigured",
+        }
+    }
+}
+
 impl std::fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -30,8 +30,10 @@ pub struct ProtectionStatus {
     /// When ECS will drop protection unless refreshed.
     #[serde(with = "rfc3339_opt")]
     pub expires_at: Option<SystemTime>,
-    /// The last rejection of the current failure streak, `None` after a success.
-    #[serde(serialize_with = "display_opt")]
+    /// The last rejection of the current failure streak, `None` after a success. Serialized as
+    /// its kind's short code only ([`ErrorKind::code`]): the message can name endpoints, ARNs and
+    /// the account, and is logged instead.
+    #[serde(serialize_with = "kind_code_opt")]
     pub last_rejection: Option<BackendError>,
     /// How many rejections there have been since start-up (changes with every rejection).
     pub rejections: u64,
@@ -641,12 +643,9 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
         .unwrap_or_else(|_| format!("{t:?}"))
 }
 
-fn display_opt<T: std::fmt::Display, S: serde::Serializer>(
-    v: &Option<T>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
+fn kind_code_opt<S: serde::Serializer>(v: &Option<BackendError>, s: S) -> Result<S::Ok, S::Error> {
     match v {
-        Some(v) => s.collect_str(v),
+        Some(e) => s.serialize_str(e.kind.code()),
         None => s.serialize_none(),
     }
 }

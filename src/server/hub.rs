@@ -91,11 +91,23 @@ pub struct ServerState {
 /// Why the server is draining.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drain {
-    /// Human-readable reason, shown in `/status`, the page and the notice.
+    /// The reason, for the log: `<cause>` or `<cause>: <details>`. Only the cause is shown to
+    /// clients and in `/status` ([`public_reason`](Self::public_reason)).
     pub reason: Arc<str>,
     /// Whether the drain ends by itself when its cause goes away (the drain watcher's
     /// observations); an operator's request does not.
     pub reversible: bool,
+}
+
+impl Drain {
+    /// The cause alone (the text before the first `": "`), for clients and `/status`: details
+    /// such as deployment IDs and task definition ARNs (which carry the account ID) stay in the
+    /// log.
+    pub fn public_reason(&self) -> &str {
+        self.reason
+            .split_once(": ")
+            .map_or(&*self.reason, |(cause, _)| cause)
+    }
 }
 
 /// A chat message in the room. Server notices do not go through the room: they follow
@@ -280,7 +292,7 @@ impl Hub {
             http_connections: self.http_connections.load(Ordering::Relaxed),
             shutting_down: state.shutting_down,
             draining: state.draining.is_some(),
-            drain_reason: state.draining.map(|d| d.reason.to_string()),
+            drain_reason: state.draining.map(|d| d.public_reason().to_string()),
             chat_dropped: self.chat_dropped.load(Ordering::Relaxed),
             protection: self.manager.status(),
         }

@@ -106,7 +106,7 @@ async fn upgrade(
             return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
         }
         if let Some(drain) = &state.draining {
-            let body = format!("{DRAINING_NOTICE}: {}\n", drain.reason);
+            let body = format!("{DRAINING_NOTICE}: {}\n", drain.public_reason());
             return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
         }
     }

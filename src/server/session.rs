@@ -239,7 +239,7 @@ impl Told {
                 self.drained = true;
                 let notice = format!(
                     "{DRAINING_NOTICE}: {}. Reconnect to join another server.",
-                    drain.reason
+                    drain.public_reason()
                 );
                 send(socket, Message::Text(notice.into()), timeout).await
             }
