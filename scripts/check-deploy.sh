@@ -2,9 +2,10 @@
 # scripts/check-deploy.sh [OUTPUT_DIR]
 #
 # Offline check of everything this repository deploys, with no AWS account and no Docker engine:
-#   1. renders every service (websocket, queue-consumer) to CloudFormation with the real AWS
-#      Copilot CLI (`copilot svc package -n SERVICE -e test`), talking to moto's HTTPS proxy on a
-#      loopback port instead of AWS; Copilot rejects manifest fields of the wrong type or shape;
+#   1. renders every service (websocket, queue-consumer) and the environment to CloudFormation
+#      with the real AWS Copilot CLI (`copilot svc package -n SERVICE -e test`, `copilot env
+#      package -n test`), talking to moto's HTTPS proxy on a loopback port instead of AWS; Copilot
+#      rejects manifest fields of the wrong type or shape;
 #   2. checks the rendered values that matter (scripts/deploy-check/assert_rendered.py): Copilot
 #      accepts misspelled keys silently and falls back to its defaults;
 #   3. lints what Copilot rendered (service stacks + addons stacks) and our addon templates with
@@ -75,7 +76,8 @@ for svc in "${APP_SERVICES[@]}"; do
   rm -f "$out/$svc-$APP_ENV.stack.yml" "$out/$svc-$APP_ENV.params.json" \
     "$out/$svc.addons.stack.yml" "$out/$svc.copilot.log"
 done
-rm -f "$out/moto-proxy.log" "$out/seed.log"
+rm -f "$out/moto-proxy.log" "$out/seed.log" "$out/$APP_ENV.env.yml" "$out/$APP_ENV.env.params.json" \
+  "$out/env.copilot.log"
 
 # --- moto's HTTPS proxy, standing in for AWS -----------------------------------------------------
 port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -137,7 +139,19 @@ for svc in "${APP_SERVICES[@]}"; do
     failed+=("copilot: could not render $svc (full log: $out/$svc.copilot.log)")
   fi
 done
-say "  rendered: $(cd "$out" && printf '%s ' *.stack.yml)"
+# The environment (VPC, cluster, load balancer) too: its manifest is ours, and Copilot ignores
+# misspelled keys there as well.
+say "copilot env package -n $APP_ENV"
+env_template=$out/$APP_ENV.env.yml
+if (cd "$root" && copilot env package -n "$APP_ENV" --output-dir "$out") \
+  >"$out/env.copilot.log" 2>&1 && [[ -s $env_template ]]; then
+  :
+else
+  sed 's/^/  | /' "$out/env.copilot.log" | tail -n 15
+  failed+=("copilot: could not render the $APP_ENV environment (full log: $out/env.copilot.log)")
+  env_template=
+fi
+say "  rendered: $(cd "$out" && printf '%s ' *.stack.yml *.env.yml 2>/dev/null)"
 stop_proxy   # nothing below needs it
 
 # --- 2. the rendered values that matter ----------------------------------------------------------
@@ -166,6 +180,20 @@ for svc in "${rendered[@]}"; do
     || failed+=("cfn-lint: errors in the rendered service template $service_template")
   [[ -f $out/$svc.addons.stack.yml ]] && strict+=("$out/$svc.addons.stack.yml")
 done
+# The environment template, likewise errors only, and one error ignored: E3676 on Copilot's
+# InternalHTTPSListener, an HTTPS listener without Certificates. It exists only under the
+# ExportInternalHTTPSListener condition (an internal load balancer with a certificate), which this
+# environment does not set, and it is Copilot's own code.
+if [[ -n $env_template ]]; then
+  say "cfn-lint (errors only) $(basename "$env_template")"
+  cfn-lint --ignore-checks W,E3676 -- "$env_template" \
+    || failed+=("cfn-lint: errors in the rendered environment template $env_template")
+  # The one setting our environment manifest makes: Container Insights off (it costs money).
+  # Check what was rendered (a misspelled key is ignored; here Copilot's default is also off).
+  if ! grep -A1 -- '- Name: containerInsights' "$env_template" | grep -q 'Value: disabled'; then
+    failed+=("environment: Container Insights is not disabled as copilot/environments/test/manifest.yml says")
+  fi
+fi
 # Templates we write ourselves get no such allowance: warnings fail too.
 for addon in "$root"/copilot/*/addons/*.yml; do
   [[ -e $addon ]] && strict+=("$addon")
@@ -189,7 +217,7 @@ if ((${#failed[@]})); then
 fi
 if [[ -n $own_out ]]; then
   rm -rf "$out"   # a temporary directory of ours, and nothing to look at
-  say "ok: Copilot rendered ${APP_SERVICES[*]} for $APP_ENV as meant; cfn-lint and hadolint found nothing"
+  say "ok: Copilot rendered ${APP_SERVICES[*]} and the $APP_ENV environment as meant; cfn-lint and hadolint found nothing"
 else
-  say "ok: Copilot rendered ${APP_SERVICES[*]} for $APP_ENV as meant; cfn-lint and hadolint found nothing (templates: $out)"
+  say "ok: Copilot rendered ${APP_SERVICES[*]} and the $APP_ENV environment as meant; cfn-lint and hadolint found nothing (templates: $out)"
 fi
