@@ -160,6 +160,70 @@ impl ProtectionArgs {
     }
 }
 
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
+/// The metrics settings, shared by both binaries (see [`crate::metrics`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct MetricsArgs {
+    /// Write CloudWatch Embedded Metric Format lines to stdout (the awslogs driver turns them into
+    /// metrics; no agent or IAM needed).
+    #[arg(long, env = "METRICS_EMF", value_name = "METRICS_EMF", value_enum, default_value_t = Switch::Off)]
+    pub metrics_emf: Switch,
+
+    /// Seconds between two EMF lines.
+    #[arg(long, env = "METRICS_INTERVAL_SECS", value_name = "METRICS_INTERVAL_SECS",
+          default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub metrics_interval_secs: u64,
+
+    /// The `ServiceName` dimension; by default the task's ECS service, else the binary's name.
+    #[arg(
+        long,
+        env = "METRICS_SERVICE_NAME",
+        value_name = "METRICS_SERVICE_NAME"
+    )]
+    pub metrics_service_name: Option<String>,
+
+    /// Port of a Prometheus `GET /metrics` endpoint (its own listener, not the public port); 0
+    /// turns it off.
+    #[arg(
+        long,
+        env = "METRICS_PROMETHEUS_PORT",
+        value_name = "METRICS_PROMETHEUS_PORT",
+        default_value_t = 0
+    )]
+    pub metrics_prometheus_port: u16,
+
+    /// Address of the Prometheus endpoint.
+    #[arg(long, env = "METRICS_BIND_ADDRESS", value_name = "METRICS_BIND_ADDRESS",
+          default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub metrics_bind_address: IpAddr,
+}
+
+impl MetricsArgs {
+    /// The EMF interval, or `None` when EMF is off.
+    pub fn emf_interval(&self) -> Option<Duration> {
+        (self.metrics_emf == Switch::On).then(|| Duration::from_secs(self.metrics_interval_secs))
+    }
+
+    /// The `METRICS_SERVICE_NAME` given, if any.
+    pub fn service_name(&self) -> Option<String> {
+        non_empty(&self.metrics_service_name)
+    }
+
+    /// Where the Prometheus endpoint listens, or `None` when it is off.
+    pub fn prometheus_addr(&self) -> Option<SocketAddr> {
+        (self.metrics_prometheus_port != 0)
+            .then(|| SocketAddr::new(self.metrics_bind_address, self.metrics_prometheus_port))
+    }
+}
+
 /// A setting's value, unless it is missing or blank.
 fn non_empty(value: &Option<String>) -> Option<String> {
     value
@@ -192,6 +256,10 @@ pub struct Config {
     /// Protection settings and the way to reach ECS.
     #[command(flatten)]
     pub protection: ProtectionArgs,
+
+    /// Metrics (CloudWatch EMF, Prometheus).
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 
     /// How often (seconds, jittered ±10 %) to ask ECS whether this task is being replaced (a
     /// deployment to another task definition, or a scale-in); 0 turns the watcher off. Needs the
@@ -412,6 +480,10 @@ pub struct WorkerConfig {
     /// Protection settings and the way to reach ECS.
     #[command(flatten)]
     pub protection: ProtectionArgs,
+
+    /// Metrics (CloudWatch EMF, Prometheus).
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

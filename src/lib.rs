@@ -7,6 +7,7 @@
 //!   watcher.
 //! * [`server`]: the WebSocket server (axum) whose connection count drives protection.
 //! * [`worker`]: the SQS queue consumer whose jobs in hand drive protection.
+//! * [`metrics`]: per-task numbers as CloudWatch EMF lines and Prometheus text.
 //! * [`config`]: command-line flags and environment variables, and what they turn into.
 //! * [`shutdown`]: the signals that start an orderly shutdown, for both binaries.
 
@@ -14,6 +15,7 @@
 
 pub mod config;
 pub mod ecs;
+pub mod metrics;
 pub mod protection;
 pub mod server;
 pub mod shutdown;

@@ -2,6 +2,7 @@
 //! SIGTERM.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use task_protection::config::{Command, Config};
@@ -47,6 +48,17 @@ async fn run(config: Config, drain_signal: server::drain::DrainSignal) -> Result
         config.max_connections as usize,
     );
     server::drain::on_sigusr1(&hub, drain_signal);
+    let source: task_protection::metrics::Source = {
+        let hub = Arc::clone(&hub);
+        Arc::new(move || hub.metrics())
+    };
+    task_protection::metrics::start(
+        source,
+        config.metrics.emf_interval(),
+        config.metrics.prometheus_addr(),
+        ecs::metric_dimensions(context.clone(), config.metrics.service_name(), "websocket"),
+    )
+    .await?;
     if let (Some(context), Some(interval)) = (&context, config.drain_watch_interval()) {
         server::drain::follow_watcher(&hub, spawn_drain_watch(context, interval));
     }

@@ -409,3 +409,69 @@ async fn refused_upgrades_do_not_flood_the_log_and_a_vanished_client_is_not_a_pr
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn the_server_reports_connections_as_emf_lines_and_prometheus_text() {
+    let prom = free_port();
+    let server = Running::start(&[
+        ("METRICS_EMF", "on".to_string()),
+        ("METRICS_INTERVAL_SECS", "1".to_string()),
+        ("METRICS_SERVICE_NAME", "websocket".to_string()),
+        ("METRICS_PROMETHEUS_PORT", prom.to_string()),
+        ("METRICS_BIND_ADDRESS", "127.0.0.1".to_string()),
+    ])
+    .await;
+    let (mut a, _) = connect(&server.ws_url()).await;
+    let (mut b, _) = connect(&server.ws_url()).await;
+    ping_pong(&mut a).await;
+    ping_pong(&mut b).await;
+    // Prometheus text, parsed: two clients, protected (local backend).
+    let text = reqwest::get(format!("http://127.0.0.1:{prom}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("ecs_task_protection_connections"), 2.0);
+    assert!(text.contains("# TYPE ecs_task_protection_protection_calls_total counter"));
+    // EMF: wait for a line taken while both were connected (one a second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let doc = loop {
+        let line = server
+            .lines
+            .recv_timeout(Duration::from_secs(5))
+            .expect("an EMF line within 5 s");
+        if !line.contains("\"_aws\"") {
+            continue;
+        }
+        let doc: serde_json::Value = serde_json::from_str(&line).expect("EMF is JSON");
+        if doc["Connections"] == 2.0 || Instant::now() > deadline {
+            break doc;
+        }
+    };
+    assert_eq!(doc["Connections"], 2.0, "{doc}");
+    assert_eq!(doc["Protected"], 1.0, "{doc}");
+    assert_eq!(doc["ServiceName"], "websocket");
+    assert_eq!(doc["ClusterName"], "local");
+    let cw = &doc["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(cw["Namespace"], "ECSTaskProtection");
+    assert_eq!(
+        cw["Dimensions"],
+        serde_json::json!([["ClusterName", "ServiceName"]])
+    );
+    assert!(cw["Metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["Name"] == "Connections" && m["Unit"] == "Count"));
+    drop((a, b));
+    server.sigterm();
+    assert_eq!(server.exit().await.0, Some(0));
+}

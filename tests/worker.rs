@@ -439,3 +439,74 @@ fn without_a_queue_it_exits_2_and_says_which_variable_to_set() {
         "{err}"
     );
 }
+
+/// The EMF documents in a process's output, parsed.
+fn emf_lines(proc: &Proc) -> Vec<serde_json::Value> {
+    proc.output
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with('{') && l.contains("\"_aws\""))
+        .map(|l| serde_json::from_str(l).expect("an EMF line is JSON"))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_worker_reports_its_jobs_as_emf_lines_and_prometheus_text() {
+    let Some(moto) = Moto::start("worker_metrics").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let (queue, _) = moto.queue("metrics", 60, None).await;
+    for _ in 0..3 {
+        moto.send(&queue, "10").await;
+    }
+    let port = support::free_port().to_string();
+    let w = worker(
+        &queue,
+        moto.endpoint(),
+        &agent,
+        &[
+            ("METRICS_EMF", "on"),
+            ("METRICS_INTERVAL_SECS", "1"),
+            ("METRICS_SERVICE_NAME", "queue-consumer"),
+            ("METRICS_PROMETHEUS_PORT", &port),
+            ("METRICS_BIND_ADDRESS", "127.0.0.1"),
+        ],
+    );
+    w.output.wait_for("- Done", 3, LIMIT).await;
+    // EMF: JobsDone is what each interval added; over the lines it sums to the jobs done.
+    let start = std::time::Instant::now();
+    let done = loop {
+        let lines = emf_lines(&w);
+        let done: f64 = lines.iter().map(|d| d["JobsDone"].as_f64().unwrap()).sum();
+        if done >= 3.0 || start.elapsed() > LIMIT {
+            break (done, lines);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(done.0, 3.0, "{:#?}", done.1);
+    let first = &done.1[0];
+    assert_eq!(first["ServiceName"], "queue-consumer");
+    assert_eq!(first["ClusterName"], "local");
+    assert_eq!(
+        first["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+        "ECSTaskProtection"
+    );
+    // Prometheus: running totals.
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("ecs_task_protection_jobs_done_total"), 3.0);
+    assert!(value("ecs_task_protection_protection_calls_total") >= 1.0);
+    assert_eq!(stop(w).await, Some(0));
+}

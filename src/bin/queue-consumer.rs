@@ -57,7 +57,7 @@ async fn run(config: &WorkerConfig) -> Result<(), Failure> {
     let queue_url = config.queue_url().map_err(Failure::Usage)?;
     let plan = config.protection.backend_plan().map_err(Failure::Usage)?;
     let sdk_config = ecs::aws_config().await;
-    let ecs::Connection { backend, .. } = ecs::connect(plan, Some(&sdk_config))
+    let ecs::Connection { backend, context } = ecs::connect(plan, Some(&sdk_config))
         .await
         .map_err(|e| Failure::Runtime(e.explain()))?;
     let manager = ProtectionManager::start(backend, config.protection_settings())
@@ -84,6 +84,18 @@ async fn run(config: &WorkerConfig) -> Result<(), Failure> {
             }
         });
     }
+    let source: task_protection::metrics::Source = {
+        let worker = worker.clone();
+        std::sync::Arc::new(move || worker.metrics())
+    };
+    task_protection::metrics::start(
+        source,
+        config.metrics.emf_interval(),
+        config.metrics.prometheus_addr(),
+        ecs::metric_dimensions(context, config.metrics.service_name(), "queue-consumer"),
+    )
+    .await
+    .map_err(Failure::Runtime)?;
     worker.run(task_protection::shutdown::signal()).await;
     Ok(())
 }

@@ -231,6 +231,25 @@ pub struct Connection {
     pub context: Option<EcsContext>,
 }
 
+/// The metrics' dimensions for this task: `service` if given, else the task's ECS service (from
+/// the task metadata), else `fallback`; the cluster from the task metadata, else `local`.
+pub async fn metric_dimensions(
+    context: Option<EcsContext>,
+    service: Option<String>,
+    fallback: &'static str,
+) -> crate::metrics::Dimensions {
+    let identity = match &context {
+        Some(c) => c.identity().identity().await.ok().cloned(),
+        None => None,
+    };
+    crate::metrics::Dimensions::new(
+        service.as_deref(),
+        identity.as_ref().and_then(|i| i.service_name.as_deref()),
+        identity.as_ref().map(|i| i.cluster.as_str()),
+        fallback,
+    )
+}
+
 /// Builds the backend `plan` names. An ECS context shares `sdk_config` when one is given, and
 /// loads [`aws_config`] otherwise (only if the plan needs AWS). An error says what to fix.
 pub async fn connect(

@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, watch, Notify};
 
 use super::throttle::{Throttle, TokenBucket};
 use super::CHAT_PREFIX;
+use crate::metrics::{self, Sample};
 use crate::protection::{
     ErrorKind, ProtectionEvent, ProtectionGuard, ProtectionManager, ProtectionStatus,
 };
@@ -159,6 +160,8 @@ pub struct Hub {
     room_budget: Mutex<TokenBucket>,
     /// Chat messages dropped because the room's budget was spent.
     chat_dropped: AtomicU64,
+    /// Chat messages relayed to the room.
+    chat_sent: AtomicU64,
     state: watch::Sender<ServerState>,
     limits: SessionLimits,
     max_connections: usize,
@@ -188,6 +191,7 @@ impl Hub {
                 1.0,
             )),
             chat_dropped: AtomicU64::new(0),
+            chat_sent: AtomicU64::new(0),
             state: watch::channel(ServerState::default()).0,
             limits,
             max_connections,
@@ -298,6 +302,39 @@ impl Hub {
         }
     }
 
+    /// The server's numbers for [`crate::metrics`]: `Connections`, `HttpConnections`,
+    /// `ChatMessages`, `ChatDropped`, and the protection manager's.
+    pub fn metrics(&self) -> Vec<Sample> {
+        let mut samples = vec![
+            Sample::gauge(
+                "Connections",
+                "connections",
+                "WebSocket clients connected to this task",
+                self.connections() as f64,
+            ),
+            Sample::gauge(
+                "HttpConnections",
+                "http_connections",
+                "HTTP connections that have not upgraded to a WebSocket",
+                self.http_connections.load(Ordering::Relaxed) as f64,
+            ),
+            Sample::counter(
+                "ChatMessages",
+                "chat_messages",
+                "Chat messages relayed to the room",
+                self.chat_sent.load(Ordering::Relaxed),
+            ),
+            Sample::counter(
+                "ChatDropped",
+                "chat_dropped",
+                "Chat messages dropped because the room's delivery budget was spent",
+                self.chat_dropped.load(Ordering::Relaxed),
+            ),
+        ];
+        samples.extend(metrics::protection_samples(&self.manager.status()));
+        samples
+    }
+
     /// Waits until no client is connected.
     pub async fn wait_for_no_connections(&self) {
         loop {
@@ -397,6 +434,7 @@ impl Slot {
             from: self.id,
             text: line.into(),
         });
+        self.hub.chat_sent.fetch_add(1, Ordering::Relaxed);
         true
     }
 

@@ -16,6 +16,7 @@ mod leases;
 mod queue;
 mod status;
 
+use crate::metrics::{self, Sample};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -182,6 +183,42 @@ impl Worker {
             stopping: *s.stopping.borrow(),
             protection: s.manager.status(),
         }
+    }
+
+    /// The worker's numbers for [`crate::metrics`]: `JobsInHand`, `JobsDone`, `JobsFailed`
+    /// (messages that are not jobs), `JobsReturned` (handed back unfinished on shutdown), and the
+    /// protection manager's.
+    pub fn metrics(&self) -> Vec<Sample> {
+        let s = &self.shared;
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut samples = vec![
+            Sample::gauge(
+                "JobsInHand",
+                "jobs_in_hand",
+                "Messages in hand: waiting for protection, running, or being deleted",
+                *s.in_hand.borrow() as f64,
+            ),
+            Sample::counter(
+                "JobsDone",
+                "jobs_done",
+                "Jobs done and deleted",
+                count(&s.counters.done),
+            ),
+            Sample::counter(
+                "JobsFailed",
+                "jobs_failed",
+                "Messages that are not jobs (left for the dead-letter queue)",
+                count(&s.counters.invalid),
+            ),
+            Sample::counter(
+                "JobsReturned",
+                "jobs_returned",
+                "Messages handed back to the queue unfinished (shutdown)",
+                count(&s.counters.returned),
+            ),
+        ];
+        samples.extend(metrics::protection_samples(&s.manager.status()));
+        samples
     }
 
     /// Whether the worker is sound: not shutting down, and receiving (a receive started within
