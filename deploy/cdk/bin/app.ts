@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The CDK app: `npx cdk deploy` from deploy/cdk (see docs/DEPLOY-CDK.md).
+// The CDK app: `npx cdk deploy` from deploy/cdk (see docs/DEPLOY.md).
 import { App, Validations } from 'aws-cdk-lib';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { readConfig } from '../lib/config';

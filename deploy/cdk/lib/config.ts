@@ -35,7 +35,7 @@ export interface AppConfig {
   readonly repoRoot: string;
 }
 
-/** Every context key the app reads, with its default (documented in docs/DEPLOY-CDK.md). */
+/** Every context key the app reads, with its default (documented in docs/DEPLOY.md). */
 export const CONTEXT_KEYS = [
   'clusterName',
   'vpcId',
