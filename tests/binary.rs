@@ -475,3 +475,85 @@ async fn the_server_reports_connections_as_emf_lines_and_prometheus_text() {
     server.sigterm();
     assert_eq!(server.exit().await.0, Some(0));
 }
+
+#[tokio::test]
+async fn a_drain_asked_for_during_a_slow_start_up_is_kept_and_carried_out() {
+    use std::io::Write as _;
+    // The SDK reads its config file while the server starts (to find the Region); a FIFO that
+    // nobody writes to yet holds start-up right there, before the backend exists.
+    let dir = support::process::TempDir::new("slow-start").unwrap();
+    let fifo = dir.0.join("aws-config");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let port = free_port();
+    let mut child = server(&[
+        ("PORT", port.to_string()),
+        ("PROTECTION_BACKEND", "api".to_string()),
+        ("ECS_CLUSTER", "task-protection".to_string()),
+        (
+            "ECS_TASK_ARN",
+            "arn:aws:ecs:us-east-1:123456789012:task/task-protection/0123456789abcdef".to_string(),
+        ),
+        ("ECS_ENDPOINT_URL", "http://127.0.0.1:9".to_string()),
+        ("AWS_CONFIG_FILE", fifo.display().to_string()),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".to_string()),
+        ("AWS_ACCESS_KEY_ID", "test".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
+    ])
+    .spawn()
+    .unwrap();
+    let lines = capture(&mut child);
+    // Opening the FIFO for writing returns once the server has opened it: start-up is stalled
+    // there until this thread writes. The SDK may read the file more than once; later reads are
+    // answered too (a pause between two answers lets the reader see the end of the file: a
+    // writer that opens before the last one's close is read would extend the same read).
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        for n in 0..50 {
+            let Ok(mut writer) = std::fs::OpenOptions::new().write(true).open(&path) else {
+                return;
+            };
+            if n == 0 {
+                let _ = opened_tx.send(());
+                let _ = go_rx.recv();
+            }
+            let _ = writer.write_all(b"[default]\nregion = us-east-1\n");
+            drop(writer);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    tokio::task::spawn_blocking(move || opened_rx.recv_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("the server opened its AWS config file");
+    let drained = Command::new(env!("CARGO_BIN_EXE_websocket"))
+        .args(["drain", "--pid", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(drained.success());
+    // Let start-up go on.
+    go_tx.send(()).unwrap();
+    wait_healthy(port).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGUSR1 ended the process"
+    );
+    // The drain was carried out once the server was up: upgrades are refused.
+    match tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("expected 503 while draining, got {other:?}"),
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    let log: Vec<String> = lines.iter().collect();
+    assert_eq!(status.code(), Some(0), "{log:#?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("Draining: operator request (SIGUSR1)")),
+        "{log:#?}"
+    );
+}
