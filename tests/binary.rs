@@ -24,6 +24,18 @@ fn server(envs: &[(&str, String)]) -> Command {
     cmd
 }
 
+/// Kills the child if the test ends early (a failed assertion), so no server outlives its test.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Collects the child's stdout lines on a thread.
 fn capture(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -341,6 +353,7 @@ async fn health_answers_while_idle_sockets_exhaust_the_file_descriptors() {
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let lines = capture(&mut child);
+    let mut child = KillOnDrop(child);
     wait_healthy(port).await;
     let mut idle = Vec::new();
     for _ in 0..100 {
@@ -363,9 +376,9 @@ async fn health_answers_while_idle_sockets_exhaust_the_file_descriptors() {
         assert_eq!(health.status(), 200);
     }
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status();
-    let _ = child.wait();
+    let _ = child.0.wait();
     let log: Vec<String> = lines.iter().collect();
     let warnings = log.iter().filter(|l| l.contains("Cannot accept")).count();
     assert!(
@@ -503,6 +516,7 @@ async fn a_drain_asked_for_during_a_slow_start_up_is_kept_and_carried_out() {
     .spawn()
     .unwrap();
     let lines = capture(&mut child);
+    let mut child = KillOnDrop(child);
     // Opening the FIFO for writing returns once the server has opened it: start-up is stalled
     // there until this thread writes. The SDK may read the file more than once; later reads are
     // answered too (a pause between two answers lets the reader see the end of the file: a
@@ -529,7 +543,7 @@ async fn a_drain_asked_for_during_a_slow_start_up_is_kept_and_carried_out() {
         .unwrap()
         .expect("the server opened its AWS config file");
     let drained = Command::new(env!("CARGO_BIN_EXE_websocket"))
-        .args(["drain", "--pid", &child.id().to_string()])
+        .args(["drain", "--pid", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(drained.success());
@@ -537,7 +551,7 @@ async fn a_drain_asked_for_during_a_slow_start_up_is_kept_and_carried_out() {
     go_tx.send(()).unwrap();
     wait_healthy(port).await;
     assert!(
-        child.try_wait().unwrap().is_none(),
+        child.0.try_wait().unwrap().is_none(),
         "SIGUSR1 ended the process"
     );
     // The drain was carried out once the server was up: upgrades are refused.
@@ -546,9 +560,9 @@ async fn a_drain_asked_for_during_a_slow_start_up_is_kept_and_carried_out() {
         other => panic!("expected 503 while draining, got {other:?}"),
     }
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status();
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     let log: Vec<String> = lines.iter().collect();
     assert_eq!(status.code(), Some(0), "{log:#?}");
     assert!(
