@@ -13,6 +13,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::ecs::{BackendPlan, EcsSettings};
 use crate::protection::{Settings, DURATION_MINUTES};
+use crate::server::backplane::{BackplaneSettings, BackplaneUrl};
 use crate::server::{AllowedOrigins, HttpLimits, SessionLimits};
 
 /// How the server reaches ECS.
@@ -348,6 +349,21 @@ pub struct Config {
           value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<AllowedOrigins>()))]
     pub allowed_origins: AllowedOrigins,
 
+    /// Chat across tasks: a `redis://` or `rediss://` (TLS) URL of a Redis or Valkey server,
+    /// with the user and password in it if the server wants them (`rediss://user:pass@host:6379`).
+    /// Unset: chat stays within this task. A server that is down at start-up does not stop it.
+    #[arg(long, env = "CHAT_BACKPLANE_URL", value_name = "CHAT_BACKPLANE_URL",
+          value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<BackplaneUrl>()))]
+    pub chat_backplane_url: Option<BackplaneUrl>,
+
+    /// How often (seconds) each task writes its connection count to the backplane and reads the
+    /// others' (`fleet_connections` in /status); a count not refreshed for three times this long
+    /// is no longer counted.
+    #[arg(long, env = "CHAT_BACKPLANE_REFRESH_SECS", value_name = "CHAT_BACKPLANE_REFRESH_SECS",
+          default_value_t = BackplaneSettings::DEFAULT_REFRESH.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub chat_backplane_refresh_secs: u64,
+
     /// Seconds the server may take to close clients and release protection on SIGTERM.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", value_name = "SHUTDOWN_TIMEOUT_SECS",
           default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=110))]
@@ -399,6 +415,17 @@ impl Config {
     /// How long protection may be held without a break before the server drains, or `None`.
     pub fn max_protected(&self) -> Option<Duration> {
         seconds(u64::from(self.max_protected_minutes) * 60)
+    }
+
+    /// The chat backplane's settings, or `None` when `CHAT_BACKPLANE_URL` is unset. `task_arn`
+    /// (when known) gives this task's id on the channel; otherwise it is random.
+    pub fn backplane_settings(&self, task_arn: Option<&str>) -> Option<BackplaneSettings> {
+        let mut settings = BackplaneSettings::new(self.chat_backplane_url.clone()?);
+        if let Some(id) = task_arn.and_then(crate::server::backplane::origin_from_task_arn) {
+            settings.origin = id;
+        }
+        settings.refresh = Duration::from_secs(self.chat_backplane_refresh_secs);
+        Some(settings)
     }
 
     /// The longest the SIGTERM sequence may take.
@@ -640,6 +667,31 @@ mod tests {
             .to_string();
         assert!(
             e.contains("PROTECTION_BACKEND") && e.contains("auto"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_chat_backplane_is_off_unless_a_redis_url_is_given() {
+        assert!(parse(&[]).unwrap().backplane_settings(None).is_none());
+        let c = parse(&["--chat-backplane-url", "rediss://u:p@cache:6379"]).unwrap();
+        let b = c
+            .backplane_settings(Some("arn:aws:ecs:us-east-1:1:task/demo/abc123"))
+            .unwrap();
+        assert!(b.url.is_tls());
+        assert_eq!(b.origin, "abc123");
+        assert_eq!(b.refresh, BackplaneSettings::DEFAULT_REFRESH);
+        for bad in ["http://cache:6379", "redis://cache:port"] {
+            let e = parse(&["--chat-backplane-url", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("CHAT_BACKPLANE_URL"), "{bad}: {e}");
+        }
+        let e = parse(&["--chat-backplane-refresh-secs", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("CHAT_BACKPLANE_REFRESH_SECS") && e.contains("1..=300"),
             "{e}"
         );
     }

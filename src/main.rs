@@ -47,6 +47,13 @@ async fn run(config: Config, drain_signal: server::drain::DrainSignal) -> Result
         config.session_limits(),
         config.max_connections as usize,
     );
+    let task_arn = context
+        .as_ref()
+        .and_then(|c| c.identity().cached())
+        .map(|t| t.task_arn.clone());
+    if let Some(backplane) = config.backplane_settings(task_arn.as_deref()) {
+        server::backplane::start(&hub, backplane);
+    }
     server::drain::on_sigusr1(&hub, drain_signal);
     let source: task_protection::metrics::Source = {
         let hub = Arc::clone(&hub);

@@ -5,13 +5,14 @@
 //! Sessions reach it only through their [`Slot`]: join, publish, and watch the state.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use tokio::sync::{broadcast, watch, Notify};
 
+use super::backplane::{Backplane, BackplaneStatus};
 use super::throttle::{Throttle, TokenBucket};
 use super::CHAT_PREFIX;
 use crate::metrics::{self, Sample};
@@ -115,7 +116,7 @@ impl Drain {
 /// [`ServerState`], so that each client is told once.
 #[derive(Debug, Clone)]
 pub(super) struct Outgoing {
-    /// The sender's connection id (not echoed back to it).
+    /// The sender's connection id (not echoed back to it); 0 for chat from another task.
     from: u64,
     /// The text.
     pub(super) text: Utf8Bytes,
@@ -139,6 +140,9 @@ pub struct StatusDoc {
     pub drain_reason: Option<String>,
     /// Chat messages dropped since start-up because the room's budget was spent.
     pub chat_dropped: u64,
+    /// The chat backplane: `backplane`, `backplane_dropped`, `fleet_connections`.
+    #[serde(flatten)]
+    pub backplane: BackplaneStatus,
     /// The protection manager's state.
     pub protection: ProtectionStatus,
 }
@@ -169,6 +173,8 @@ pub struct Hub {
     pub(super) refusals: Throttle,
     /// One warning per period for chat dropped by the room's budget.
     room_busy: Throttle,
+    /// Chat across tasks, when `CHAT_BACKPLANE_URL` is set.
+    backplane: OnceLock<Backplane>,
 }
 
 impl Hub {
@@ -197,6 +203,7 @@ impl Hub {
             max_connections,
             refusals: Throttle::new(Duration::from_secs(10)),
             room_busy: Throttle::new(Duration::from_secs(10)),
+            backplane: OnceLock::new(),
         });
         tokio::spawn(relay_rejections(
             Arc::downgrade(&hub),
@@ -298,6 +305,10 @@ impl Hub {
             draining: state.draining.is_some(),
             drain_reason: state.draining.map(|d| d.public_reason().to_string()),
             chat_dropped: self.chat_dropped.load(Ordering::Relaxed),
+            backplane: self
+                .backplane
+                .get()
+                .map_or_else(BackplaneStatus::off, |b| b.status(self.connections())),
             protection: self.manager.status(),
         }
     }
@@ -363,6 +374,41 @@ impl Hub {
         self.max_connections
     }
 
+    /// Links the room to other tasks' rooms (once; a second backplane is ignored).
+    pub(super) fn set_backplane(&self, backplane: Backplane) {
+        let _ = self.backplane.set(backplane);
+    }
+
+    /// Relays chat that a client of another task sent (through the backplane) to every client
+    /// here, if the room's budget can pay for it; it is dropped and counted otherwise.
+    pub(super) fn deliver_remote(&self, text: &str) {
+        let recipients = self.connections();
+        if recipients == 0 {
+            return;
+        }
+        let paid = {
+            let mut budget = self.room_budget.lock().unwrap_or_else(|e| e.into_inner());
+            budget.take(recipients as f64)
+        };
+        if !paid {
+            let dropped = self.chat_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Some(suppressed) = self.room_busy.allow() {
+                tracing::warn!(
+                    "Chat room budget spent: dropped a message from another task to {recipients} clients ({dropped} dropped since start-up){}",
+                    Throttle::suppressed_note(suppressed)
+                );
+            }
+            return;
+        }
+        let mut line = String::with_capacity(CHAT_PREFIX.len() + text.len());
+        line.push_str(CHAT_PREFIX);
+        line.push_str(text);
+        let _ = self.room.send(Outgoing {
+            from: 0,
+            text: line.into(),
+        });
+    }
+
     /// Reserves a connection slot, or `None` when full.
     pub(super) fn reserve(self: &Arc<Self>) -> Option<Slot> {
         let before = self.connections.fetch_add(1, Ordering::AcqRel);
@@ -406,7 +452,7 @@ impl Slot {
 
     /// Sends `text` to every other client in the room, as chat ([`CHAT_PREFIX`]), if the room's
     /// budget can pay for it; `false` if it was dropped. Nobody listening is fine: the sender may
-    /// be alone.
+    /// be alone. With a backplane, a paid message also goes to the other tasks.
     pub(super) fn publish(&self, text: &str) -> bool {
         let recipients = self.hub.connections().saturating_sub(1);
         let paid = {
@@ -430,9 +476,14 @@ impl Slot {
         let mut line = String::with_capacity(CHAT_PREFIX.len() + text.len());
         line.push_str(CHAT_PREFIX);
         line.push_str(text);
+        let line = Utf8Bytes::from(line);
+        if let Some(backplane) = self.hub.backplane.get() {
+            // Never waits: a full queue or a backplane that is down drops it (and counts it).
+            backplane.offer(&line);
+        }
         let _ = self.hub.room.send(Outgoing {
             from: self.id,
-            text: line.into(),
+            text: line,
         });
         self.hub.chat_sent.fetch_add(1, Ordering::Relaxed);
         true

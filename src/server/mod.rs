@@ -4,8 +4,10 @@
 //! * `GET /` the page (embedded in the binary, so it is served whatever the working directory);
 //! * `GET /ws` the WebSocket;
 //! * `GET /healthz` 200, or 503 while shutting down;
-//! * `GET /status` JSON: connections, protection state and expiry, backend, call counters.
+//! * `GET /status` JSON: connections, protection state and expiry, backend, call counters, the
+//!   chat backplane's state.
 
+pub mod backplane;
 pub mod drain;
 mod hub;
 mod listener;

@@ -1,0 +1,66 @@
+//! How long to wait between tries to reach the backplane: 0.5 s doubling to 30 s, each wait
+//! × a random 0.5–1, so that a fleet of tasks does not knock on a restarted cache in step.
+
+use std::time::Duration;
+
+/// The first wait.
+pub const FIRST: Duration = Duration::from_millis(500);
+/// The longest wait.
+pub const MAX: Duration = Duration::from_secs(30);
+
+/// Exponential back-off with jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    /// A back-off at its first step.
+    pub fn new() -> Self {
+        Self { attempt: 0 }
+    }
+
+    /// Back to the first step (after a success).
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// The next wait, with `jitter` in 0..1 (a random number in production).
+    pub fn next_with(&mut self, jitter: f64) -> Duration {
+        let full = FIRST.saturating_mul(1u32 << self.attempt.min(16)).min(MAX);
+        self.attempt = self.attempt.saturating_add(1);
+        full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+    }
+
+    /// The next wait, jittered.
+    pub fn next(&mut self) -> Duration {
+        self.next_with(rand::random::<f64>())
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_from_half_a_second_to_thirty_and_resets() {
+        let mut b = Backoff::new();
+        let full: Vec<_> = (0..9).map(|_| b.next_with(1.0).as_millis()).collect();
+        assert_eq!(
+            full,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        b.reset();
+        assert_eq!(b.next_with(0.0), Duration::from_millis(250));
+        for _ in 0..100 {
+            let d = b.next();
+            assert!(d >= Duration::from_millis(250) && d <= MAX, "{d:?}");
+        }
+    }
+}
