@@ -1,0 +1,538 @@
+//! Chat across tasks through a real `redis-server` (Debian's `redis-server` package) and two real
+//! `websocket` processes, each started by the test on free loopback ports: chat reaches the other
+//! task exactly once, survives the backplane's death and restart, follows a drained client to the
+//! other task, and the fleet's connection count adds up. `redis-server` must be installed: the
+//! tests fail (they do not skip) without it, saying how to install it.
+#![cfg(unix)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures_util::SinkExt;
+use support::process::{Proc, TempDir};
+use support::{connect, free_port, next_text, ping_pong, Client};
+use tokio_tungstenite::tungstenite::Message;
+
+/// The redis-server program: `$REDIS_SERVER`, else `redis-server` on PATH.
+fn redis_program() -> String {
+    let program = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    let found = Command::new(&program)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{program}` cannot be run: the chat backplane's tests need a real Redis server. Install \
+         it with `apt-get install redis-server` (CI's .ci/run does), or set REDIS_SERVER to one"
+    );
+    program
+}
+
+/// A `redis-server` on a loopback port, with no persistence, in a fresh directory.
+struct Redis {
+    proc: Option<Proc>,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Redis {
+    async fn start() -> Self {
+        let dir = TempDir::new("backplane-redis").expect("temp dir");
+        let mut redis = Self {
+            proc: None,
+            port: free_port(),
+            dir,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    /// Starts it (again) on the same port, and waits until it answers PING.
+    async fn restart(&mut self) {
+        let mut cmd = Command::new(redis_program());
+        cmd.args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+            .args(["--port", &self.port.to_string()])
+            .arg("--dir")
+            .arg(&self.dir.0);
+        let proc = Proc::spawn("redis-server", cmd, false).expect("start redis-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.answers() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer on port {} within 10 s:\n{}",
+                self.port,
+                proc.output.tail(20)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.proc = Some(proc);
+    }
+
+    /// Whether PING gets +PONG.
+    fn answers(&self) -> bool {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    /// Kills it (SIGKILL: no goodbye to the clients) and waits until it has exited.
+    async fn kill(&mut self) {
+        let mut proc = self.proc.take().expect("redis-server running");
+        proc.signal("KILL").expect("kill redis-server");
+        proc.wait_exit(Duration::from_secs(5)).await.expect("exit");
+    }
+
+    /// Sends `signal` (STOP, CONT) to it.
+    fn signal(&self, signal: &str) {
+        self.proc
+            .as_ref()
+            .expect("redis-server running")
+            .signal(signal)
+            .expect("signal redis-server");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A TCP pass-through in front of the backplane that can stall: while stalled it forwards
+/// nothing either way (a hung or overloaded server, as SIGSTOP would make one, which this
+/// machine's sandbox does not honour), and the connections stay open.
+struct StallProxy {
+    port: u16,
+    stalled: tokio::sync::watch::Sender<bool>,
+}
+
+impl StallProxy {
+    async fn start(upstream_port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (stalled, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(cr, sw, watch.clone()));
+                tokio::spawn(pump(sr, cw, watch.clone()));
+            }
+        });
+        Self { port, stalled }
+    }
+
+    fn stall(&self, on: bool) {
+        self.stalled.send_replace(on);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Copies `from` to `to`, holding each chunk while the proxy is stalled.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if stalled.wait_for(|s| !*s).await.is_err()
+                    || to.write_all(&buf[..n]).await.is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A `websocket` process (a "task") on a free loopback port, healthy.
+struct Task {
+    proc: Proc,
+    port: u16,
+}
+
+impl Task {
+    /// Starts the binary with `CHAT_BACKPLANE_URL=url` (none if empty), a 1 s fleet refresh, and
+    /// `extra`.
+    async fn start(url: &str, extra: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_websocket"));
+        cmd.env_clear()
+            .env("BIND_ADDRESS", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("RUST_LOG", "info")
+            .env("CHAT_BACKPLANE_REFRESH_SECS", "1");
+        if !url.is_empty() {
+            cmd.env("CHAT_BACKPLANE_URL", url);
+        }
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let proc = Proc::spawn("websocket", cmd, false).expect("start websocket");
+        let task = Self { proc, port };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(r) = reqwest::get(task.http_url("/healthz")).await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "websocket did not become healthy:\n{}",
+                task.proc.output.tail(20)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        task
+    }
+
+    /// Starts one and waits until it is connected to the backplane.
+    async fn connected(url: &str) -> Self {
+        let task = Self::start(url, &[]).await;
+        task.wait_log("Chat backplane connected", 1).await;
+        task
+    }
+
+    async fn wait_log(&self, needle: &str, n: usize) {
+        self.proc
+            .output
+            .wait_for(needle, n, Duration::from_secs(20))
+            .await;
+    }
+
+    fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    fn http_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn status(&self) -> serde_json::Value {
+        reqwest::get(self.http_url("/status"))
+            .await
+            .expect("/status")
+            .json()
+            .await
+            .expect("/status JSON")
+    }
+
+    /// Waits until `/status` satisfies `f`, at most `limit`.
+    async fn wait_status(
+        &self,
+        what: &str,
+        limit: Duration,
+        f: impl Fn(&serde_json::Value) -> bool,
+    ) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let doc = self.status().await;
+            if f(&doc) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; /status: {doc}\n{}",
+                self.proc.output.tail(20)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn say(ws: &mut Client, text: &str) {
+    ws.send(Message::text(text)).await.expect("send chat");
+}
+
+/// The slowest of `n` ping→pong round trips.
+async fn slowest_pong(ws: &mut Client, n: usize) -> Duration {
+    let mut worst = Duration::ZERO;
+    for _ in 0..n {
+        let started = Instant::now();
+        ping_pong(ws).await;
+        worst = worst.max(started.elapsed());
+    }
+    worst
+}
+
+/// Sends chat from `from` until `to` receives it (cross-task chat works again after an outage:
+/// messages offered before the link is back are dropped by design), at most `limit`.
+async fn chat_until_received(from: &mut Client, to: &mut Client, text: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        say(from, text).await;
+        match tokio::time::timeout(Duration::from_millis(500), next_text(to)).await {
+            Ok(got) if got == format!("chat: {text}") => return,
+            Ok(other) => panic!("expected the chat {text:?}, got {other:?}"),
+            Err(_) => assert!(
+                Instant::now() < deadline,
+                "cross-task chat did not resume within {limit:?}"
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn chat_reaches_the_other_task_once_and_the_senders_own_task_once() {
+    let redis = Redis::start().await;
+    let a = Task::connected(&redis.url()).await;
+    let b = Task::connected(&redis.url()).await;
+    let (mut a1, _) = connect(&a.ws_url()).await;
+    let (mut a2, _) = connect(&a.ws_url()).await;
+    let (mut b1, welcome) = connect(&b.ws_url()).await;
+    // The welcome counts this task's clients only.
+    assert_eq!(welcome, "Welcome! There are 1 connections");
+
+    say(&mut a1, "hello from a").await;
+    assert_eq!(next_text(&mut b1).await, "chat: hello from a");
+    assert_eq!(next_text(&mut a2).await, "chat: hello from a");
+    // B answers after it had A's message: on A's subscription, A's own copy of "hello" (if it
+    // were relayed) would come before B's answer. So the next thing A's clients see must be B's
+    // answer: a2 did not get "hello" twice, and a1 did not get its own message back.
+    say(&mut b1, "hello from b").await;
+    assert_eq!(next_text(&mut a2).await, "chat: hello from b");
+    assert_eq!(next_text(&mut a1).await, "chat: hello from b");
+    // And the same the other way: B does not relay its own message back to b1.
+    say(&mut a1, "again from a").await;
+    assert_eq!(next_text(&mut b1).await, "chat: again from a");
+    assert_eq!(next_text(&mut a2).await, "chat: again from a");
+    for ws in [&mut a1, &mut a2, &mut b1] {
+        ping_pong(ws).await;
+    }
+    let doc = a.status().await;
+    assert_eq!(doc["backplane"], "connected", "{doc}");
+    assert_eq!(doc["backplane_dropped"], 0, "{doc}");
+}
+
+#[tokio::test]
+async fn a_dead_backplane_leaves_local_chat_and_pongs_alone_and_a_restarted_one_is_rejoined() {
+    let mut redis = Redis::start().await;
+    let a = Task::connected(&redis.url()).await;
+    let b = Task::connected(&redis.url()).await;
+    let (mut a1, _) = connect(&a.ws_url()).await;
+    let (mut a2, _) = connect(&a.ws_url()).await;
+    let (mut b1, _) = connect(&b.ws_url()).await;
+    chat_until_received(&mut a1, &mut b1, "before", Duration::from_secs(5)).await;
+    assert_eq!(next_text(&mut a2).await, "chat: before");
+
+    redis.kill().await;
+    say(&mut a1, "local only").await;
+    assert_eq!(next_text(&mut a2).await, "chat: local only");
+    for ws in [&mut a1, &mut a2, &mut b1] {
+        let worst = slowest_pong(ws, 20).await;
+        assert!(
+            worst < Duration::from_millis(200),
+            "pong took {worst:?} with redis down"
+        );
+    }
+    a.wait_log("Chat backplane unreachable", 1).await;
+    b.wait_log("Chat backplane unreachable", 1).await;
+    say(&mut a1, "still local").await;
+    assert_eq!(next_text(&mut a2).await, "chat: still local");
+    let doc = a.status().await;
+    assert_eq!(doc["backplane"], "disconnected", "{doc}");
+    assert_eq!(doc["fleet_connections"], serde_json::Value::Null, "{doc}");
+    assert!(doc["backplane_dropped"].as_u64().unwrap_or(0) >= 1, "{doc}");
+    // b1 never got what was said on A while the backplane was down.
+    ping_pong(&mut b1).await;
+
+    // Same port, a fresh server with no subscriptions: the tasks find it and subscribe again.
+    redis.restart().await;
+    a.wait_log("Chat backplane reconnected", 1).await;
+    b.wait_log("Chat backplane reconnected", 1).await;
+    chat_until_received(&mut a1, &mut b1, "after", Duration::from_secs(10)).await;
+    assert_eq!(next_text(&mut a2).await, "chat: after");
+    chat_until_received(&mut b1, &mut a2, "b after", Duration::from_secs(10)).await;
+    // The outage is logged once, however many tries it took, and so is its end.
+    for task in [&a, &b] {
+        assert_eq!(task.proc.output.count("Chat backplane unreachable"), 1);
+        assert_eq!(task.proc.output.count("Chat backplane reconnected"), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_hung_backplane_delays_no_pong_and_no_local_chat() {
+    let redis = Redis::start().await;
+    let proxy = StallProxy::start(redis.port).await;
+    let a = Task::connected(&proxy.url()).await;
+    let b = Task::connected(&redis.url()).await;
+    let (mut a1, _) = connect(&a.ws_url()).await;
+    let (mut a2, _) = connect(&a.ws_url()).await;
+    let (mut b1, _) = connect(&b.ws_url()).await;
+    chat_until_received(&mut a1, &mut b1, "before", Duration::from_secs(5)).await;
+    assert_eq!(next_text(&mut a2).await, "chat: before");
+
+    // Commands and publishes now wait for answers that do not come; sessions never wait on them.
+    proxy.stall(true);
+    for i in 0..30 {
+        say(&mut a1, &format!("while hung {i}")).await;
+        assert_eq!(next_text(&mut a2).await, format!("chat: while hung {i}"));
+    }
+    for ws in [&mut a1, &mut a2] {
+        let worst = slowest_pong(ws, 20).await;
+        assert!(
+            worst < Duration::from_millis(200),
+            "pong took {worst:?} with the backplane hung"
+        );
+    }
+    // The link gives up on the hung connection (3 s without an answer) and says so, once.
+    a.wait_log("Chat backplane unreachable", 1).await;
+    let worst = slowest_pong(&mut a1, 5).await;
+    assert!(worst < Duration::from_millis(200), "pong took {worst:?}");
+    proxy.stall(false);
+    a.wait_log("Chat backplane reconnected", 1).await;
+    // The proxy hands the old connection's held bytes over when it lets go, so the batch that was
+    // in flight may still arrive (late, once); what came after it was dropped and counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    'resumed: loop {
+        say(&mut a1, "after").await;
+        while let Ok(got) =
+            tokio::time::timeout(Duration::from_millis(500), next_text(&mut b1)).await
+        {
+            match got.as_str() {
+                "chat: after" => break 'resumed,
+                late if late.starts_with("chat: while hung") => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(Instant::now() < deadline, "cross-task chat did not resume");
+    }
+    let doc = a.status().await;
+    assert!(doc["backplane_dropped"].as_u64().unwrap_or(0) >= 1, "{doc}");
+}
+
+#[tokio::test]
+async fn a_client_drained_from_one_task_is_in_the_same_room_on_the_other() {
+    let redis = Redis::start().await;
+    let a = Task::connected(&redis.url()).await;
+    let b = Task::connected(&redis.url()).await;
+    let (mut stays, _) = connect(&a.ws_url()).await;
+    let (mut moves, _) = connect(&a.ws_url()).await;
+
+    // The operator's drain, as in ECS: `websocket drain --pid`.
+    let out = Command::new(env!("CARGO_BIN_EXE_websocket"))
+        .args(["drain", "--pid", &a.proc.pid().to_string()])
+        .output()
+        .expect("websocket drain");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let notice = next_text(&mut moves).await;
+    assert!(notice.starts_with("server draining:"), "{notice}");
+    assert!(next_text(&mut stays).await.starts_with("server draining:"));
+    // The page reconnects; A refuses it (503), the load balancer's next pick is B.
+    drop(moves);
+    match tokio_tungstenite::connect_async(a.ws_url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("expected 503 from the draining task, got {other:?}"),
+    }
+    let (mut moved, _) = connect(&b.ws_url()).await;
+    chat_until_received(
+        &mut stays,
+        &mut moved,
+        "still one room",
+        Duration::from_secs(5),
+    )
+    .await;
+    say(&mut moved, "hi back").await;
+    assert_eq!(next_text(&mut stays).await, "chat: hi back");
+}
+
+#[test]
+fn a_malformed_backplane_url_stops_start_up_naming_the_setting() {
+    for bad in [
+        "http://127.0.0.1:6379",
+        "127.0.0.1:6379",
+        "redis://127.0.0.1:port",
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_websocket"))
+            .env_clear()
+            .env("PORT", "0")
+            .env("CHAT_BACKPLANE_URL", bad)
+            .output()
+            .expect("run websocket");
+        assert_eq!(out.status.code(), Some(2), "CHAT_BACKPLANE_URL={bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("CHAT_BACKPLANE_URL"), "{bad}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_backplane_down_at_start_up_does_not_stop_the_server_and_is_joined_when_it_comes() {
+    // A port nobody listens on yet.
+    let mut redis = Redis::start().await;
+    redis.kill().await;
+    let a = Task::start(&redis.url(), &[]).await;
+    a.wait_log("Chat backplane unreachable", 1).await;
+    let (mut a1, welcome) = connect(&a.ws_url()).await;
+    assert_eq!(welcome, "Welcome! There are 1 connections");
+    let (mut a2, _) = connect(&a.ws_url()).await;
+    say(&mut a1, "local chat works").await;
+    assert_eq!(next_text(&mut a2).await, "chat: local chat works");
+    assert_eq!(a.status().await["backplane"], "disconnected");
+
+    redis.restart().await;
+    a.wait_log("Chat backplane reconnected", 1).await;
+    let b = Task::connected(&redis.url()).await;
+    let (mut b1, _) = connect(&b.ws_url()).await;
+    chat_until_received(&mut a1, &mut b1, "joined late", Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn fleet_connections_count_both_tasks_clients_on_both_tasks() {
+    let redis = Redis::start().await;
+    let a = Task::connected(&redis.url()).await;
+    let b = Task::connected(&redis.url()).await;
+    let mut on_a = Vec::new();
+    for _ in 0..2 {
+        on_a.push(connect(&a.ws_url()).await.0);
+    }
+    let mut on_b = Vec::new();
+    for _ in 0..3 {
+        on_b.push(connect(&b.ws_url()).await.0);
+    }
+    for task in [&a, &b] {
+        task.wait_status("fleet_connections 5", Duration::from_secs(10), |d| {
+            d["fleet_connections"] == 5
+        })
+        .await;
+    }
+    assert_eq!(a.status().await["connections"], 2);
+    assert_eq!(b.status().await["connections"], 3);
+    on_b.clear();
+    a.wait_status(
+        "fleet_connections 2 once B's clients left",
+        Duration::from_secs(10),
+        |d| d["fleet_connections"] == 2,
+    )
+    .await;
+    // Without a backplane, the field is null and the state "off".
+    drop(on_a);
+    let plain = Task::start("", &[]).await;
+    let doc = plain.status().await;
+    assert_eq!(doc["backplane"], "off", "{doc}");
+    assert_eq!(doc["fleet_connections"], serde_json::Value::Null, "{doc}");
+    assert_eq!(doc["backplane_dropped"], 0, "{doc}");
+}
