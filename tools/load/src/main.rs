@@ -10,6 +10,7 @@
 //! target/release/load outage --clients 20 --seconds 30
 //! target/release/load jobs --jobs 300 --concurrency 10   # needs moto_server (or MOTO_SERVER)
 //! target/release/load jobs --jobs 300 --ceiling          # the same moto, no worker
+//! target/release/load backplane                      # chat across tasks via redis-server (BENCHMARKS.md)
 //! target/release/load summarize target/bench/*.jsonl   # median (min–max) per figure
 //! ```
 //!
@@ -115,6 +116,10 @@ enum Mode {
     /// release `queue-consumer` against a stand-in agent until the queue is empty (jobs/s, ECS
     /// calls, worker memory); with --ceiling, a plain receive+delete loop in this process instead.
     Jobs(JobsArgs),
+    /// Chat across tasks through a Redis backplane next to the in-process room: starts its own
+    /// redis-server and three servers (two sharing the backplane, one without); cross-task chat
+    /// latency and throughput, and pong latency under chat load with and without the backplane.
+    Backplane(modes::backplane::BackplaneArgs),
     /// Reads files of JSON result lines (one file per benchmark) and prints, for every figure,
     /// the median with min–max.
     Summarize { files: Vec<PathBuf> },
@@ -192,6 +197,43 @@ struct Common {
     deadline_secs: u64,
 }
 
+/// The `backplane` mode: one thread, its own servers, at most 300 s.
+fn run_backplane(args: &modes::backplane::BackplaneArgs) -> ExitCode {
+    let load_at_start = loadavg();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(timeout(
+        Duration::from_secs(300),
+        modes::backplane::backplane(args),
+    ));
+    match outcome {
+        Ok(Ok(mut report)) => {
+            if let Some(obj) = report.as_object_mut() {
+                obj.insert("machine".into(), machine());
+                obj.insert("loadavg_at_start".into(), json!(load_at_start));
+            }
+            println!("{}", result_line(report));
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("load: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("load: the backplane run did not finish within 300 s");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let common = match &cli.mode {
@@ -202,6 +244,7 @@ fn main() -> ExitCode {
         | Mode::Outage { common, .. }
         | Mode::Jobs(JobsArgs { common, .. }) => common.clone(),
         Mode::Summarize { files } => return summarize(files),
+        Mode::Backplane(args) => return run_backplane(args),
     };
     let load_at_start = loadavg();
     let mut builder = if common.threads <= 1 {

@@ -1,5 +1,6 @@
 //! The modes: the dispatch from the command line to each mode, and the helpers they share.
 
+pub(crate) mod backplane;
 mod churn;
 mod hold;
 mod jobs;
@@ -28,7 +29,9 @@ pub(crate) async fn run_mode(
     target: &Target,
 ) -> Result<Value, String> {
     match mode {
-        Mode::Summarize { .. } => Err("summarize runs no load".into()),
+        Mode::Summarize { .. } | Mode::Backplane(_) => {
+            Err("this mode runs no single-server load".into())
+        }
         Mode::Jobs(args) => jobs(args, common).await,
         &Mode::Hold {
             clients,
