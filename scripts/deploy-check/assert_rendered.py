@@ -50,8 +50,29 @@ def env_names(c):
     return {e.get("Name") for e in c.get("Environment", [])}
 
 
+def chat_backplane(c):
+    """The optional chat backplane addon: wired to CHAT_BACKPLANE_URL, reachable on 6379 from the
+    environment's tasks and from nowhere else."""
+    addons = load(f"{out}/websocket.addons.stack.yml")
+    caches = resources_of(addons, "AWS::ElastiCache::ServerlessCache")
+    if not caches:
+        return  # the addon was deleted: chat stays within each task
+    expect("chat backplane engine", [p.get("Engine") for p in caches.values()], ["valkey"])
+    url = {e.get("Name"): e.get("Value") for e in c.get("Environment", [])}.get("CHAT_BACKPLANE_URL")
+    expect("websocket CHAT_BACKPLANE_URL", url,
+           {"Fn::GetAtt": ["AddonsStack", "Outputs.ChatBackplaneUrl"]})
+    for name, group in resources_of(addons, "AWS::EC2::SecurityGroup").items():
+        rules = [(r.get("IpProtocol"), r.get("FromPort"), r.get("ToPort"),
+                  r.get("SourceSecurityGroupId"), r.get("CidrIp"))
+                 for r in group.get("SecurityGroupIngress", [])]
+        expect(f"chat backplane security group {name} ingress", rules,
+               [("tcp", 6379, 6379,
+                 {"Fn::ImportValue": {"Fn::Sub": "${App}-${Env}-EnvironmentSecurityGroup"}}, None)])
+
+
 def websocket(t):
     c = container(t)
+    chat_backplane(c)
     expect("websocket StopTimeout", c.get("StopTimeout"), 30)
     groups = list(resources_of(t, "AWS::ElasticLoadBalancingV2::TargetGroup").values())
     expect("websocket target groups", len(groups), 1)
