@@ -89,15 +89,6 @@ impl Redis {
         proc.wait_exit(Duration::from_secs(5)).await.expect("exit");
     }
 
-    /// Sends `signal` (STOP, CONT) to it.
-    fn signal(&self, signal: &str) {
-        self.proc
-            .as_ref()
-            .expect("redis-server running")
-            .signal(signal)
-            .expect("signal redis-server");
-    }
-
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }

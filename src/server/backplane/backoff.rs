@@ -33,7 +33,7 @@ impl Backoff {
     }
 
     /// The next wait, jittered.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_wait(&mut self) -> Duration {
         self.next_with(rand::random::<f64>())
     }
 }
@@ -59,7 +59,7 @@ mod tests {
         b.reset();
         assert_eq!(b.next_with(0.0), Duration::from_millis(250));
         for _ in 0..100 {
-            let d = b.next();
+            let d = b.next_wait();
             assert!(d >= Duration::from_millis(250) && d <= MAX, "{d:?}");
         }
     }

@@ -125,7 +125,7 @@ pub(super) async fn run(
             Err(e) => tracing::debug!("Chat backplane still unreachable: {e}"),
         }
         // Wait before the next try; what sessions offer meanwhile cannot be delivered.
-        let pause = tokio::time::sleep(backoff.next());
+        let pause = tokio::time::sleep(backoff.next_wait());
         tokio::pin!(pause);
         loop {
             tokio::select! {
