@@ -210,10 +210,9 @@ fn run_backplane(args: &modes::backplane::BackplaneArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(timeout(
-        Duration::from_secs(300),
-        modes::backplane::backplane(args),
-    ));
+    let outcome = runtime.block_on(async {
+        timeout(Duration::from_secs(300), modes::backplane::backplane(args)).await
+    });
     match outcome {
         Ok(Ok(mut report)) => {
             if let Some(obj) = report.as_object_mut() {
