@@ -527,3 +527,25 @@ async fn fleet_connections_count_both_tasks_clients_on_both_tasks() {
     assert_eq!(doc["fleet_connections"], serde_json::Value::Null, "{doc}");
     assert_eq!(doc["backplane_dropped"], 0, "{doc}");
 }
+
+#[tokio::test]
+async fn a_rediss_url_speaks_tls_and_a_failed_handshake_is_an_outage_not_a_crash() {
+    // A plain server behind a rediss:// URL: the TLS handshake fails (rustls, with its crypto
+    // provider and roots in place, did run), and the server carries on with local chat.
+    let redis = Redis::start().await;
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let mut a = Task::start(&url, &[]).await;
+    a.wait_log("Chat backplane unreachable", 1).await;
+    let (mut a1, _) = connect(&a.ws_url()).await;
+    let (mut a2, _) = connect(&a.ws_url()).await;
+    say(&mut a1, "over plain local chat").await;
+    assert_eq!(next_text(&mut a2).await, "chat: over plain local chat");
+    assert_eq!(a.status().await["backplane"], "disconnected");
+    assert!(a.proc.exited().is_none(), "{}", a.proc.output.tail(20));
+    assert_eq!(
+        a.proc.output.count("panicked"),
+        0,
+        "{}",
+        a.proc.output.tail(20)
+    );
+}

@@ -111,14 +111,18 @@ pub(super) async fn run(
                 match ended {
                     Ended::Stopped => return,
                     Ended::Lost(e) => {
-                        tracing::warn!("Chat backplane unreachable: {e}; local chat goes on");
+                        tracing::warn!(
+                            "Chat backplane unreachable: {}: {e}; local chat goes on",
+                            settings.url
+                        );
                         outage = Some(Instant::now());
                     }
                 }
             }
             Err(e) if outage.is_none() => {
                 tracing::warn!(
-                    "Chat backplane unreachable: {e}; local chat goes on (retrying in the background)"
+                    "Chat backplane unreachable: {}: {e}; local chat goes on (retrying in the background)",
+                    settings.url
                 );
                 outage = Some(Instant::now());
             }
