@@ -3,7 +3,7 @@
 //!
 //! * [`url`]: the setting, checked at start-up;
 //! * [`frame`]: what travels on the channel (the origin task's id and the text);
-//! * [`link`]: the one task that talks to the backplane: connects, subscribes, publishes,
+//! * `link`: the one task that talks to the backplane: connects, subscribes, publishes,
 //!   refreshes this task's connection count, and reconnects with [`backoff`] when it is lost;
 //! * this module: the [`Backplane`] handle the hub keeps, and what `/status` shows of it.
 //!
@@ -30,7 +30,7 @@ pub use url::{BackplaneUrl, UrlError};
 /// The pub/sub channel every task publishes its clients' chat to.
 pub const CHANNEL: &str = "ecs-task-protection:chat";
 
-/// The hash where each task keeps its connection count (one field per task; see [`link`]).
+/// The hash where each task keeps its connection count (one field per task; see the `link` module).
 pub const FLEET_KEY: &str = "ecs-task-protection:connections";
 
 /// How the backplane is reached and used.
