@@ -10,7 +10,9 @@
 #   4. npx cdk synth --quiet, as a user would run it, with every AWS_* variable unset: the app is
 #      environment-agnostic, so nothing is looked up; cdk-nag (applied in bin/app.ts) fails the
 #      synthesis on any finding that is not acknowledged with a reason;
-#   5. cfn-lint on the synthesized template: any error or warning fails.
+#   5. cfn-lint on the synthesized template: any error or warning fails;
+#   6. steps 4 and 5 again with -c chatBackplane=true (the optional ElastiCache cache), into a
+#      temporary directory, so both shapes of the template are linted.
 # cfn-lint comes from the deploy check's virtualenv (scripts/check-deploy.sh creates it; CI runs
 # that first): ${DEPLOY_CHECK_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ecs-task-protection/deploy-venv}.
 set -euo pipefail
@@ -52,7 +54,8 @@ say "cdk synth (no credentials, no Docker; cdk-nag fails it on an unacknowledged
 rm -rf cdk.out
 # A `docker` that always fails, first on PATH: synthesis must not need the Docker engine.
 nodocker=$(mktemp -d)
-trap 'rm -rf "$nodocker"' EXIT
+backplane_out=$(mktemp -d)
+trap 'rm -rf "$nodocker" "$backplane_out"' EXIT
 printf '#!/bin/sh\necho "check-cdk: cdk synth called docker $*" >&2\nexit 1\n' >"$nodocker/docker"
 chmod +x "$nodocker/docker"
 PATH=$nodocker:$PATH npx cdk synth --quiet --no-notices --no-version-reporting
@@ -64,4 +67,13 @@ templates=(cdk.out/*.template.json)
 # No rule is ignored: errors and warnings both fail (informational findings are printed only).
 "$cfn_lint" --non-zero-exit-code warning -- "${templates[@]}"
 
-say "OK: ${templates[*]##*/}"
+say "cdk synth -c chatBackplane=true, cfn-lint"
+PATH=$nodocker:$PATH npx cdk synth --quiet --no-notices --no-version-reporting \
+  -c chatBackplane=true --output "$backplane_out"
+backplane_templates=("$backplane_out"/*.template.json)
+(( ${#backplane_templates[@]} > 0 )) || { say "cdk synth -c chatBackplane=true wrote no template" >&2; exit 1; }
+grep -q '"AWS::ElastiCache::ServerlessCache"' "${backplane_templates[@]}" \
+  || { say "cdk synth -c chatBackplane=true made no ServerlessCache" >&2; exit 1; }
+"$cfn_lint" --non-zero-exit-code warning -- "${backplane_templates[@]}"
+
+say "OK: ${templates[*]##*/} (and with chatBackplane=true)"

@@ -19,6 +19,11 @@ export interface AppConfig {
   /** ACM certificate for an HTTPS listener on 443 (HTTP 80 then redirects to it). */
   readonly certificateArn?: string;
   readonly architecture: Architecture;
+  /**
+   * `true`: an ElastiCache Serverless (Valkey) cache the websocket tasks share their chat through
+   * (CHAT_BACKPLANE_URL; README "Chat across tasks"). `false` (default): chat stays per task.
+   */
+  readonly chatBackplane: boolean;
   readonly websocket: {
     readonly serviceName: string;
     readonly minTasks: number;
@@ -42,6 +47,7 @@ export const CONTEXT_KEYS = [
   'taskSubnets',
   'certificateArn',
   'architecture',
+  'chatBackplane',
   'websocketServiceName',
   'websocketMinTasks',
   'websocketMaxTasks',
@@ -73,6 +79,33 @@ function oneOf<T extends string>(node: Node, key: string, allowed: readonly T[],
   const match = allowed.find((a) => a.toLowerCase() === raw.toLowerCase());
   if (!match) throw new Error(`context ${key}=${raw}: expected one of ${allowed.join(', ')}`);
   return match;
+}
+
+function bool(node: Node, key: string, fallback: boolean): boolean {
+  const raw = str(node, key);
+  if (raw === undefined) return fallback;
+  if (/^true$/i.test(raw)) return true;
+  if (/^false$/i.test(raw)) return false;
+  throw new Error(`context ${key}=${raw}: expected true or false`);
+}
+
+/**
+ * The chat backplane cache's name: `<clusterName>-chat`, lower case, `_` as `-`. ElastiCache
+ * names start with a letter and hold letters, digits and single hyphens (no trailing one); 40
+ * characters at most is kept here as a conservative limit.
+ */
+export function chatBackplaneName(clusterName: string): string {
+  return `${clusterName.toLowerCase().replace(/_/g, '-')}-chat`;
+}
+
+function checkChatBackplaneName(clusterName: string): void {
+  const cacheName = chatBackplaneName(clusterName);
+  if (!/^[a-z][a-z0-9-]*$/.test(cacheName) || cacheName.includes('--') || cacheName.length > 40) {
+    throw new Error(
+      `context clusterName=${clusterName} with chatBackplane=true: the cache would be named ${cacheName}; ` +
+        'it must start with a letter, have no "--" and be at most 40 characters',
+    );
+  }
 }
 
 // ECS cluster and service names: up to 255 letters, digits, hyphens and underscores.
@@ -107,6 +140,7 @@ export function readConfig(node: Node): AppConfig {
     taskSubnets: oneOf(node, 'taskSubnets', ['public', 'private'] as const, 'public'),
     certificateArn: str(node, 'certificateArn'),
     architecture: oneOf(node, 'architecture', ['ARM64', 'X86_64'] as const, 'ARM64'),
+    chatBackplane: bool(node, 'chatBackplane', false),
     websocket: {
       serviceName: name(node, 'websocketServiceName', 'websocket'),
       minTasks: websocketMin,
@@ -123,5 +157,6 @@ export function readConfig(node: Node): AppConfig {
   if (config.websocket.serviceName === config.queueConsumer.serviceName) {
     throw new Error('websocketServiceName and queueConsumerServiceName must differ');
   }
+  if (config.chatBackplane) checkChatBackplaneName(config.clusterName);
   return config;
 }

@@ -2,6 +2,7 @@ import { CfnOutput, Stack, StackProps } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
 import { Construct } from 'constructs';
+import { ChatBackplane } from './chat-backplane';
 import { AppConfig } from './config';
 import { acceptFinding } from './nag';
 import { QueueConsumerService } from './queue-consumer-service';
@@ -21,6 +22,8 @@ export class TaskProtectionStack extends Stack {
   readonly cluster: ecs.Cluster;
   readonly websocket: WebSocketService;
   readonly queueConsumer: QueueConsumerService;
+  /** The chat backplane, with -c chatBackplane=true. */
+  readonly chatBackplane?: ChatBackplane;
 
   constructor(scope: Construct, id: string, props: TaskProtectionStackProps) {
     super(scope, id, props);
@@ -39,7 +42,13 @@ export class TaskProtectionStack extends Stack {
     //   if its AZ fails, tasks in the other AZ lose outbound access until it is back; fine for a
     //   demo, use one per AZ in production), plus a free S3 gateway endpoint so image layers
     //   pulled from ECR (stored in S3) do not pass through the NAT gateway.
+    // chatBackplane=true adds one isolated subnet per AZ (no route to or from the internet, no
+    //   NAT) for the cache, after the other groups so their CIDR blocks stay where they were.
+    //   With it off the VPC is exactly as before.
     const privateTasks = config.taskSubnets === 'private';
+    const backplaneSubnets: ec2.SubnetConfiguration[] = config.chatBackplane
+      ? [{ name: 'backplane', subnetType: ec2.SubnetType.PRIVATE_ISOLATED, cidrMask: 24 }]
+      : [];
     if (config.vpcId) {
       // An existing VPC: needs a concrete account and region (bin/app.ts passes CDK_DEFAULT_*),
       // and `cdk synth` looks it up once and caches it in cdk.context.json.
@@ -48,12 +57,11 @@ export class TaskProtectionStack extends Stack {
       const vpc = new ec2.Vpc(this, 'Vpc', {
         maxAzs: 2, // the ALB needs two AZs; tasks spread over both
         natGateways: privateTasks ? 1 : 0,
-        subnetConfiguration: privateTasks
-          ? [
-              { name: 'public', subnetType: ec2.SubnetType.PUBLIC, cidrMask: 24 },
-              { name: 'tasks', subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS, cidrMask: 24 },
-            ]
-          : [{ name: 'public', subnetType: ec2.SubnetType.PUBLIC, cidrMask: 24 }],
+        subnetConfiguration: [
+          { name: 'public', subnetType: ec2.SubnetType.PUBLIC, cidrMask: 24 },
+          ...(privateTasks ? [{ name: 'tasks', subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS, cidrMask: 24 }] : []),
+          ...backplaneSubnets,
+        ],
         // Would add a Lambda-backed custom resource; nothing here uses the default group.
         restrictDefaultSecurityGroup: false,
       });
@@ -85,6 +93,15 @@ export class TaskProtectionStack extends Stack {
     this.websocket = new WebSocketService(this, 'WebSocket', common);
     this.queueConsumer = new QueueConsumerService(this, 'QueueConsumer', common);
 
+    if (config.chatBackplane) {
+      this.chatBackplane = new ChatBackplane(this, 'ChatBackplane', {
+        config,
+        vpc: this.vpc,
+        subnets: backplaneSubnetsOf(this.vpc, config.vpcId !== undefined),
+        websocket: this.websocket,
+      });
+    }
+
     new CfnOutput(this, 'ClusterName', { value: config.clusterName });
 
     // The execution roles CDK makes (ECR pull, awslogs) include ecr:GetAuthorizationToken,
@@ -97,4 +114,16 @@ export class TaskProtectionStack extends Stack {
       }
     }
   }
+}
+
+/**
+ * Where the chat backplane goes: the app's own VPC has isolated subnets for it; an existing VPC
+ * (vpcId) gets its isolated subnets if it has any, else its private ones (routed through a NAT
+ * gateway: reachable from nowhere on the internet either, and the cache makes no outbound
+ * connections).
+ */
+function backplaneSubnetsOf(vpc: ec2.IVpc, existing: boolean): ec2.SubnetSelection {
+  if (vpc.isolatedSubnets.length > 0) return { subnetType: ec2.SubnetType.PRIVATE_ISOLATED };
+  if (existing && vpc.privateSubnets.length > 0) return { subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS };
+  throw new Error('chatBackplane=true needs private or isolated subnets in the VPC (vpcId) for the cache');
 }

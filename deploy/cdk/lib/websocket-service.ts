@@ -31,6 +31,10 @@ export class WebSocketService extends Construct {
   readonly targetGroup: elbv2.ApplicationTargetGroup;
   readonly taskRole: iam.Role;
   readonly logGroup: logs.LogGroup;
+  /** The server's container: the chat backplane (lib/chat-backplane.ts) adds its URL here. */
+  readonly container: ecs.ContainerDefinition;
+  /** The tasks' security group: the chat backplane admits this group, and only this group. */
+  readonly taskSecurityGroup: ec2.SecurityGroup;
 
   constructor(scope: Construct, id: string, props: WebSocketServiceProps) {
     super(scope, id);
@@ -97,7 +101,7 @@ export class WebSocketService extends Construct {
       taskRole: this.taskRole,
     });
 
-    taskDefinition.addContainer('websocket', {
+    this.container = taskDefinition.addContainer('websocket', {
       containerName: 'websocket',
       image: imageFromDockerfile(config, 'websocket'),
       portMappings: [{ containerPort: 3000, protocol: ecs.Protocol.TCP }],
@@ -132,16 +136,18 @@ export class WebSocketService extends Construct {
       albSecurityGroup.addIngressRule(ec2.Peer.anyIpv4(), ec2.Port.tcp(443), 'HTTPS from anywhere');
     }
 
-    const taskSecurityGroup = new ec2.SecurityGroup(this, 'TaskSecurityGroup', {
+    const taskSecurityGroup = (this.taskSecurityGroup = new ec2.SecurityGroup(this, 'TaskSecurityGroup', {
       vpc,
       description: `Tasks of the ${serviceName} service: only the ALB may connect`,
       allowAllOutbound: false,
-    });
+    }));
     // Outbound: HTTPS only (ECR and S3 for the image, CloudWatch Logs, the ECS API). The ECS
     // agent endpoint and the task metadata endpoint are link-local and DNS goes to the VPC
     // resolver; security groups do not filter either.
     taskSecurityGroup.addEgressRule(ec2.Peer.anyIpv4(), ec2.Port.tcp(443), 'HTTPS to AWS APIs and ECR');
     // Inbound: only from the load balancer, on the container port (added by connections below).
+    // With -c chatBackplane=true, lib/chat-backplane.ts adds one more outbound rule: TCP 6379 to
+    // the cache's security group.
 
     // --- Service -----------------------------------------------------------------------------
     this.service = new ecs.FargateService(this, 'Service', {

@@ -16,7 +16,11 @@ function readReport(outdir: string): Report {
 }
 
 describe('cdk-nag AwsSolutionsChecks', () => {
-  const contexts: Record<string, string>[] = [{}, { taskSubnets: 'private', certificateArn: 'arn:aws:acm:us-east-1:123456789012:certificate/x' }];
+  const contexts: Record<string, string>[] = [
+    {},
+    { taskSubnets: 'private', certificateArn: 'arn:aws:acm:us-east-1:123456789012:certificate/x' },
+    { chatBackplane: 'true' },
+  ];
   for (const context of contexts) {
     it(`finds no unacknowledged error or warning (context ${JSON.stringify(context)})`, () => {
       const { app, outdir } = buildStack(context, { nag: true });
