@@ -225,6 +225,18 @@ impl MetricsArgs {
     }
 }
 
+/// `CHAT_BACKPLANE_URL`: a URL, or nothing when blank (as every other setting's blank value, and
+/// what the Copilot addon passes while it is off).
+fn parse_backplane_url(
+    s: &str,
+) -> Result<Option<BackplaneUrl>, crate::server::backplane::UrlError> {
+    if s.trim().is_empty() {
+        Ok(None)
+    } else {
+        s.parse::<BackplaneUrl>().map(Some)
+    }
+}
+
 /// A setting's value, unless it is missing or blank.
 fn non_empty(value: &Option<String>) -> Option<String> {
     value
@@ -351,10 +363,11 @@ pub struct Config {
 
     /// Chat across tasks: a `redis://` or `rediss://` (TLS) URL of a Redis or Valkey server,
     /// with the user and password in it if the server wants them (`rediss://user:pass@host:6379`).
-    /// Unset: chat stays within this task. A server that is down at start-up does not stop it.
+    /// Unset or empty: chat stays within this task. A server that is down at start-up does not
+    /// stop it.
     #[arg(long, env = "CHAT_BACKPLANE_URL", value_name = "CHAT_BACKPLANE_URL",
-          value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<BackplaneUrl>()))]
-    pub chat_backplane_url: Option<BackplaneUrl>,
+          value_parser = clap::builder::ValueParser::new(parse_backplane_url))]
+    pub chat_backplane_url: Option<Option<BackplaneUrl>>,
 
     /// How often (seconds) each task writes its connection count to the backplane and reads the
     /// others' (`fleet_connections` in /status); a count not refreshed for three times this long
@@ -420,7 +433,7 @@ impl Config {
     /// The chat backplane's settings, or `None` when `CHAT_BACKPLANE_URL` is unset. `task_arn`
     /// (when known) gives this task's id on the channel; otherwise it is random.
     pub fn backplane_settings(&self, task_arn: Option<&str>) -> Option<BackplaneSettings> {
-        let mut settings = BackplaneSettings::new(self.chat_backplane_url.clone()?);
+        let mut settings = BackplaneSettings::new(self.chat_backplane_url.clone().flatten()?);
         if let Some(id) = task_arn.and_then(crate::server::backplane::origin_from_task_arn) {
             settings.origin = id;
         }
@@ -674,6 +687,11 @@ mod tests {
     #[test]
     fn the_chat_backplane_is_off_unless_a_redis_url_is_given() {
         assert!(parse(&[]).unwrap().backplane_settings(None).is_none());
+        // Blank, as the Copilot addon passes it while it is off: unset.
+        for blank in ["", "  "] {
+            let c = parse(&["--chat-backplane-url", blank]).unwrap();
+            assert!(c.backplane_settings(None).is_none());
+        }
         let c = parse(&["--chat-backplane-url", "rediss://u:p@cache:6379"]).unwrap();
         let b = c
             .backplane_settings(Some("arn:aws:ecs:us-east-1:1:task/demo/abc123"))

@@ -57,6 +57,8 @@ def chat_backplane(c):
     caches = resources_of(addons, "AWS::ElastiCache::ServerlessCache")
     if not caches:
         return  # the addon was deleted: chat stays within each task
+    # Off unless the user turns it on: a cache costs money and one task gains nothing from it.
+    expect("chat backplane parameter default", addons.get("Parameters", {}).get("ChatBackplane", {}).get("Default"), "off")
     expect("chat backplane engine", [p.get("Engine") for p in caches.values()], ["valkey"])
     url = {e.get("Name"): e.get("Value") for e in c.get("Environment", [])}.get("CHAT_BACKPLANE_URL")
     expect("websocket CHAT_BACKPLANE_URL", url,
