@@ -225,15 +225,17 @@ impl MetricsArgs {
     }
 }
 
-/// `CHAT_BACKPLANE_URL`: a URL, or nothing when blank (as every other setting's blank value, and
-/// what the Copilot addon passes while it is off).
-fn parse_backplane_url(
-    s: &str,
-) -> Result<Option<BackplaneUrl>, crate::server::backplane::UrlError> {
+/// `CHAT_BACKPLANE_URL` as given: a URL, or `None` when blank (as every other setting's blank
+/// value, and what the Copilot addon passes while it is off).
+#[derive(Debug, Clone)]
+pub struct BackplaneUrlSetting(pub Option<BackplaneUrl>);
+
+fn parse_backplane_url(s: &str) -> Result<BackplaneUrlSetting, crate::server::backplane::UrlError> {
     if s.trim().is_empty() {
-        Ok(None)
+        Ok(BackplaneUrlSetting(None))
     } else {
-        s.parse::<BackplaneUrl>().map(Some)
+        s.parse::<BackplaneUrl>()
+            .map(|url| BackplaneUrlSetting(Some(url)))
     }
 }
 
@@ -367,7 +369,7 @@ pub struct Config {
     /// stop it.
     #[arg(long, env = "CHAT_BACKPLANE_URL", value_name = "CHAT_BACKPLANE_URL",
           value_parser = clap::builder::ValueParser::new(parse_backplane_url))]
-    pub chat_backplane_url: Option<Option<BackplaneUrl>>,
+    pub chat_backplane_url: Option<BackplaneUrlSetting>,
 
     /// How often (seconds) each task writes its connection count to the backplane and reads the
     /// others' (`fleet_connections` in /status); a count not refreshed for three times this long
@@ -433,7 +435,7 @@ impl Config {
     /// The chat backplane's settings, or `None` when `CHAT_BACKPLANE_URL` is unset. `task_arn`
     /// (when known) gives this task's id on the channel; otherwise it is random.
     pub fn backplane_settings(&self, task_arn: Option<&str>) -> Option<BackplaneSettings> {
-        let mut settings = BackplaneSettings::new(self.chat_backplane_url.clone().flatten()?);
+        let mut settings = BackplaneSettings::new(self.chat_backplane_url.clone()?.0?);
         if let Some(id) = task_arn.and_then(crate::server::backplane::origin_from_task_arn) {
             settings.origin = id;
         }
