@@ -90,14 +90,19 @@ async fn past_the_cap_the_oldest_connection_that_has_not_upgraded_makes_room() {
     for _ in 0..20 {
         idle.push(TcpStream::connect(server.addr).await.unwrap());
     }
-    // The first 16 were closed to make room (the 20th left 5 open); health still answers.
+    // Once they are old enough to be idle (a second), the oldest 15 are closed to get back to the
+    // cap of 5; health still answers.
     within("the oldest closed", closed_by_server(&mut idle[0])).await;
     within("the 15th closed", closed_by_server(&mut idle[14])).await;
     let health = reqwest::get(server.http_url("/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
     let doc = status(&server).await;
     let open = doc["http_connections"].as_u64().unwrap();
-    assert!(open <= 5, "{doc}");
+    assert!(open <= 6, "{doc}");
+    // The 5 youngest were kept.
+    let mut byte = [0u8; 1];
+    let kept = tokio::time::timeout(Duration::from_millis(100), idle[19].read(&mut byte)).await;
+    assert!(kept.is_err(), "the youngest is still open");
     // A WebSocket is not counted once it has upgraded.
     let (_ws, _) = support::connect(&server.ws_url()).await;
     assert_eq!(status(&server).await["connections"], 1);
@@ -262,4 +267,26 @@ async fn a_foreign_web_page_cannot_open_a_websocket_by_default() {
     );
     let own = format!("http://{}", listed.addr);
     assert_eq!(handshake_with_origin(&listed, Some(&own)).await, 403);
+}
+
+#[tokio::test]
+async fn a_storm_of_players_connecting_at_once_is_not_cut_by_the_cap() {
+    // 300 WebSocket handshakes at once against a cap of 20 connections that have not upgraded:
+    // none is old enough to count as idle, so all of them upgrade.
+    let server = server_with(
+        HttpLimits {
+            max_pending: 20,
+            ..HttpLimits::DEFAULT
+        },
+        SessionLimits::default(),
+    )
+    .await;
+    let url = server.ws_url();
+    let clients = futures_util::future::join_all(
+        (0..300).map(|_| tokio_tungstenite::connect_async(url.clone())),
+    )
+    .await;
+    let failed = clients.iter().filter(|c| c.is_err()).count();
+    assert_eq!(failed, 0, "handshakes cut by the cap");
+    support::eventually("all 300 counted", || server.hub.connections() == 300).await;
 }

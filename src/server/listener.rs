@@ -11,9 +11,11 @@
 //! * **A small header buffer** (16 KiB instead of hyper's ~400 KiB), so an unfinished header
 //!   costs little.
 //! * **A cap on connections that have not upgraded** (`MAX_HTTP_CONNECTIONS`), counted in
-//!   `/status`: past it, and whenever `accept` fails for want of file descriptors, the oldest such
-//!   connection is closed to make room. A flood of idle sockets therefore cannot keep the load
-//!   balancer's health check (a new connection) from being answered.
+//!   `/status`: past it, the oldest such connection that is at least a second old is closed to make
+//!   room (a storm of players connecting at once is left alone), and whenever `accept` fails for
+//!   want of file descriptors, the oldest is closed whatever its age. A flood of idle sockets
+//!   therefore cannot keep the load balancer's health check (a new connection) from being
+//!   answered.
 //! * **A bounded send buffer** per connection (`SO_SNDBUF` 32 KiB), so a client that stops
 //!   reading pins little kernel memory before the write timeout drops it.
 //! * **A lingering close.** When a connection ends, the server sends FIN and reads (and drops)
@@ -35,6 +37,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::origin::AllowedOrigins;
 use super::throttle::Throttle;
@@ -77,6 +80,14 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// autotuning may reach.
 const SEND_BUFFER_BYTES: libc::c_int = 32 * 1024;
 
+/// A connection that has not upgraded is closed to make room (past `MAX_HTTP_CONNECTIONS`) only
+/// once it is this old: a handshake takes milliseconds, so an older one is idle or slow. Out of
+/// file descriptors, the oldest goes whatever its age.
+const GRACE: Duration = Duration::from_secs(1);
+
+/// How often the connections over the cap are looked at when no new one arrives.
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+
 /// How long a closing connection's input is read and dropped before the socket is closed.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -91,20 +102,24 @@ pub(super) async fn serve(
 ) {
     let pending = Arc::new(Pending::new(hub));
     let accept_failed = Throttle::new(Duration::from_secs(10));
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
             biased;
             _ = &mut stop => break,
             accepted = listener.accept() => accepted,
+            _ = sweep.tick() => {
+                pending.trim(limits.max_pending, GRACE);
+                continue;
+            }
         };
         match accepted {
             Ok((stream, _peer)) => {
-                while pending.len() >= limits.max_pending {
-                    if !pending.evict_oldest() {
-                        break;
-                    }
-                }
+                // Make room, but only by closing connections old enough to be idle or slow: a
+                // storm of players connecting at once is many young handshakes, all wanted.
+                pending.trim(limits.max_pending.saturating_sub(1), GRACE);
                 // Registered here, not in the task, so that the count is right at the next accept.
                 let (id, evicted) = pending.register();
                 tokio::spawn(connection(
@@ -197,10 +212,14 @@ fn set_send_buffer(stream: &TcpStream, bytes: libc::c_int) {
     let _ = (stream, bytes);
 }
 
+/// The connections that have not upgraded, by id (the accept order), each with its accept time
+/// and a way to close it; and the next id.
+type Registry = (u64, BTreeMap<u64, (Instant, Arc<Notify>)>);
+
 /// The connections that have not upgraded, oldest first, each with a way to close it.
 struct Pending {
     hub: Arc<Hub>,
-    next: Mutex<(u64, BTreeMap<u64, Arc<Notify>>)>,
+    next: Mutex<Registry>,
 }
 
 impl Pending {
@@ -211,7 +230,7 @@ impl Pending {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, BTreeMap<u64, Arc<Notify>>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.next.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -221,7 +240,7 @@ impl Pending {
         let (next, map) = &mut *guard;
         let id = *next;
         *next += 1;
-        map.insert(id, Arc::clone(&notify));
+        map.insert(id, (Instant::now(), Arc::clone(&notify)));
         self.hub.set_http_connections(map.len());
         (id, notify)
     }
@@ -232,15 +251,28 @@ impl Pending {
         self.hub.set_http_connections(guard.1.len());
     }
 
-    fn len(&self) -> usize {
-        self.lock().1.len()
+    /// Closes the oldest connections that are at least `grace` old until at most `keep` are left.
+    fn trim(&self, keep: usize, grace: Duration) {
+        let mut guard = self.lock();
+        let map = &mut guard.1;
+        while map.len() > keep {
+            match map.first_key_value() {
+                Some((_, (since, _))) if since.elapsed() >= grace => {
+                    if let Some((_, (_, notify))) = map.pop_first() {
+                        notify.notify_one();
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.hub.set_http_connections(map.len());
     }
 
-    /// Closes the oldest connection; `false` if there is none.
+    /// Closes the oldest connection, whatever its age; `false` if there is none.
     fn evict_oldest(&self) -> bool {
         let mut guard = self.lock();
         match guard.1.pop_first() {
-            Some((_, notify)) => {
+            Some((_, (_, notify))) => {
                 // `notify_one` keeps a permit if the connection is not waiting yet.
                 notify.notify_one();
                 self.hub.set_http_connections(guard.1.len());
