@@ -349,7 +349,7 @@ pub struct Config {
     pub http_header_timeout_secs: u64,
 
     /// Most HTTP connections that have not upgraded to a WebSocket (page loads, health checks,
-    /// idle sockets); past it the oldest is closed to make room.
+    /// idle sockets); past it the oldest that is at least a second old is closed to make room.
     #[arg(long, env = "MAX_HTTP_CONNECTIONS", value_name = "MAX_HTTP_CONNECTIONS",
           default_value_t = HttpLimits::DEFAULT.max_pending as u32,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
