@@ -331,7 +331,29 @@ async fn a_dead_backplane_leaves_local_chat_and_pongs_alone_and_a_restarted_one_
     let Some(mut redis) = Redis::start().await else {
         return;
     };
-    let a = Task::connected(&redis.url()).await;
+    // Task A also serves its metrics, which must show the outage.
+    let metrics_port = free_port().to_string();
+    let a = Task::start(
+        &redis.url(),
+        &[
+            ("METRICS_PROMETHEUS_PORT", &metrics_port),
+            ("METRICS_BIND_ADDRESS", "127.0.0.1"),
+        ],
+    )
+    .await;
+    a.wait_log("Chat backplane connected", 1).await;
+    let metric = |name: &'static str| {
+        let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+        async move {
+            let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
+                .unwrap_or_else(|| panic!("{name} in {text}"))
+                .parse::<f64>()
+                .unwrap()
+        }
+    };
+    assert_eq!(metric("ecs_task_protection_backplane_connected").await, 1.0);
     let b = Task::connected(&redis.url()).await;
     let (mut a1, _) = connect(&a.ws_url()).await;
     let (mut a2, _) = connect(&a.ws_url()).await;
@@ -357,6 +379,8 @@ async fn a_dead_backplane_leaves_local_chat_and_pongs_alone_and_a_restarted_one_
     assert_eq!(doc["backplane"], "disconnected", "{doc}");
     assert_eq!(doc["fleet_connections"], serde_json::Value::Null, "{doc}");
     assert!(doc["backplane_dropped"].as_u64().unwrap_or(0) >= 1, "{doc}");
+    assert_eq!(metric("ecs_task_protection_backplane_connected").await, 0.0);
+    assert!(metric("ecs_task_protection_backplane_dropped_total").await >= 1.0);
     // b1 never got what was said on A while the backplane was down.
     ping_pong(&mut b1).await;
 

@@ -314,7 +314,8 @@ impl Hub {
     }
 
     /// The server's numbers for [`crate::metrics`]: `Connections`, `HttpConnections`,
-    /// `ChatMessages`, `ChatDropped`, and the protection manager's.
+    /// `ChatMessages`, `ChatDropped`, with a backplane `BackplaneConnected` and
+    /// `BackplaneDropped`, and the protection manager's.
     pub fn metrics(&self) -> Vec<Sample> {
         let mut samples = vec![
             Sample::gauge(
@@ -342,6 +343,21 @@ impl Hub {
                 self.chat_dropped.load(Ordering::Relaxed),
             ),
         ];
+        if let Some(backplane) = self.backplane.get() {
+            let status = backplane.status(self.connections());
+            samples.push(Sample::gauge(
+                "BackplaneConnected",
+                "backplane_connected",
+                "1 while the chat backplane is connected, else 0",
+                f64::from(u8::from(status.backplane == "connected")),
+            ));
+            samples.push(Sample::counter(
+                "BackplaneDropped",
+                "backplane_dropped",
+                "Chat messages that did not reach the other tasks",
+                status.backplane_dropped,
+            ));
+        }
         samples.extend(metrics::protection_samples(&self.manager.status()));
         samples
     }
