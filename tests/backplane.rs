@@ -343,15 +343,8 @@ async fn a_dead_backplane_leaves_local_chat_and_pongs_alone_and_a_restarted_one_
     .await;
     a.wait_log("Chat backplane connected", 1).await;
     let metric = |name: &'static str| {
-        let url = format!("http://127.0.0.1:{metrics_port}/metrics");
-        async move {
-            let text = reqwest::get(url).await.unwrap().text().await.unwrap();
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
-                .unwrap_or_else(|| panic!("{name} in {text}"))
-                .parse::<f64>()
-                .unwrap()
-        }
+        let port = metrics_port.clone();
+        async move { support::prometheus_value(&support::prometheus_text(&port).await, name) }
     };
     assert_eq!(metric("ecs_task_protection_backplane_connected").await, 1.0);
     let b = Task::connected(&redis.url()).await;

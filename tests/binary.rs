@@ -439,20 +439,11 @@ async fn the_server_reports_connections_as_emf_lines_and_prometheus_text() {
     ping_pong(&mut a).await;
     ping_pong(&mut b).await;
     // Prometheus text, parsed: two clients, protected (local backend).
-    let text = reqwest::get(format!("http://127.0.0.1:{prom}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("{name} in {text}"))
-            .parse()
-            .unwrap()
-    };
-    assert_eq!(value("ecs_task_protection_connections"), 2.0);
+    let text = support::prometheus_text(&prom.to_string()).await;
+    assert_eq!(
+        support::prometheus_value(&text, "ecs_task_protection_connections"),
+        2.0
+    );
     assert!(text.contains("# TYPE ecs_task_protection_protection_calls_total counter"));
     // EMF: wait for a line taken while both were connected (one a second).
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -493,19 +493,8 @@ async fn the_worker_reports_its_jobs_as_emf_lines_and_prometheus_text() {
         "ECSTaskProtection"
     );
     // Prometheus: running totals.
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("{name} in {text}"))
-            .parse()
-            .unwrap()
-    };
+    let text = support::prometheus_text(&port).await;
+    let value = |name: &str| support::prometheus_value(&text, name);
     assert_eq!(value("ecs_task_protection_jobs_done_total"), 3.0);
     assert!(value("ecs_task_protection_protection_calls_total") >= 1.0);
     assert_eq!(stop(w).await, Some(0));
