@@ -747,17 +747,13 @@ fn protection_answer(
     let mut protected = Vec::new();
     let mut failures = Vec::new();
     for task in &input.tasks {
-        if task != TASK_ARN && Some(task.as_str()) != TASK_ARN.rsplit('/').next() {
-            failures.push(json!({"arn": task, "reason": "MISSING"}));
-            continue;
-        }
-        match fault {
-            EcsFault::Failure { reason, detail } => {
-                failures.push(json!({"arn": TASK_ARN, "reason": reason, "detail": detail}));
+        match screen(task, fault) {
+            Screened::Answer => {}
+            Screened::Fail(failure) => {
+                failures.push(failure);
                 continue;
             }
-            EcsFault::OmitTask => continue,
-            _ => {}
+            Screened::Omit => continue,
         }
         let mut sim = shared.sim();
         if update {
@@ -835,17 +831,13 @@ fn tasks_answer(shared: &Shared, fault: &EcsFault, input: &Input) -> (StatusCode
     let mut tasks = Vec::new();
     let mut failures = Vec::new();
     for task in &input.tasks {
-        if task != TASK_ARN && Some(task.as_str()) != TASK_ARN.rsplit('/').next() {
-            failures.push(json!({"arn": task, "reason": "MISSING"}));
-            continue;
-        }
-        match fault {
-            EcsFault::Failure { reason, detail } => {
-                failures.push(json!({"arn": TASK_ARN, "reason": reason, "detail": detail}));
+        match screen(task, fault) {
+            Screened::Answer => {}
+            Screened::Fail(failure) => {
+                failures.push(failure);
                 continue;
             }
-            EcsFault::OmitTask => continue,
-            _ => {}
+            Screened::Omit => continue,
         }
         let mut doc = json!({
             "taskArn": TASK_ARN,
@@ -876,4 +868,28 @@ fn tasks_answer(shared: &Shared, fault: &EcsFault, input: &Input) -> (StatusCode
         StatusCode::OK,
         json!({"tasks": tasks, "failures": failures}).to_string(),
     )
+}
+
+/// What the stand-in does about one task a request names, before answering for it.
+enum Screened {
+    /// Answer for it.
+    Answer,
+    /// Report this `failures[]` entry instead (an unknown task: `MISSING`; an injected failure).
+    Fail(Value),
+    /// Leave it out of the answer altogether ([`EcsFault::OmitTask`]).
+    Omit,
+}
+
+/// Screens `task` (an ARN or a bare id) against the stand-in's one task and the fault in force.
+fn screen(task: &str, fault: &EcsFault) -> Screened {
+    if task != TASK_ARN && Some(task) != TASK_ARN.rsplit('/').next() {
+        return Screened::Fail(json!({"arn": task, "reason": "MISSING"}));
+    }
+    match fault {
+        EcsFault::Failure { reason, detail } => {
+            Screened::Fail(json!({"arn": TASK_ARN, "reason": reason, "detail": detail}))
+        }
+        EcsFault::OmitTask => Screened::Omit,
+        _ => Screened::Answer,
+    }
 }
