@@ -333,7 +333,7 @@ impl Hub {
             Sample::counter(
                 "ChatMessages",
                 "chat_messages",
-                "Chat messages relayed to the room",
+                "Chat messages relayed to the room (this task's clients', and other tasks' through a backplane)",
                 self.chat_sent.load(Ordering::Relaxed),
             ),
             Sample::counter(
@@ -399,9 +399,15 @@ impl Hub {
     /// here, if the room's budget can pay for it; it is dropped and counted otherwise.
     pub(super) fn deliver_remote(&self, text: &str) {
         let recipients = self.connections();
-        if recipients == 0 {
-            return;
+        if recipients > 0 {
+            let _ = self.relay(0, text, recipients);
         }
+    }
+
+    /// Relays `text` from connection `from` (0: another task) to the room as chat
+    /// ([`CHAT_PREFIX`]), if the room's budget can pay for its `recipients`; returns the line
+    /// sent, or `None` if it was dropped (and counted).
+    fn relay(&self, from: u64, text: &str, recipients: usize) -> Option<Utf8Bytes> {
         let paid = {
             let mut budget = self.room_budget.lock().unwrap_or_else(|e| e.into_inner());
             budget.take(recipients as f64)
@@ -410,19 +416,22 @@ impl Hub {
             let dropped = self.chat_dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if let Some(suppressed) = self.room_busy.allow() {
                 tracing::warn!(
-                    "Chat room budget spent: dropped a message from another task to {recipients} clients ({dropped} dropped since start-up){}",
+                    "Chat room budget spent: dropped a message to {recipients} clients ({dropped} dropped since start-up){}",
                     Throttle::suppressed_note(suppressed)
                 );
             }
-            return;
+            return None;
         }
         let mut line = String::with_capacity(CHAT_PREFIX.len() + text.len());
         line.push_str(CHAT_PREFIX);
         line.push_str(text);
+        let line = Utf8Bytes::from(line);
         let _ = self.room.send(Outgoing {
-            from: 0,
-            text: line.into(),
+            from,
+            text: line.clone(),
         });
+        self.chat_sent.fetch_add(1, Ordering::Relaxed);
+        Some(line)
     }
 
     /// Reserves a connection slot, or `None` when full.
@@ -471,37 +480,13 @@ impl Slot {
     /// be alone. With a backplane, a paid message also goes to the other tasks.
     pub(super) fn publish(&self, text: &str) -> bool {
         let recipients = self.hub.connections().saturating_sub(1);
-        let paid = {
-            let mut budget = self
-                .hub
-                .room_budget
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            budget.take(recipients as f64)
-        };
-        if !paid {
-            let dropped = self.hub.chat_dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if let Some(suppressed) = self.hub.room_busy.allow() {
-                tracing::warn!(
-                    "Chat room budget spent: dropped a message to {recipients} clients ({dropped} dropped since start-up){}",
-                    Throttle::suppressed_note(suppressed)
-                );
-            }
+        let Some(line) = self.hub.relay(self.id, text, recipients) else {
             return false;
-        }
-        let mut line = String::with_capacity(CHAT_PREFIX.len() + text.len());
-        line.push_str(CHAT_PREFIX);
-        line.push_str(text);
-        let line = Utf8Bytes::from(line);
+        };
         if let Some(backplane) = self.hub.backplane.get() {
             // Never waits: a full queue or a backplane that is down drops it (and counts it).
             backplane.offer(&line);
         }
-        let _ = self.hub.room.send(Outgoing {
-            from: self.id,
-            text: line,
-        });
-        self.hub.chat_sent.fetch_add(1, Ordering::Relaxed);
         true
     }
 

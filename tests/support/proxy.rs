@@ -44,14 +44,7 @@ impl FaultProxy {
         let app = Router::new()
             .fallback(forward)
             .with_state(Arc::clone(&shared));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let stop = ecs_stand_in::serve_until_dropped(listener, app);
         Self {
             addr,
             shared,

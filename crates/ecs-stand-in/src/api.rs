@@ -747,13 +747,8 @@ fn protection_answer(
     let mut protected = Vec::new();
     let mut failures = Vec::new();
     for task in &input.tasks {
-        match screen(task, fault) {
-            Screened::Answer => {}
-            Screened::Fail(failure) => {
-                failures.push(failure);
-                continue;
-            }
-            Screened::Omit => continue,
+        if !screen(task, fault, &mut failures) {
+            continue;
         }
         let mut sim = shared.sim();
         if update {
@@ -831,13 +826,8 @@ fn tasks_answer(shared: &Shared, fault: &EcsFault, input: &Input) -> (StatusCode
     let mut tasks = Vec::new();
     let mut failures = Vec::new();
     for task in &input.tasks {
-        match screen(task, fault) {
-            Screened::Answer => {}
-            Screened::Fail(failure) => {
-                failures.push(failure);
-                continue;
-            }
-            Screened::Omit => continue,
+        if !screen(task, fault, &mut failures) {
+            continue;
         }
         let mut doc = json!({
             "taskArn": TASK_ARN,
@@ -870,26 +860,20 @@ fn tasks_answer(shared: &Shared, fault: &EcsFault, input: &Input) -> (StatusCode
     )
 }
 
-/// What the stand-in does about one task a request names, before answering for it.
-enum Screened {
-    /// Answer for it.
-    Answer,
-    /// Report this `failures[]` entry instead (an unknown task: `MISSING`; an injected failure).
-    Fail(Value),
-    /// Leave it out of the answer altogether ([`EcsFault::OmitTask`]).
-    Omit,
-}
-
-/// Screens `task` (an ARN or a bare id) against the stand-in's one task and the fault in force.
-fn screen(task: &str, fault: &EcsFault) -> Screened {
+/// Whether the stand-in answers for `task` (an ARN or a bare id) under `fault`; if not, the
+/// `failures[]` entry it reports instead is pushed (an unknown task: `MISSING`; an injected
+/// failure), unless the fault leaves the task out altogether ([`EcsFault::OmitTask`]).
+fn screen(task: &str, fault: &EcsFault, failures: &mut Vec<Value>) -> bool {
     if task != TASK_ARN && Some(task) != TASK_ARN.rsplit('/').next() {
-        return Screened::Fail(json!({"arn": task, "reason": "MISSING"}));
+        failures.push(json!({"arn": task, "reason": "MISSING"}));
+        return false;
     }
     match fault {
         EcsFault::Failure { reason, detail } => {
-            Screened::Fail(json!({"arn": TASK_ARN, "reason": reason, "detail": detail}))
+            failures.push(json!({"arn": TASK_ARN, "reason": reason, "detail": detail}));
+            false
         }
-        EcsFault::OmitTask => Screened::Omit,
-        _ => Screened::Answer,
+        EcsFault::OmitTask => false,
+        _ => true,
     }
 }

@@ -208,18 +208,10 @@ where
             "/_calls",
             axum::routing::get(list_calls::<C>).with_state(Arc::clone(&shared.journal)),
         );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
         Ok(Self {
             addr,
             shared,
-            _stop: stop,
+            _stop: serve_until_dropped(listener, app),
         })
     }
 }
@@ -234,4 +226,21 @@ fn rfc3339(t: SystemTime) -> String {
     let dt = dt.replace_nanosecond(0).unwrap_or(dt);
     dt.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+/// Serves `app` on `listener` in a task of its own until the returned sender is dropped (a
+/// stand-in's, or a test's own server's, lifetime).
+pub fn serve_until_dropped(
+    listener: tokio::net::TcpListener,
+    app: Router,
+) -> tokio::sync::oneshot::Sender<()> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    stop
 }

@@ -71,13 +71,7 @@ impl Target {
             }
             _ => {}
         }
-        for kv in &common.server_env {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| format!("--server-env {kv}: expected KEY=VALUE"))?;
-            env.retain(|(key, _)| key != k);
-            env.push((k.to_string(), v.to_string()));
-        }
+        apply_server_env(&mut env, &common.server_env)?;
         // The server's log lines go to this tool's stderr, keeping stdout for the figures.
         let server = tokio::process::Command::new(&common.server_bin);
         let child = spawn_logging_to_stderr(server, &env, "websocket")?;
@@ -272,6 +266,22 @@ pub(crate) async fn stop_child(
         }
     };
     (how, start.elapsed())
+}
+
+/// Applies the `--server-env KEY=VALUE` settings over `env` (each replaces a default of the same
+/// key).
+pub(crate) fn apply_server_env(
+    env: &mut Vec<(String, String)>,
+    overrides: &[String],
+) -> Result<(), String> {
+    for kv in overrides {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("--server-env {kv}: expected KEY=VALUE"))?;
+        env.retain(|(key, _)| key != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    Ok(())
 }
 
 pub(crate) fn free_port() -> Result<u16, String> {

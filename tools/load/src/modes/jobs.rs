@@ -29,7 +29,9 @@ use tokio::time::{sleep, timeout, Instant, MissedTickBehavior};
 use super::round;
 use crate::moto::{create_queue, depth, fill, sqs_client, Moto};
 use crate::procfs::{clock_ticks_per_sec, cpu_ticks, machine_ticks, proc_status_kb};
-use crate::target::{free_port, spawn_logging_to_stderr, start_agent, stop_child};
+use crate::target::{
+    apply_server_env, free_port, spawn_logging_to_stderr, start_agent, stop_child,
+};
 use crate::{Common, JobsArgs};
 
 /// The queue's visibility timeout, and the worker's (`VISIBILITY_TIMEOUT_SECS`' default).
@@ -211,13 +213,7 @@ async fn worker(
         ("RUST_LOG".into(), "warn".into()),
         ("RECEIVE_WAIT_SECS".into(), "1".into()),
     ];
-    for kv in &common.server_env {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| format!("--server-env {kv}: expected KEY=VALUE"))?;
-        env.retain(|(key, _)| key != k);
-        env.push((k.to_string(), v.to_string()));
-    }
+    apply_server_env(&mut env, &common.server_env)?;
     let status_port = env
         .iter()
         .find(|(k, _)| k == "STATUS_PORT")
