@@ -67,7 +67,7 @@ async fn run(config: Config, drain_signal: server::drain::DrainSignal) -> Result
     )
     .await?;
     if let (Some(context), Some(interval)) = (&context, config.drain_watch_interval()) {
-        server::drain::follow_watcher(&hub, spawn_drain_watch(context, interval));
+        server::drain::follow_watcher(&hub, spawn_drain_watch(context, interval, None));
     }
     if let Some(deadline) = config.drain_deadline() {
         server::drain::evict_after(&hub, deadline);

@@ -12,6 +12,7 @@ use support::{
     close_code, connect, eventually, next_text, ping_pong, settings, FakeBackend, TestServer,
 };
 use task_protection::ecs::agent::AgentBackend;
+use task_protection::ecs::drain_watch::{Replacement, ReplacementKind};
 use task_protection::protection::{ProtectionManager, StateLabel};
 use task_protection::server::{drain, Hub, SessionLimits, DRAINING_NOTICE};
 
@@ -97,11 +98,12 @@ async fn a_reversible_drain_ends_when_its_cause_goes_away_and_an_operator_drain_
 #[tokio::test]
 async fn the_watcher_drives_the_drain() {
     let server = TestServer::start(FakeBackend::new(), settings(0), SessionLimits::default()).await;
-    let (tx, rx) = tokio::sync::watch::channel(None::<String>);
+    let (tx, rx) = tokio::sync::watch::channel(None::<Replacement>);
     drain::follow_watcher(&server.hub, rx);
-    tx.send(Some(
-        "deployment in progress: moving to task-definition/web:8".into(),
-    ))
+    tx.send(Some(Replacement::new(
+        ReplacementKind::Deployment,
+        "deployment in progress: moving to task-definition/web:8",
+    )))
     .unwrap();
     eventually("draining", || server.hub.state().draining.is_some()).await;
     tx.send(None).unwrap();

@@ -13,17 +13,41 @@ use ecs_stand_in::{
     self, EcsFault, EcsOperation, ServiceDoc, StandInEcs, CLUSTER_ARN, FIRST_DEPLOYMENT_ID,
     SERVICE_NAME, TASK_ARN,
 };
-use task_protection::ecs::drain_watch::spawn_drain_watch;
+use task_protection::ecs::drain_watch::{spawn_drain_watch, Replacement};
 use task_protection::ecs::identity::IdentitySource;
 use task_protection::ecs::EcsContext;
 use tokio::sync::watch;
 
 const INTERVAL: Duration = Duration::from_millis(200);
 
+/// Starts a watcher on `ecs`'s task; the receiver carries the reason it publishes (for the log).
 fn start_watch(ecs: &StandInEcs) -> watch::Receiver<Option<String>> {
     let client = support::ecs_client(&ecs.endpoint_url(), "us-east-1");
     let identity = IdentitySource::metadata(&ecs.metadata_uri(), Duration::from_secs(1)).unwrap();
-    spawn_drain_watch(&EcsContext::new(client, identity), INTERVAL)
+    let replacements = spawn_drain_watch(&EcsContext::new(client, identity), INTERVAL, None);
+    reasons_of(replacements)
+}
+
+/// Follows `replacements`, publishing each one's reason (the watcher stops when the returned
+/// receiver is dropped, as with the watcher's own).
+fn reasons_of(
+    mut replacements: watch::Receiver<Option<Replacement>>,
+) -> watch::Receiver<Option<String>> {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        loop {
+            let reason = replacements
+                .borrow_and_update()
+                .as_ref()
+                .map(|r| r.reason.clone());
+            tx.send_if_modified(|current| std::mem::replace(current, reason.clone()) != reason);
+            tokio::select! {
+                changed = replacements.changed() => if changed.is_err() { return },
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    rx
 }
 
 fn describes(ecs: &StandInEcs) -> usize {

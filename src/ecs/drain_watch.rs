@@ -46,6 +46,38 @@ const SERVICE_GROUP_PREFIX: &str = "service:";
 /// deployment's ID).
 const DEPLOYMENT_ID_PREFIX: &str = "ecs-svc/";
 
+/// Why ECS wants this task gone, as the watcher publishes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Replacement {
+    /// What kind of replacement it is.
+    pub kind: ReplacementKind,
+    /// `<cause>: <details>`, for the log. The cause alone (the text before the first `": "`) is
+    /// what may be shown to clients; the details name deployments and task definitions.
+    pub reason: String,
+}
+
+/// What kind of replacement ECS is making.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplacementKind {
+    /// A deployment is replacing the task: every task of an old deployment goes.
+    Deployment,
+    /// The service is scaling in and cannot reach its desired count without this task: the
+    /// other tasks are busy too, and this one is among those chosen to go.
+    ScaleIn,
+}
+
+impl Replacement {
+    /// A replacement of `kind` for `reason`.
+    pub fn new(kind: ReplacementKind, reason: impl Into<String>) -> Self {
+        Self {
+            kind,
+            reason: reason.into(),
+        }
+    }
+}
+
 /// What the drain rules need to know about a service (from `DescribeServices`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct ServiceView {
@@ -226,16 +258,21 @@ struct Mine<'a> {
 ///   is not a scale-in of ours).
 ///
 /// With neither the deployment ID nor the task definition known, only the scale-in rule applies.
-fn replacement_reason(service: &ServiceView, mine: Mine<'_>) -> Option<String> {
+fn replacement_reason(service: &ServiceView, mine: Mine<'_>) -> Option<Replacement> {
     let primary = service.primary();
     if let Some(reason) = primary.and_then(|p| deployment_reason(service, p, mine)) {
-        return Some(reason);
+        return Some(Replacement::new(ReplacementKind::Deployment, reason));
     }
     let (desired, running) = match primary {
         Some(p) if service.deployments.len() > 1 => (p.desired_count, p.running_count),
         _ => (service.desired_count, service.running_count),
     };
-    (desired < running).then(|| format!("scale-in: desired {desired}, running {running}"))
+    (desired < running).then(|| {
+        Replacement::new(
+            ReplacementKind::ScaleIn,
+            format!("scale-in: desired {desired}, running {running}"),
+        )
+    })
 }
 
 /// The deployment part of [`replacement_reason`].
@@ -269,6 +306,12 @@ fn deployment_reason(
     })
 }
 
+/// Every task's load (players, jobs in hand), by task id (the last part of the task ARN), as the
+/// application knows it (for example from a backplane all tasks write to). On a scale-in that
+/// needs busy tasks gone, the least loaded go first when every candidate's load is known.
+pub type TaskLoads =
+    std::sync::Arc<dyn Fn() -> std::collections::BTreeMap<String, u64> + Send + Sync>;
+
 /// Starts the watcher: every `interval` (±10 % jitter; the first look is at once) it calls
 /// `DescribeServices` for the task's service (after `DescribeTasks` once for the task's group and
 /// deployment) and publishes the reason ECS wants the task gone, `None` while it does not. On an
@@ -278,18 +321,25 @@ fn deployment_reason(
 pub fn spawn_drain_watch(
     context: &EcsContext,
     interval: Duration,
-) -> watch::Receiver<Option<String>> {
+    loads: Option<TaskLoads>,
+) -> watch::Receiver<Option<Replacement>> {
     let (tx, rx) = watch::channel(None);
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
-            handle.spawn(run(context.clone(), interval.max(MIN_INTERVAL), tx));
+            handle.spawn(run(context.clone(), interval.max(MIN_INTERVAL), loads, tx));
         }
         Err(e) => tracing::error!("Drain watch not started (no tokio runtime): {e}"),
     }
     rx
 }
 
-async fn run(context: EcsContext, interval: Duration, tx: watch::Sender<Option<String>>) {
+async fn run(
+    context: EcsContext,
+    interval: Duration,
+    loads: Option<TaskLoads>,
+    tx: watch::Sender<Option<Replacement>>,
+) {
+    let _ = &loads;
     tracing::info!(
         "Drain watch: asking ECS (DescribeTasks once, DescribeServices every {:.0?}) whether this \
          task is being replaced",
@@ -334,13 +384,13 @@ async fn run(context: EcsContext, interval: Duration, tx: watch::Sender<Option<S
 }
 
 /// Publishes `reason`, logging each change once.
-fn publish(tx: &watch::Sender<Option<String>>, reason: Option<String>) {
+fn publish(tx: &watch::Sender<Option<Replacement>>, reason: Option<Replacement>) {
     tx.send_if_modified(|current| {
         if *current == reason {
             return false;
         }
         match &reason {
-            Some(r) => tracing::warn!("Task is being replaced: {r}"),
+            Some(r) => tracing::warn!("Task is being replaced: {}", r.reason),
             None => tracing::info!("Task is no longer being replaced"),
         }
         *current = reason;
@@ -440,7 +490,7 @@ impl TaskState {
 /// The outcome of one look at the service.
 enum Look {
     /// The current reason to drain (`None`: no reason).
-    Reason(Option<String>),
+    Reason(Option<Replacement>),
     /// The task has no service: nothing to watch.
     NoService(String),
 }
@@ -591,6 +641,11 @@ async fn describe_service(
 mod tests {
     use super::*;
 
+    /// The reason [`replacement_reason`] gives, for the log.
+    fn reason_of(service: &ServiceView, mine: Mine<'_>) -> Option<String> {
+        replacement_reason(service, mine).map(|r| r.reason)
+    }
+
     const OURS: &str = "arn:aws:ecs:eu-west-1:123456789012:task-definition/web:7";
     const NEWER: &str = "arn:aws:ecs:eu-west-1:123456789012:task-definition/web:8";
     const OUR_DEPLOYMENT: &str = "ecs-svc/1111111111111111111";
@@ -655,16 +710,13 @@ mod tests {
     #[test]
     fn a_service_at_rest_on_our_task_definition_keeps_us() {
         let s = service(2, 2, vec![deployment("PRIMARY", OURS, 2, 2)]);
-        assert_eq!(replacement_reason(&s, by_task_definition(OURS)), None);
+        assert_eq!(reason_of(&s, by_task_definition(OURS)), None);
         let s = service(
             2,
             2,
             vec![deployment_with_id(OUR_DEPLOYMENT, "PRIMARY", OURS, 2, 2)],
         );
-        assert_eq!(
-            replacement_reason(&s, of_deployment(OUR_DEPLOYMENT, OURS)),
-            None
-        );
+        assert_eq!(reason_of(&s, of_deployment(OUR_DEPLOYMENT, OURS)), None);
     }
 
     #[test]
@@ -678,7 +730,7 @@ mod tests {
             ],
         );
         assert_eq!(
-            replacement_reason(&s, by_task_definition(OURS)).as_deref(),
+            reason_of(&s, by_task_definition(OURS)).as_deref(),
             Some(format!("deployment in progress: the service is moving to {NEWER}").as_str())
         );
     }
@@ -694,7 +746,7 @@ mod tests {
             ],
         );
         assert_eq!(
-            replacement_reason(&s, of_deployment(OUR_DEPLOYMENT, OURS)).as_deref(),
+            reason_of(&s, of_deployment(OUR_DEPLOYMENT, OURS)).as_deref(),
             Some(
                 format!(
                     "deployment in progress: the service is moving to deployment \
@@ -715,12 +767,12 @@ mod tests {
                 deployment_with_id(OUR_DEPLOYMENT, "ACTIVE", OURS, 2, 2),
             ],
         );
-        let reason = replacement_reason(&s, of_deployment(OUR_DEPLOYMENT, OURS)).unwrap();
+        let reason = reason_of(&s, of_deployment(OUR_DEPLOYMENT, OURS)).unwrap();
         assert!(reason.starts_with("deployment in progress"), "{reason}");
         assert!(reason.contains(NEW_DEPLOYMENT), "{reason}");
         assert!(reason.contains(OUR_DEPLOYMENT), "{reason}");
         // Without the deployment ID the same service looks at rest: the old limit.
-        assert_eq!(replacement_reason(&s, by_task_definition(OURS)), None);
+        assert_eq!(reason_of(&s, by_task_definition(OURS)), None);
     }
 
     #[test]
@@ -737,7 +789,7 @@ mod tests {
                 deployment_with_id(OUR_DEPLOYMENT, "ACTIVE", OURS, 0, 1),
             ],
         );
-        assert!(replacement_reason(&s, of_deployment(OUR_DEPLOYMENT, OURS))
+        assert!(reason_of(&s, of_deployment(OUR_DEPLOYMENT, OURS))
             .unwrap()
             .contains(NEW_DEPLOYMENT));
     }
@@ -747,14 +799,11 @@ mod tests {
         let mut primary = deployment_with_id(NEW_DEPLOYMENT, "PRIMARY", OURS, 2, 1);
         primary.rollout_state = None;
         let s = service(2, 2, vec![primary.clone()]);
-        assert!(replacement_reason(&s, of_deployment(OUR_DEPLOYMENT, OURS)).is_some());
+        assert!(reason_of(&s, of_deployment(OUR_DEPLOYMENT, OURS)).is_some());
         // Rolled out (all desired tasks run) and ours not listed: the task definition decides.
         primary.running_count = 2;
         let s = service(2, 2, vec![primary]);
-        assert_eq!(
-            replacement_reason(&s, of_deployment(OUR_DEPLOYMENT, OURS)),
-            None
-        );
+        assert_eq!(reason_of(&s, of_deployment(OUR_DEPLOYMENT, OURS)), None);
     }
 
     #[test]
@@ -768,10 +817,7 @@ mod tests {
                 deployment_with_id(OUR_DEPLOYMENT, "ACTIVE", OURS, 2, 2),
             ],
         );
-        assert_eq!(
-            replacement_reason(&s, of_deployment(NEW_DEPLOYMENT, OURS)),
-            None
-        );
+        assert_eq!(reason_of(&s, of_deployment(NEW_DEPLOYMENT, OURS)), None);
         // A new task definition: we run it, the old tasks do not.
         let s = service(
             2,
@@ -781,10 +827,7 @@ mod tests {
                 deployment_with_id(OUR_DEPLOYMENT, "ACTIVE", OURS, 2, 2),
             ],
         );
-        assert_eq!(
-            replacement_reason(&s, of_deployment(NEW_DEPLOYMENT, NEWER)),
-            None
-        );
+        assert_eq!(reason_of(&s, of_deployment(NEW_DEPLOYMENT, NEWER)), None);
     }
 
     #[test]
@@ -798,18 +841,15 @@ mod tests {
             ],
         );
         assert_eq!(
-            replacement_reason(&s, by_task_definition(OURS)).as_deref(),
+            reason_of(&s, by_task_definition(OURS)).as_deref(),
             Some(format!("deployment in progress: the service is moving to {NEWER}").as_str())
         );
-        assert_eq!(replacement_reason(&s, by_task_definition(NEWER)), None);
+        assert_eq!(reason_of(&s, by_task_definition(NEWER)), None);
         // A PRIMARY deployment without an ID cannot be compared by ID either.
         let mut s = s;
         s.deployments[0].id.clear();
-        assert_eq!(
-            replacement_reason(&s, of_deployment(OUR_DEPLOYMENT, NEWER)),
-            None
-        );
-        assert!(replacement_reason(&s, of_deployment(OUR_DEPLOYMENT, OURS))
+        assert_eq!(reason_of(&s, of_deployment(OUR_DEPLOYMENT, NEWER)), None);
+        assert!(reason_of(&s, of_deployment(OUR_DEPLOYMENT, OURS))
             .unwrap()
             .ends_with(NEWER));
     }
@@ -825,7 +865,7 @@ mod tests {
                 deployment("ACTIVE", OURS, 2, 2),
             ],
         );
-        assert!(replacement_reason(&s, by_task_definition(OURS))
+        assert!(reason_of(&s, by_task_definition(OURS))
             .unwrap()
             .contains("web:6"));
     }
@@ -834,7 +874,7 @@ mod tests {
     fn scale_in_below_the_running_count_replaces_us() {
         let s = service(1, 3, vec![deployment("PRIMARY", OURS, 1, 3)]);
         assert_eq!(
-            replacement_reason(&s, by_task_definition(OURS)).as_deref(),
+            reason_of(&s, by_task_definition(OURS)).as_deref(),
             Some("scale-in: desired 1, running 3")
         );
         let s = service(
@@ -843,7 +883,7 @@ mod tests {
             vec![deployment_with_id(OUR_DEPLOYMENT, "PRIMARY", OURS, 1, 3)],
         );
         assert_eq!(
-            replacement_reason(&s, of_deployment(OUR_DEPLOYMENT, OURS)).as_deref(),
+            reason_of(&s, of_deployment(OUR_DEPLOYMENT, OURS)).as_deref(),
             Some("scale-in: desired 1, running 3")
         );
     }
@@ -851,10 +891,10 @@ mod tests {
     #[test]
     fn scale_in_clears_when_running_reaches_desired() {
         let s = service(1, 1, vec![deployment("PRIMARY", OURS, 1, 1)]);
-        assert_eq!(replacement_reason(&s, by_task_definition(OURS)), None);
+        assert_eq!(reason_of(&s, by_task_definition(OURS)), None);
         // Scaling out is no reason to drain.
         let s = service(4, 2, vec![deployment("PRIMARY", OURS, 4, 2)]);
-        assert_eq!(replacement_reason(&s, by_task_definition(OURS)), None);
+        assert_eq!(reason_of(&s, by_task_definition(OURS)), None);
     }
 
     #[test]
@@ -868,7 +908,7 @@ mod tests {
                 deployment("ACTIVE", NEWER, 2, 2),
             ],
         );
-        assert_eq!(replacement_reason(&s, by_task_definition(OURS)), None);
+        assert_eq!(reason_of(&s, by_task_definition(OURS)), None);
         // But a scale-in of the primary deployment during it still counts.
         let s = service(
             1,
@@ -879,7 +919,7 @@ mod tests {
             ],
         );
         assert_eq!(
-            replacement_reason(&s, by_task_definition(OURS)).as_deref(),
+            reason_of(&s, by_task_definition(OURS)).as_deref(),
             Some("scale-in: desired 1, running 2")
         );
     }
@@ -887,9 +927,9 @@ mod tests {
     #[test]
     fn an_unknown_task_definition_only_checks_scale_in() {
         let s = service(2, 2, vec![deployment("PRIMARY", NEWER, 2, 2)]);
-        assert_eq!(replacement_reason(&s, Mine::default()), None);
+        assert_eq!(reason_of(&s, Mine::default()), None);
         let s = service(1, 2, vec![deployment("PRIMARY", NEWER, 1, 2)]);
-        assert!(replacement_reason(&s, Mine::default())
+        assert!(reason_of(&s, Mine::default())
             .unwrap()
             .starts_with("scale-in"));
     }
@@ -897,8 +937,8 @@ mod tests {
     #[test]
     fn no_deployments_uses_the_service_counts() {
         let mine = of_deployment(OUR_DEPLOYMENT, OURS);
-        assert_eq!(replacement_reason(&service(2, 2, vec![]), mine), None);
-        assert!(replacement_reason(&service(0, 1, vec![]), mine)
+        assert_eq!(reason_of(&service(2, 2, vec![]), mine), None);
+        assert!(reason_of(&service(0, 1, vec![]), mine)
             .unwrap()
             .starts_with("scale-in"));
     }
@@ -985,7 +1025,7 @@ mod tests {
                 "arn:aws:ecs:eu-west-1:123456789012:task/c/x",
             ));
         let context = EcsContext::new(aws_sdk_ecs::Client::from_conf(config), identity);
-        let rx = spawn_drain_watch(&context, Duration::from_secs(1));
+        let rx = spawn_drain_watch(&context, Duration::from_secs(1), None);
         assert_eq!(*rx.borrow(), None);
     }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
+use super::hub::DrainKind;
 use super::Hub;
+use crate::ecs::drain_watch::{Replacement, ReplacementKind};
 use crate::protection::ProtectionEvent;
 
 /// The operator's drain signal, SIGUSR1, listened for from start-up on (see [`on_sigusr1`]).
@@ -52,8 +54,9 @@ pub fn on_sigusr1(hub: &Arc<Hub>, signal: DrainSignal) {
 }
 
 /// Follows the drain watcher: drains (reversibly) while it reports a reason, stops when it
-/// reports none.
-pub fn follow_watcher(hub: &Arc<Hub>, mut reasons: watch::Receiver<Option<String>>) {
+/// reports none. A deployment's drain is bounded by the drain deadline; a scale-in's is not
+/// ([`DrainKind::ScaleIn`]).
+pub fn follow_watcher(hub: &Arc<Hub>, mut reasons: watch::Receiver<Option<Replacement>>) {
     let hub = Arc::downgrade(hub);
     tokio::spawn(async move {
         loop {
@@ -61,7 +64,7 @@ pub fn follow_watcher(hub: &Arc<Hub>, mut reasons: watch::Receiver<Option<String
             {
                 let Some(hub) = hub.upgrade() else { return };
                 match reason {
-                    Some(reason) => hub.begin_drain(&reason, true),
+                    Some(r) => hub.begin_drain_as(&r.reason, drain_kind(r.kind)),
                     None => hub.end_drain(),
                 }
             }
@@ -72,27 +75,37 @@ pub fn follow_watcher(hub: &Arc<Hub>, mut reasons: watch::Receiver<Option<String
     });
 }
 
+/// The kind of drain a replacement calls for.
+fn drain_kind(kind: ReplacementKind) -> DrainKind {
+    match kind {
+        ReplacementKind::ScaleIn => DrainKind::ScaleIn,
+        _ => DrainKind::Reversible,
+    }
+}
+
 /// How long a drain lasts at most by default (`DRAIN_DEADLINE_SECS`): 15 minutes, long enough
 /// for most game rounds and jobs to end on their own, short enough that one idle client cannot
 /// hold a deployment or a scale-in back for long.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(15 * 60);
 
-/// Bounds every drain to `deadline`: protection is never asked for past it (the manager's
-/// deadline), and once it passes the remaining clients are closed with 1001 and protection is
-/// released. A reversible drain that ends sooner lifts the deadline.
+/// Bounds every drain but a scale-in's ([`DrainKind::ScaleIn`]) to `deadline`: protection is never
+/// asked for past it (the manager's deadline), and once it passes the remaining clients are
+/// closed with 1001 and protection is released. A reversible drain that ends sooner, or turns
+/// into a scale-in's, lifts the deadline.
 pub fn evict_after(hub: &Arc<Hub>, deadline: Duration) {
     let weak = Arc::downgrade(hub);
     let mut state = hub.watch_state();
     let manager = hub.manager().clone();
     tokio::spawn(async move {
         loop {
-            if state.wait_for(|s| s.draining.is_some()).await.is_err() {
+            let bounded = |s: &super::ServerState| s.draining.as_ref().is_some_and(|d| d.bounded());
+            if state.wait_for(bounded).await.is_err() {
                 return;
             }
             let until = Instant::now() + deadline;
             manager.set_deadline(Some(until));
             let ended = async {
-                let _ = state.wait_for(|s| s.draining.is_none()).await;
+                let _ = state.wait_for(|s| !bounded(s)).await;
             };
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => {

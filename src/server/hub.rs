@@ -90,18 +90,45 @@ pub struct ServerState {
     pub rejection_streak: u64,
 }
 
+/// What kind of drain it is: whether it ends by itself, and whether the drain deadline
+/// (`DRAIN_DEADLINE_SECS`) applies to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainKind {
+    /// Ends only with the process (an operator's request, `MAX_PROTECTED_MINUTES`); bounded by
+    /// the deadline.
+    Final,
+    /// Ends by itself when its cause goes away (a deployment the drain watcher saw); bounded by
+    /// the deadline, so one client cannot hold a deployment back for long.
+    Reversible,
+    /// ECS cannot reach the service's desired count without this task (a scale-in with every
+    /// other task busy): ends by itself when its cause goes away, and never closes a client.
+    /// Protection holds until the last client leaves, as it would without a drain; the drain
+    /// only stops new clients from arriving, so that the task empties and ECS can stop it.
+    ScaleIn,
+}
+
 /// Why the server is draining.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drain {
     /// The reason, for the log: `<cause>` or `<cause>: <details>`. Only the cause is shown to
     /// clients and in `/status` ([`public_reason`](Self::public_reason)).
     pub reason: Arc<str>,
-    /// Whether the drain ends by itself when its cause goes away (the drain watcher's
-    /// observations); an operator's request does not.
-    pub reversible: bool,
+    /// What kind of drain it is.
+    pub kind: DrainKind,
 }
 
 impl Drain {
+    /// Whether the drain ends by itself when its cause goes away (the drain watcher's
+    /// observations); an operator's request does not.
+    pub fn reversible(&self) -> bool {
+        self.kind != DrainKind::Final
+    }
+
+    /// Whether the drain deadline applies: every drain but a scale-in's.
+    pub fn bounded(&self) -> bool {
+        self.kind != DrainKind::ScaleIn
+    }
+
     /// The cause alone (the text before the first `": "`), for clients and `/status`: details
     /// such as deployment IDs and task definition ARNs (which carry the account ID) stay in the
     /// log.
@@ -252,15 +279,33 @@ impl Hub {
     /// Starts draining for `reason` (a no-op if already draining): new upgrades get 503, every
     /// client is told once, and protection is released as soon as the last client leaves,
     /// skipping the hold-over. Health stays 200 (a failing health check would make ECS stop the
-    /// task and cut every player off). `reversible` drains end by [`end_drain`](Self::end_drain).
+    /// task and cut every player off). `reversible` drains end by [`end_drain`](Self::end_drain);
+    /// both kinds are bounded by the drain deadline ([`DrainKind`]).
     pub fn begin_drain(&self, reason: &str, reversible: bool) {
+        let kind = if reversible {
+            DrainKind::Reversible
+        } else {
+            DrainKind::Final
+        };
+        self.begin_drain_as(reason, kind);
+    }
+
+    /// Starts draining for `reason` as [`begin_drain`](Self::begin_drain) does, with the kind
+    /// given. Already draining, a drain of another kind replaces the current one unless the
+    /// current one is [`DrainKind::Final`] (a deployment that begins during a scale-in drain
+    /// brings its deadline; a scale-in drain after a deployment's lifts it); clients are told the
+    /// new cause.
+    pub fn begin_drain_as(&self, reason: &str, kind: DrainKind) {
         let started = self.state.send_if_modified(|s| {
-            if s.draining.is_some() {
-                return false;
+            match &s.draining {
+                Some(current) if current.kind == DrainKind::Final || current.kind == kind => {
+                    return false
+                }
+                _ => {}
             }
             s.draining = Some(Drain {
                 reason: Arc::from(reason),
-                reversible,
+                kind,
             });
             true
         });
@@ -276,7 +321,7 @@ impl Hub {
     /// Ends a reversible drain whose cause went away; an operator's drain stays.
     pub fn end_drain(&self) {
         let ended = self.state.send_if_modified(|s| match &s.draining {
-            Some(d) if d.reversible && !s.evicting => {
+            Some(d) if d.reversible() && !s.evicting => {
                 s.draining = None;
                 true
             }

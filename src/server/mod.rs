@@ -26,7 +26,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 
-pub use hub::{Drain, Hub, ServerState, SessionLimits, StatusDoc};
+pub use hub::{Drain, DrainKind, Hub, ServerState, SessionLimits, StatusDoc};
 pub use listener::HttpLimits;
 pub use origin::AllowedOrigins;
 
