@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod api;
 pub mod drain_watch;
+pub(crate) mod fleet;
 pub mod identity;
 pub(crate) mod sdk;
 
