@@ -18,20 +18,29 @@
 //!   definition. When the deployment ID is unknown (`DescribeTasks` denied or failing, or a
 //!   `startedBy` that is not `ecs-svc/…`), the PRIMARY deployment's task definition is compared
 //!   with the task's instead;
-//! * the service is being scaled below the number of tasks it runs.
+//! * the service runs or starts more tasks than it wants (a scale-in; during a deployment, of this
+//!   task's own PRIMARY deployment) and ECS cannot reach its desired count without this task:
+//!   the other tasks are busy too, and this one is among those every task picks to go
+//!   ([`fleet`](super::fleet) has the rule). Only then does the watcher ask about the service's
+//!   tasks: `ListTasks` (desired status RUNNING), `DescribeTasks` once per task (`startedAt`,
+//!   `startedBy`) and `GetTaskProtection` (100 tasks a call). When any of these fails, or does not
+//!   say whether every task is protected, no scale-in drain starts (one already under way goes
+//!   on), and the failure is logged once with the IAM action it needs.
 //!
-//! The answer is published on a [`watch`] channel as `Some(reason)` (or `None`); the server
-//! drains while it is `Some`. The watcher never stops the task itself.
+//! The answer is published on a [`watch`] channel as `Some(`[`Replacement`]`)` (or `None`); the
+//! server drains while it is `Some`. The watcher never stops the task itself.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
 
-use aws_sdk_ecs::types::{Deployment, Service, Task};
+use aws_sdk_ecs::types::{Deployment, DesiredStatus, Service, Task};
 use tokio::sync::watch;
 
+use super::fleet::{self, Fleet, FleetTask, ScaleIn};
 use super::identity::TaskIdentity;
 use super::sdk::{
     classify_sdk_error, is_access_denied, region_override, DESCRIBE_SERVICES_ACTION,
-    DESCRIBE_TASKS_ACTION,
+    DESCRIBE_TASKS_ACTION, GET_ACTION, LIST_TASKS_ACTION,
 };
 use super::EcsContext;
 use crate::protection::{BackendError, ErrorKind};
@@ -85,6 +94,8 @@ struct ServiceView {
     pub desired_count: i32,
     /// The service's running task count, across all deployments.
     pub running_count: i32,
+    /// The service's tasks still starting (`PENDING`), across all deployments.
+    pub pending_count: i32,
     /// The service's deployments.
     pub deployments: Vec<DeploymentView>,
 }
@@ -103,6 +114,8 @@ struct DeploymentView {
     pub desired_count: i32,
     /// Tasks of this deployment that are running.
     pub running_count: i32,
+    /// Tasks of this deployment still starting.
+    pub pending_count: i32,
     /// `COMPLETED`, `IN_PROGRESS` or `FAILED`, when ECS reports it.
     pub rollout_state: Option<String>,
 }
@@ -115,6 +128,7 @@ impl DeploymentView {
             task_definition: d.task_definition().unwrap_or_default().to_string(),
             desired_count: d.desired_count(),
             running_count: d.running_count(),
+            pending_count: d.pending_count(),
             rollout_state: d.rollout_state().map(|s| s.as_str().to_string()),
         }
     }
@@ -135,6 +149,7 @@ impl ServiceView {
         Self {
             desired_count: service.desired_count(),
             running_count: service.running_count(),
+            pending_count: service.pending_count(),
             deployments: service
                 .deployments()
                 .iter()
@@ -244,35 +259,79 @@ struct Mine<'a> {
     pub task_definition: Option<&'a str>,
 }
 
-/// Why ECS wants this task (`mine`) gone, or `None` if it does not:
+/// Why a deployment replaces this task (`mine`), or `None` if none does:
 ///
 /// * `Some("deployment in progress: the service is moving to deployment <id> (<taskdef>); this
 ///   task is of deployment <id>")` when the task's deployment is not the PRIMARY one, and the
 ///   PRIMARY deployment is still rolling out or the task's deployment is ACTIVE (being replaced);
 /// * when the deployment ID is unknown (or the task's deployment is not listed and the PRIMARY
 ///   one has rolled out), `Some("deployment in progress: the service is moving to <taskdef>")`
-///   when the PRIMARY deployment's task definition is not the task's;
-/// * `Some("scale-in: desired N, running M")` when fewer tasks are desired than run. While a
-///   deployment is in progress and ours is the PRIMARY one, the PRIMARY deployment's own counts
-///   are compared (the service's running count then includes the old tasks being replaced, which
-///   is not a scale-in of ours).
+///   when the PRIMARY deployment's task definition is not the task's.
 ///
-/// With neither the deployment ID nor the task definition known, only the scale-in rule applies.
+/// With neither the deployment ID nor the task definition known, no deployment is recognised. A
+/// scale-in is decided separately ([`scale_in_scope`], then the [`fleet`](super::fleet) rule).
 fn replacement_reason(service: &ServiceView, mine: Mine<'_>) -> Option<Replacement> {
-    let primary = service.primary();
-    if let Some(reason) = primary.and_then(|p| deployment_reason(service, p, mine)) {
-        return Some(Replacement::new(ReplacementKind::Deployment, reason));
-    }
-    let (desired, running) = match primary {
-        Some(p) if service.deployments.len() > 1 => (p.desired_count, p.running_count),
-        _ => (service.desired_count, service.running_count),
+    let primary = service.primary()?;
+    deployment_reason(service, primary, mine)
+        .map(|reason| Replacement::new(ReplacementKind::Deployment, reason))
+}
+
+/// Which tasks a scale-in is counted over, and how many of them ECS wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScaleInScope<'a> {
+    /// ECS runs (or starts) no more tasks than it wants: no scale-in.
+    NoExcess,
+    /// Every task of the service; `desired` of them are wanted.
+    Service {
+        /// The service's desired count.
+        desired: u32,
+    },
+    /// The tasks of this task's own deployment, the PRIMARY one, during a deployment (the old
+    /// deployments' tasks are being replaced, which is not a scale-in of ours).
+    Deployment {
+        /// The deployment's ID (the tasks' `startedBy`).
+        id: &'a str,
+        /// The deployment's desired count.
+        desired: u32,
+    },
+    /// A deployment is under way, its PRIMARY deployment runs more tasks than it wants, and this
+    /// task's deployment is not known: which tasks to count cannot be told.
+    Unknown,
+}
+
+/// Whether the service (or, during a deployment, this task's PRIMARY deployment) runs or starts
+/// more tasks than it wants, from `DescribeServices` alone: the cheap check made every round
+/// before the service's tasks are asked about. Called once no deployment replaces this task.
+fn scale_in_scope<'a>(service: &'a ServiceView, mine: Mine<'a>) -> ScaleInScope<'a> {
+    let wanted = |desired: i32| u32::try_from(desired).unwrap_or(0);
+    let excess = |desired: i32, running: i32, pending: i32| {
+        i64::from(running) + i64::from(pending) > i64::from(desired.max(0))
     };
-    (desired < running).then(|| {
-        Replacement::new(
-            ReplacementKind::ScaleIn,
-            format!("scale-in: desired {desired}, running {running}"),
-        )
-    })
+    match service.primary() {
+        Some(p) if service.deployments.len() > 1 => {
+            if !excess(p.desired_count, p.running_count, p.pending_count) {
+                ScaleInScope::NoExcess
+            } else if mine.deployment_id == Some(p.id.as_str()) && !p.id.is_empty() {
+                ScaleInScope::Deployment {
+                    id: &p.id,
+                    desired: wanted(p.desired_count),
+                }
+            } else {
+                ScaleInScope::Unknown
+            }
+        }
+        _ if excess(
+            service.desired_count,
+            service.running_count,
+            service.pending_count,
+        ) =>
+        {
+            ScaleInScope::Service {
+                desired: wanted(service.desired_count),
+            }
+        }
+        _ => ScaleInScope::NoExcess,
+    }
 }
 
 /// The deployment part of [`replacement_reason`].
@@ -339,24 +398,35 @@ async fn run(
     loads: Option<TaskLoads>,
     tx: watch::Sender<Option<Replacement>>,
 ) {
-    let _ = &loads;
     tracing::info!(
-        "Drain watch: asking ECS (DescribeTasks once, DescribeServices every {:.0?}) whether this \
-         task is being replaced",
+        "Drain watch: asking ECS (DescribeTasks once, DescribeServices every {:.0?}, and the \
+         service's tasks while it runs more than it wants) whether this task is being replaced",
         interval
     );
     let mut task = TaskState::default();
+    let mut fleet = FleetState::default();
     let mut last_error: Option<BackendError> = None;
     loop {
+        let draining_for_scale_in = tx
+            .borrow()
+            .as_ref()
+            .is_some_and(|r| r.kind == ReplacementKind::ScaleIn);
         let look = tokio::select! {
             _ = tx.closed() => return,
-            look = look(&context, &mut task) => look,
+            look = look(&context, &mut task, &mut fleet, loads.as_ref(), draining_for_scale_in) => look,
         };
         match look {
-            Ok(Look::Reason(reason)) => {
+            Ok(look @ (Look::Reason(_) | Look::KeepScaleIn)) => {
                 if last_error.take().is_some() {
                     tracing::info!("Drain watch: ECS answers again");
                 }
+                let reason = match look {
+                    Look::Reason(reason) => reason,
+                    _ => tx
+                        .borrow()
+                        .clone()
+                        .filter(|r| r.kind == ReplacementKind::ScaleIn),
+                };
                 publish(&tx, reason);
             }
             Ok(Look::NoService(why)) => {
@@ -491,11 +561,21 @@ impl TaskState {
 enum Look {
     /// The current reason to drain (`None`: no reason).
     Reason(Option<Replacement>),
+    /// The service runs more tasks than it wants, but what its tasks are (or whether they are
+    /// protected) is not known this round: a scale-in drain already under way goes on, and none
+    /// starts (never drain every task because data is missing).
+    KeepScaleIn,
     /// The task has no service: nothing to watch.
     NoService(String),
 }
 
-async fn look(context: &EcsContext, task: &mut TaskState) -> Result<Look, BackendError> {
+async fn look(
+    context: &EcsContext,
+    task: &mut TaskState,
+    fleet: &mut FleetState,
+    loads: Option<&TaskLoads>,
+    draining_for_scale_in: bool,
+) -> Result<Look, BackendError> {
     let client = context.client();
     let id = context.identity().identity().await?;
     let task_error = task.learn(client, id).await;
@@ -529,7 +609,303 @@ async fn look(context: &EcsContext, task: &mut TaskState) -> Result<Look, Backen
             .or_else(|| view.and_then(|v| v.task_definition.as_deref())),
     };
     let service = describe_service(client, id, &service_name).await?;
-    Ok(Look::Reason(replacement_reason(&service, mine)))
+    if let Some(replacement) = replacement_reason(&service, mine) {
+        return Ok(Look::Reason(Some(replacement)));
+    }
+    let (desired, deployment) = match scale_in_scope(&service, mine) {
+        ScaleInScope::NoExcess => return Ok(Look::Reason(None)),
+        ScaleInScope::Unknown => {
+            fleet.note(FleetNote::DeploymentUnknown);
+            return Ok(Look::KeepScaleIn);
+        }
+        ScaleInScope::Service { desired } => (desired, None),
+        ScaleInScope::Deployment { id, desired } => (desired, Some(id)),
+    };
+    let view = match fleet
+        .survey(client, id, &service_name, desired, deployment, loads)
+        .await
+    {
+        Ok(view) => view,
+        Err(error) => {
+            fleet.note(FleetNote::Failed(error));
+            return Ok(Look::KeepScaleIn);
+        }
+    };
+    let decision = fleet::scale_in(&view, &id.task_arn, draining_for_scale_in);
+    if decision == ScaleIn::Unknown {
+        fleet.note(FleetNote::ProtectionUnknown);
+        return Ok(Look::KeepScaleIn);
+    }
+    fleet.note(FleetNote::Decided(decision.clone()));
+    Ok(Look::Reason(decision.reason().map(|reason| {
+        Replacement::new(ReplacementKind::ScaleIn, reason)
+    })))
+}
+
+/// The longest list of tasks the watcher reads (50 pages of 100: a service runs at most 5,000).
+const MAX_LIST_PAGES: usize = 50;
+/// Tasks per `DescribeTasks` and per `GetTaskProtection` call (the API reference allows up to
+/// 100 for each).
+const TASKS_PER_CALL: usize = 100;
+
+/// What `DescribeTasks` said of another task (neither changes during a task's life, but a task
+/// that is still starting has no `startedAt` yet).
+#[derive(Debug, Clone, Default)]
+struct Described {
+    started_at: Option<SystemTime>,
+    started_by: Option<String>,
+}
+
+/// What the watcher keeps about the service's tasks from round to round.
+#[derive(Debug, Default)]
+struct FleetState {
+    /// `DescribeTasks`'s answers, by task ARN (asked once per task, and again while it has not
+    /// started).
+    described: HashMap<String, Described>,
+    /// The last thing logged about the fleet (each change is logged once).
+    last_note: Option<FleetNote>,
+}
+
+/// What the watcher logs about a scale-in, once per change.
+#[derive(Debug, Clone, PartialEq)]
+enum FleetNote {
+    /// A deployment is under way and this task's deployment is not known.
+    DeploymentUnknown,
+    /// A call about the service's tasks failed.
+    Failed(BackendError),
+    /// `GetTaskProtection` did not say for every task.
+    ProtectionUnknown,
+    /// The rule decided.
+    Decided(ScaleIn),
+}
+
+impl FleetState {
+    /// Logs `note` unless it is what was logged last.
+    fn note(&mut self, note: FleetNote) {
+        if self.last_note.as_ref() == Some(&note) {
+            return;
+        }
+        const KEEP: &str = "no scale-in drain starts (one under way goes on) until it is known";
+        match &note {
+            FleetNote::DeploymentUnknown => tracing::warn!(
+                "Drain watch: the service runs more tasks than it wants during a deployment, and \
+                 this task's deployment is not known ({DESCRIBE_TASKS_ACTION}); {KEEP}"
+            ),
+            FleetNote::Failed(error) => tracing::warn!(
+                "Drain watch: the service runs more tasks than it wants, but its tasks cannot be \
+                 read: {error}; {KEEP}"
+            ),
+            FleetNote::ProtectionUnknown => tracing::warn!(
+                "Drain watch: the service runs more tasks than it wants, but {GET_ACTION} did \
+                 not say for every task whether it is protected; {KEEP}"
+            ),
+            FleetNote::Decided(ScaleIn::Others { surplus }) => tracing::info!(
+                "Drain watch: scale-in: ECS needs {surplus} busy task(s) gone; others drain first"
+            ),
+            FleetNote::Decided(ScaleIn::NotNeeded) => tracing::info!(
+                "Drain watch: scale-in: ECS can reach its desired count by stopping idle tasks; \
+                 this task keeps its work"
+            ),
+            FleetNote::Decided(_) => {}
+        }
+        self.last_note = Some(note);
+    }
+
+    /// Reads the service's tasks (`ListTasks`, desired status RUNNING), what they are
+    /// (`DescribeTasks`, for the tasks not described yet) and whether each is protected
+    /// (`GetTaskProtection`); keeps those of `deployment` when one is given.
+    async fn survey(
+        &mut self,
+        client: &aws_sdk_ecs::Client,
+        id: &TaskIdentity,
+        service_name: &str,
+        desired: u32,
+        deployment: Option<&str>,
+        loads: Option<&TaskLoads>,
+    ) -> Result<Fleet, BackendError> {
+        let arns = list_tasks(client, id, service_name).await?;
+        self.described.retain(|arn, _| arns.contains(arn));
+        let unknown: Vec<String> = arns
+            .iter()
+            .filter(|arn| {
+                self.described
+                    .get(*arn)
+                    .is_none_or(|d| d.started_at.is_none())
+            })
+            .cloned()
+            .collect();
+        for chunk in unknown.chunks(TASKS_PER_CALL) {
+            for (arn, described) in describe_tasks(client, id, chunk).await? {
+                self.described.insert(arn, described);
+            }
+        }
+        let arns: Vec<String> = arns
+            .into_iter()
+            .filter(|arn| match deployment {
+                Some(d) => {
+                    self.described
+                        .get(arn)
+                        .and_then(|t| t.started_by.as_deref())
+                        == Some(d)
+                }
+                None => true,
+            })
+            .collect();
+        let mut protection = HashMap::new();
+        let mut gone = Vec::new();
+        for chunk in arns.chunks(TASKS_PER_CALL) {
+            let (answered, missing) = task_protection(client, id, chunk).await?;
+            protection.extend(answered);
+            gone.extend(missing);
+        }
+        let loads = loads.map(|f| f());
+        let tasks = arns
+            .into_iter()
+            .filter(|arn| !gone.contains(arn))
+            .map(|arn| FleetTask {
+                started_at: self.described.get(&arn).and_then(|d| d.started_at),
+                protected: protection.get(&arn).copied(),
+                load: loads.as_ref().and_then(|l| l.get(task_id(&arn)).copied()),
+                arn,
+            })
+            .collect();
+        Ok(Fleet { desired, tasks })
+    }
+}
+
+/// The task ID: the last part of its ARN (`…:task/CLUSTER/ID`).
+fn task_id(arn: &str) -> &str {
+    arn.rsplit('/').next().unwrap_or(arn)
+}
+
+/// Runs `request` with the watcher's call timeout, classifying its error for IAM action `action`.
+async fn call<T, E>(
+    action: &str,
+    request: impl std::future::Future<
+        Output = Result<
+            T,
+            aws_sdk_ecs::error::SdkError<E, aws_sdk_ecs::config::http::HttpResponse>,
+        >,
+    >,
+) -> Result<T, BackendError>
+where
+    E: aws_sdk_ecs::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    tokio::time::timeout(CALL_TIMEOUT, request)
+        .await
+        .map_err(|_| {
+            BackendError::new(
+                ErrorKind::Timeout,
+                format!("{action}: no answer within {CALL_TIMEOUT:?}"),
+            )
+        })?
+        .map_err(|e| classify_sdk_error(&e, action))
+}
+
+/// `ListTasks`: the ARNs of the service's tasks whose desired status is `RUNNING`.
+async fn list_tasks(
+    client: &aws_sdk_ecs::Client,
+    id: &TaskIdentity,
+    service_name: &str,
+) -> Result<Vec<String>, BackendError> {
+    let mut arns = Vec::new();
+    let mut next: Option<String> = None;
+    for _ in 0..MAX_LIST_PAGES {
+        let request = client
+            .list_tasks()
+            .cluster(&id.cluster)
+            .service_name(service_name)
+            .desired_status(DesiredStatus::Running)
+            .max_results(TASKS_PER_CALL as i32)
+            .set_next_token(next.take())
+            .customize()
+            .config_override(region_override(client, id)?)
+            .send();
+        let output = call(LIST_TASKS_ACTION, request).await?;
+        arns.extend(output.task_arns().iter().cloned());
+        match output.next_token() {
+            Some(token) if !token.is_empty() => next = Some(token.to_string()),
+            _ => return Ok(arns),
+        }
+    }
+    Err(BackendError::new(
+        ErrorKind::Malformed,
+        format!("{LIST_TASKS_ACTION}: more than {MAX_LIST_PAGES} pages of tasks"),
+    ))
+}
+
+/// `DescribeTasks` for `arns` (at most 100): when each started and which deployment started it.
+/// Tasks ECS no longer knows are left out.
+async fn describe_tasks(
+    client: &aws_sdk_ecs::Client,
+    id: &TaskIdentity,
+    arns: &[String],
+) -> Result<Vec<(String, Described)>, BackendError> {
+    let request = client
+        .describe_tasks()
+        .cluster(&id.cluster)
+        .set_tasks(Some(arns.to_vec()))
+        .customize()
+        .config_override(region_override(client, id)?)
+        .send();
+    let output = call(DESCRIBE_TASKS_ACTION, request).await?;
+    Ok(output
+        .tasks()
+        .iter()
+        .filter_map(|t| {
+            let arn = t.task_arn()?.to_string();
+            let started_at = t.started_at().and_then(|d| SystemTime::try_from(*d).ok());
+            let started_by = t.started_by().map(str::to_string);
+            Some((
+                arn,
+                Described {
+                    started_at,
+                    started_by,
+                },
+            ))
+        })
+        .collect())
+}
+
+/// `GetTaskProtection` for `arns` (at most 100): whether each is protected now (enabled, and
+/// not past its expiry), and the tasks ECS says are gone (`MISSING`). A task it says neither of
+/// is left out of the first, so its protection counts as unknown.
+async fn task_protection(
+    client: &aws_sdk_ecs::Client,
+    id: &TaskIdentity,
+    arns: &[String],
+) -> Result<(HashMap<String, bool>, Vec<String>), BackendError> {
+    let request = client
+        .get_task_protection()
+        .cluster(&id.cluster)
+        .set_tasks(Some(arns.to_vec()))
+        .customize()
+        .config_override(region_override(client, id)?)
+        .send();
+    let output = call(GET_ACTION, request).await?;
+    let now = SystemTime::now();
+    let protected = output
+        .protected_tasks()
+        .iter()
+        .filter_map(|t| {
+            let arn = t.task_arn()?.to_string();
+            let unexpired = t
+                .expiration_date()
+                .and_then(|d| SystemTime::try_from(*d).ok())
+                .is_none_or(|expiry| expiry > now);
+            Some((arn, t.protection_enabled() && unexpired))
+        })
+        .collect();
+    let gone = output
+        .failures()
+        .iter()
+        .filter(|f| {
+            f.reason()
+                .is_some_and(|r| r.eq_ignore_ascii_case("MISSING"))
+        })
+        .filter_map(|f| f.arn().map(str::to_string))
+        .collect();
+    Ok((protected, gone))
 }
 
 /// Why `DescribeTasks` gave no answer.
@@ -672,6 +1048,7 @@ mod tests {
             task_definition: td.into(),
             desired_count: desired,
             running_count: running,
+            pending_count: 0,
             rollout_state: Some(
                 if status == "PRIMARY" {
                     "IN_PROGRESS"
@@ -687,6 +1064,7 @@ mod tests {
         ServiceView {
             desired_count: desired,
             running_count: running,
+            pending_count: 0,
             deployments,
         }
     }
@@ -871,76 +1249,88 @@ mod tests {
     }
 
     #[test]
-    fn scale_in_below_the_running_count_replaces_us() {
+    fn a_scale_in_is_no_deployment() {
+        // Fewer wanted than run: no deployment reason; the fleet rule decides who drains.
+        let s = service(1, 3, vec![deployment("PRIMARY", OURS, 1, 3)]);
+        assert_eq!(reason_of(&s, by_task_definition(OURS)), None);
+        assert_eq!(reason_of(&s, Mine::default()), None);
+        assert_eq!(reason_of(&service(0, 1, vec![]), Mine::default()), None);
+    }
+
+    #[test]
+    fn more_tasks_running_or_starting_than_wanted_is_a_scale_in_of_the_service() {
+        let mine = of_deployment(OUR_DEPLOYMENT, OURS);
         let s = service(1, 3, vec![deployment("PRIMARY", OURS, 1, 3)]);
         assert_eq!(
-            reason_of(&s, by_task_definition(OURS)).as_deref(),
-            Some("scale-in: desired 1, running 3")
-        );
-        let s = service(
-            1,
-            3,
-            vec![deployment_with_id(OUR_DEPLOYMENT, "PRIMARY", OURS, 1, 3)],
+            scale_in_scope(&s, mine),
+            ScaleInScope::Service { desired: 1 }
         );
         assert_eq!(
-            reason_of(&s, of_deployment(OUR_DEPLOYMENT, OURS)).as_deref(),
-            Some("scale-in: desired 1, running 3")
+            scale_in_scope(&s, Mine::default()),
+            ScaleInScope::Service { desired: 1 }
+        );
+        // Starting tasks count: 2 running + 1 pending against 2 wanted.
+        let mut s = service(2, 2, vec![deployment("PRIMARY", OURS, 2, 2)]);
+        s.pending_count = 1;
+        assert_eq!(
+            scale_in_scope(&s, mine),
+            ScaleInScope::Service { desired: 2 }
+        );
+        assert_eq!(
+            scale_in_scope(&service(0, 1, vec![]), mine),
+            ScaleInScope::Service { desired: 0 }
         );
     }
 
     #[test]
-    fn scale_in_clears_when_running_reaches_desired() {
+    fn no_excess_is_no_scale_in() {
+        let mine = of_deployment(OUR_DEPLOYMENT, OURS);
         let s = service(1, 1, vec![deployment("PRIMARY", OURS, 1, 1)]);
-        assert_eq!(reason_of(&s, by_task_definition(OURS)), None);
+        assert_eq!(scale_in_scope(&s, mine), ScaleInScope::NoExcess);
         // Scaling out is no reason to drain.
         let s = service(4, 2, vec![deployment("PRIMARY", OURS, 4, 2)]);
-        assert_eq!(reason_of(&s, by_task_definition(OURS)), None);
+        assert_eq!(scale_in_scope(&s, mine), ScaleInScope::NoExcess);
+        assert_eq!(
+            scale_in_scope(&service(2, 2, vec![]), mine),
+            ScaleInScope::NoExcess
+        );
     }
 
     #[test]
-    fn a_new_task_of_the_primary_deployment_is_not_told_to_drain_by_the_old_tasks() {
-        // Rolling deployment, we are new: 2 old + 2 new running, 2 desired.
+    fn during_a_deployment_only_our_primary_deployments_own_counts_matter() {
+        // Rolling deployment, we are new: 2 old + 2 new running, 2 desired: no scale-in of ours.
         let s = service(
             2,
             4,
             vec![
-                deployment("PRIMARY", OURS, 2, 2),
-                deployment("ACTIVE", NEWER, 2, 2),
+                deployment_with_id(NEW_DEPLOYMENT, "PRIMARY", OURS, 2, 2),
+                deployment_with_id(OUR_DEPLOYMENT, "ACTIVE", NEWER, 2, 2),
             ],
         );
-        assert_eq!(reason_of(&s, by_task_definition(OURS)), None);
-        // But a scale-in of the primary deployment during it still counts.
+        let new_task = of_deployment(NEW_DEPLOYMENT, OURS);
+        assert_eq!(reason_of(&s, new_task), None);
+        assert_eq!(scale_in_scope(&s, new_task), ScaleInScope::NoExcess);
+        // A scale-in of the primary deployment during it: counted over that deployment's tasks.
         let s = service(
             1,
             4,
             vec![
-                deployment("PRIMARY", OURS, 1, 2),
-                deployment("ACTIVE", NEWER, 2, 2),
+                deployment_with_id(NEW_DEPLOYMENT, "PRIMARY", OURS, 1, 2),
+                deployment_with_id(OUR_DEPLOYMENT, "ACTIVE", NEWER, 2, 2),
             ],
         );
         assert_eq!(
-            reason_of(&s, by_task_definition(OURS)).as_deref(),
-            Some("scale-in: desired 1, running 2")
+            scale_in_scope(&s, new_task),
+            ScaleInScope::Deployment {
+                id: NEW_DEPLOYMENT,
+                desired: 1
+            }
         );
-    }
-
-    #[test]
-    fn an_unknown_task_definition_only_checks_scale_in() {
-        let s = service(2, 2, vec![deployment("PRIMARY", NEWER, 2, 2)]);
-        assert_eq!(reason_of(&s, Mine::default()), None);
-        let s = service(1, 2, vec![deployment("PRIMARY", NEWER, 1, 2)]);
-        assert!(reason_of(&s, Mine::default())
-            .unwrap()
-            .starts_with("scale-in"));
-    }
-
-    #[test]
-    fn no_deployments_uses_the_service_counts() {
-        let mine = of_deployment(OUR_DEPLOYMENT, OURS);
-        assert_eq!(reason_of(&service(2, 2, vec![]), mine), None);
-        assert!(reason_of(&service(0, 1, vec![]), mine)
-            .unwrap()
-            .starts_with("scale-in"));
+        // The same without knowing our deployment: which tasks to count cannot be told.
+        assert_eq!(
+            scale_in_scope(&s, by_task_definition(OURS)),
+            ScaleInScope::Unknown
+        );
     }
 
     fn known(group: Option<&str>, started_by: Option<&str>) -> TaskFacts {

@@ -22,6 +22,8 @@ pub(crate) const UPDATE_ACTION: &str = "ecs:UpdateTaskProtection";
 pub(crate) const GET_ACTION: &str = "ecs:GetTaskProtection";
 /// The IAM action behind `DescribeServices`.
 pub(crate) const DESCRIBE_SERVICES_ACTION: &str = "ecs:DescribeServices";
+/// The IAM action behind `ListTasks`.
+pub(crate) const LIST_TASKS_ACTION: &str = "ecs:ListTasks";
 /// The IAM action behind `DescribeTasks`.
 pub(crate) const DESCRIBE_TASKS_ACTION: &str = "ecs:DescribeTasks";
 
