@@ -7,6 +7,7 @@
 //!   watcher.
 //! * [`server`]: the WebSocket server (axum) whose connection count drives protection.
 //! * [`worker`]: the SQS queue consumer whose jobs in hand drive protection.
+//! * [`layer`]: a tower layer that holds protection while an HTTP request is in flight.
 //! * [`metrics`]: per-task numbers as CloudWatch EMF lines and Prometheus text.
 //! * [`config`]: command-line flags and environment variables, and what they turn into.
 //! * [`shutdown`]: the signals that start an orderly shutdown, for both binaries.
@@ -15,6 +16,7 @@
 
 pub mod config;
 pub mod ecs;
+pub mod layer;
 pub mod metrics;
 pub mod protection;
 pub mod server;

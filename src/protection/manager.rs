@@ -108,6 +108,14 @@ pub struct ProtectionManager {
     stop: Arc<Mutex<Option<oneshot::Sender<()>>>>,
 }
 
+impl std::fmt::Debug for ProtectionManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProtectionManager")
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
 /// What the handles, the guards and the reconciler share.
 struct Inner {
     /// Every claim on protection: live guards plus unreleased `acquire()` calls. The wanted state
