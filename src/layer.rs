@@ -9,17 +9,20 @@
 //! protection is released (after the manager's hold-over) once no request is in flight.
 //!
 //! ```
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! use task_protection::layer::ProtectionLayer;
 //! use task_protection::protection::{local::LocalBackend, ProtectionManager, Settings};
 //!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let manager = ProtectionManager::start(Arc::new(LocalBackend::new()), Settings::default())?;
-//! let app = axum::Router::new()
+//! let app: axum::Router = axum::Router::new()
 //!     .route("/work", axum::routing::post(|| async { "done" }))
 //!     .layer(ProtectionLayer::new(manager.clone()));
-//! # let _ = app;
-//! # Ok(()) }
+//! // axum::serve(listener, app).await?;
+//! # drop(app);
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! [tower]: https://docs.rs/tower
