@@ -62,6 +62,7 @@ pub enum StateLabel {
 
 /// What happened to protection; any number of subscribers can follow these.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum ProtectionEvent {
     /// Protection was set or refreshed.
     Protected {
