@@ -131,18 +131,24 @@ async fn protection_is_held_while_requests_are_in_flight_and_shared_by_them() {
     );
 }
 
-#[tokio::test]
-async fn a_streaming_response_holds_protection_until_its_last_chunk() {
+/// A manager, and a client whose `/stream` response has begun (its first chunk read); the sender
+/// gives the rest of the body.
+async fn streaming() -> (ProtectionManager, TcpStream, mpsc::Sender<Bytes>) {
     let manager = manager();
     let (gates, chunks) = gates();
     let addr = serve(&manager, gates).await;
-
     let mut client = request(addr, "/stream").await;
     chunks
         .send(Bytes::from_static(b"first-chunk"))
         .await
         .unwrap();
     read_until(&mut client, "first-chunk").await;
+    (manager, client, chunks)
+}
+
+#[tokio::test]
+async fn a_streaming_response_holds_protection_until_its_last_chunk() {
+    let (manager, mut client, chunks) = streaming().await;
     // The handler has returned; the body is still streaming.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(manager.status().wanted, "released mid-stream");
@@ -158,16 +164,7 @@ async fn a_streaming_response_holds_protection_until_its_last_chunk() {
 
 #[tokio::test]
 async fn a_client_that_goes_away_mid_stream_releases_its_hold() {
-    let manager = manager();
-    let (gates, chunks) = gates();
-    let addr = serve(&manager, gates).await;
-
-    let mut client = request(addr, "/stream").await;
-    chunks
-        .send(Bytes::from_static(b"first-chunk"))
-        .await
-        .unwrap();
-    read_until(&mut client, "first-chunk").await;
+    let (manager, mut client, chunks) = streaming().await;
     assert!(manager.status().wanted);
     drop(client);
     // The server notices the closed connection when it next writes.
