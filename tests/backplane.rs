@@ -589,3 +589,317 @@ async fn a_rediss_url_speaks_tls_and_a_failed_handshake_is_an_outage_not_a_crash
         a.proc.output.tail(20)
     );
 }
+
+/// A command connection to the test's Redis, to play another task (or a careless or hostile
+/// writer) on the backplane.
+async fn commands(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis-server")
+}
+
+/// A chat frame as a task with id `origin` publishes it.
+fn frame(origin: &str, text: &str) -> String {
+    serde_json::json!({ "o": origin, "t": text }).to_string()
+}
+
+/// Milliseconds since the Unix epoch, as the tasks stamp their counts.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+#[tokio::test]
+async fn a_remote_line_longer_than_this_tasks_limit_reaches_no_client_and_is_counted() {
+    // A rolling deployment that raised MAX_MESSAGE_BYTES: A (new) takes 16 KiB, B (old) 4 KiB.
+    // Without the check, B's clients' write buffers (4 KiB + 4 KiB) overflow and every one of
+    // them is dropped as a client that stopped reading.
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let a = Task::start(&redis.url(), &[("MAX_MESSAGE_BYTES", "16384")]).await;
+    a.wait_log("Chat backplane connected", 1).await;
+    let b = Task::connected(&redis.url()).await;
+    let (mut a1, _) = connect(&a.ws_url()).await;
+    let (mut a2, _) = connect(&a.ws_url()).await;
+    let mut on_b = support::connect_many(&b.ws_url(), 5).await;
+    chat_until_received(&mut a1, &mut on_b[0], "hello", Duration::from_secs(5)).await;
+    assert_eq!(next_text(&mut a2).await, "chat: hello");
+    for ws in on_b.iter_mut().skip(1) {
+        assert_eq!(next_text(ws).await, "chat: hello");
+    }
+
+    let long = "x".repeat(10_000);
+    say(&mut a1, &long).await;
+    say(&mut a1, "short after").await;
+    // A's own clients take it (A's limit allows it); B's get only what follows, and stay.
+    assert_eq!(next_text(&mut a2).await, format!("chat: {long}"));
+    for ws in on_b.iter_mut() {
+        assert_eq!(next_text(ws).await, "chat: short after");
+        ping_pong(ws).await;
+    }
+    let doc = b.status().await;
+    assert_eq!(doc["connections"], 5, "{doc}");
+    assert_eq!(doc["backplane_refused"], 1, "{doc}");
+    assert_eq!(b.proc.output.count("Dropping a client"), 0);
+    assert_eq!(b.proc.output.count("over MAX_MESSAGE_BYTES"), 1);
+    // The sender's own task refused nothing.
+    assert_eq!(a.status().await["backplane_refused"], 0);
+}
+
+#[tokio::test]
+async fn a_burst_of_remote_chat_is_dropped_and_counted_and_closes_no_client() {
+    // Another task (played by the test) publishes 1,000 messages at once: more than a client's
+    // queue (CLIENT_QUEUE_MESSAGES, 256). Without a budget for remote chat, every client here
+    // falls behind at once and is closed with 1008.
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let b = Task::connected(&redis.url()).await;
+    let mut clients = support::connect_many(&b.ws_url(), 10).await;
+    let mut con = commands(&redis.url()).await;
+    let channel = task_protection::server::backplane::CHANNEL;
+    let mut pipe = redis::pipe();
+    for i in 0..1000 {
+        pipe.cmd("PUBLISH")
+            .arg(channel)
+            .arg(frame("busy-task", &format!("burst {i}")))
+            .ignore();
+    }
+    pipe.query_async::<()>(&mut con).await.expect("publish");
+    b.wait_status("backplane_refused", Duration::from_secs(10), |d| {
+        d["backplane_refused"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    // Once the burst is over the budget refills, and remote chat flows again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(frame("busy-task", "after"))
+        .query_async::<()>(&mut con)
+        .await
+        .expect("publish");
+    let mut delivered = Vec::new();
+    for ws in clients.iter_mut() {
+        let mut got = 0u64;
+        loop {
+            let text = next_text(ws).await;
+            if text == "chat: after" {
+                break;
+            }
+            assert!(text.starts_with("chat: burst "), "{text}");
+            got += 1;
+        }
+        ping_pong(ws).await;
+        delivered.push(got);
+    }
+    let doc = b.status().await;
+    assert_eq!(doc["connections"], 10, "{doc}");
+    let refused = doc["backplane_refused"].as_u64().unwrap_or(0);
+    // Every client got the same part of the burst, at most half its queue; the rest was counted.
+    assert!(
+        delivered.iter().all(|&d| d == delivered[0]),
+        "{delivered:?}"
+    );
+    assert!(delivered[0] >= 1 && delivered[0] <= 128, "{delivered:?}");
+    assert_eq!(refused + delivered[0], 1000, "{doc}");
+    assert_eq!(b.proc.output.count("too slow"), 0);
+}
+
+/// Chat crosses between the two tasks both ways, each message within a second.
+async fn chat_crosses(a1: &mut Client, b1: &mut Client, tag: &str) {
+    for i in 0..10 {
+        let (from, to, dir) = if i % 2 == 0 {
+            (&mut *a1, &mut *b1, "a→b")
+        } else {
+            (&mut *b1, &mut *a1, "b→a")
+        };
+        let text = format!("{tag} {dir} {i}");
+        say(from, &text).await;
+        match tokio::time::timeout(Duration::from_secs(1), next_text(to)).await {
+            Ok(got) => assert_eq!(got, format!("chat: {text}")),
+            Err(_) => panic!("{text:?} did not cross within 1 s"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn errors_answering_the_fleet_count_leave_the_link_and_cross_task_chat_up() {
+    // Each of these made the count command fail, which took the link down; it reconnected at
+    // once and failed again, so cross-task chat worked a fraction of the time.
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let a = Task::connected(&redis.url()).await;
+    let b = Task::connected(&redis.url()).await;
+    let (mut a1, _) = connect(&a.ws_url()).await;
+    let (mut b1, _) = connect(&b.ws_url()).await;
+    chat_until_received(&mut a1, &mut b1, "before", Duration::from_secs(5)).await;
+    let mut con = commands(&redis.url()).await;
+    let key = task_protection::server::backplane::FLEET_KEY;
+    let run = |args: Vec<Vec<u8>>| {
+        let mut cmd = redis::Cmd::new();
+        for arg in args {
+            cmd.arg(arg);
+        }
+        cmd
+    };
+    let settle = Duration::from_millis(3500); // three refreshes (CHAT_BACKPLANE_REFRESH_SECS=1)
+    let both_connected = |tag: &'static str| {
+        let (a, b) = (&a, &b);
+        async move {
+            for task in [a, b] {
+                let doc = task.status().await;
+                assert_eq!(doc["backplane"], "connected", "{tag}: {doc}");
+                assert_eq!(
+                    task.proc.output.count("Chat backplane unreachable"),
+                    0,
+                    "{tag}: {}",
+                    task.proc.output.tail(20)
+                );
+            }
+        }
+    };
+
+    // 1. Fields that are not this program's: a value that is not UTF-8, a name that is not.
+    run(vec![
+        b"HSET".to_vec(),
+        key.into(),
+        b"odd-value".to_vec(),
+        b"\xff\xfe 1".to_vec(),
+        b"\xff\xfe".to_vec(),
+        b"1 99999999999999".to_vec(),
+    ])
+    .query_async::<()>(&mut con)
+    .await
+    .expect("HSET");
+    tokio::time::sleep(settle).await;
+    both_connected("unreadable fields").await;
+    chat_crosses(&mut a1, &mut b1, "unreadable fields").await;
+    for task in [&a, &b] {
+        task.wait_status("fleet_connections 2", Duration::from_secs(5), |d| {
+            d["fleet_connections"] == 2
+        })
+        .await;
+    }
+
+    // 2. The key turned into a string: every hash command answers WRONGTYPE.
+    run(vec![b"DEL".to_vec(), key.into()])
+        .query_async::<()>(&mut con)
+        .await
+        .expect("DEL");
+    run(vec![b"SET".to_vec(), key.into(), b"not a hash".to_vec()])
+        .query_async::<()>(&mut con)
+        .await
+        .expect("SET");
+    tokio::time::sleep(settle).await;
+    both_connected("a string key").await;
+    chat_crosses(&mut a1, &mut b1, "a string key").await;
+    for task in [&a, &b] {
+        let doc = task.status().await;
+        assert_eq!(doc["fleet_connections"], serde_json::Value::Null, "{doc}");
+    }
+    run(vec![b"DEL".to_vec(), key.into()])
+        .query_async::<()>(&mut con)
+        .await
+        .expect("DEL");
+
+    // 3. Out of memory: every write answers OOM.
+    for value in ["1", "0"] {
+        run(vec![
+            b"CONFIG".to_vec(),
+            b"SET".to_vec(),
+            b"maxmemory".to_vec(),
+            value.into(),
+        ])
+        .query_async::<()>(&mut con)
+        .await
+        .expect("CONFIG SET maxmemory");
+        tokio::time::sleep(settle).await;
+        both_connected("out of memory").await;
+        chat_crosses(&mut a1, &mut b1, "out of memory").await;
+    }
+
+    // 4. A read-only replica: every write answers READONLY.
+    let nobody = free_port().to_string();
+    for args in [
+        vec!["REPLICAOF", "127.0.0.1", nobody.as_str()],
+        vec!["REPLICAOF", "NO", "ONE"],
+    ] {
+        run(args.into_iter().map(|a| a.as_bytes().to_vec()).collect())
+            .query_async::<()>(&mut con)
+            .await
+            .expect("REPLICAOF");
+        tokio::time::sleep(settle).await;
+        both_connected("read-only replica").await;
+        chat_crosses(&mut a1, &mut b1, "read-only replica").await;
+    }
+
+    // And the count works again once the backplane does.
+    for task in [&a, &b] {
+        task.wait_status("fleet_connections 2 again", Duration::from_secs(5), |d| {
+            d["fleet_connections"] == 2
+        })
+        .await;
+        assert_eq!(task.proc.output.count("Chat backplane connected"), 1);
+        // Each trouble is logged when it starts, not at every refresh.
+        let lines = task.proc.output.count("fleet count");
+        assert!(
+            (1..=8).contains(&lines),
+            "{lines} lines:\n{}",
+            task.proc.output.tail(30)
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_absurd_count_or_a_far_expiry_in_the_fleet_hash_is_not_believed() {
+    // Anyone who can write to the backplane could add any count with any expiry, and every task
+    // believed it for as long as the expiry said.
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let a = Task::connected(&redis.url()).await;
+    let (_a1, _) = connect(&a.ws_url()).await;
+    let mut con = commands(&redis.url()).await;
+    let key = task_protection::server::backplane::FLEET_KEY;
+    let now = unix_ms();
+    let fields = [
+        (
+            "forever",
+            format!("4294967295 {}", now + 10 * 365 * 86_400_000),
+        ),
+        ("huge", format!("4294967295 {}", now + 20_000)),
+        ("an-hour", format!("5 {}", now + 3_600_000)),
+        ("honest", format!("7 {}", now + 20_000)),
+    ];
+    let mut cmd = redis::cmd("HSET");
+    cmd.arg(key);
+    for (field, value) in &fields {
+        cmd.arg(*field).arg(value);
+    }
+    cmd.query_async::<()>(&mut con).await.expect("HSET");
+    a.wait_status("fleet_connections 8", Duration::from_secs(10), |d| {
+        d["fleet_connections"] == 8
+    })
+    .await;
+    // And it stays so: the absurd fields are gone from the hash, the honest one is kept.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(a.status().await["fleet_connections"], 8);
+    let left: Vec<String> = redis::cmd("HKEYS")
+        .arg(key)
+        .query_async(&mut con)
+        .await
+        .expect("HKEYS");
+    assert!(
+        !left
+            .iter()
+            .any(|f| ["forever", "huge", "an-hour"].contains(&f.as_str())),
+        "{left:?}"
+    );
+    assert!(left.iter().any(|f| f == "honest"), "{left:?}");
+}
