@@ -435,7 +435,7 @@ pub struct Config {
     /// is no longer counted.
     #[arg(long, env = "CHAT_BACKPLANE_REFRESH_SECS", value_name = "CHAT_BACKPLANE_REFRESH_SECS",
           default_value_t = BackplaneSettings::DEFAULT_REFRESH.as_secs(),
-          value_parser = clap::value_parser!(u64).range(1..=300))]
+          value_parser = clap::value_parser!(u64).range(1..=BackplaneSettings::MAX_REFRESH.as_secs()))]
     pub chat_backplane_refresh_secs: u64,
 
     /// Seconds the server may take to close clients and release protection on SIGTERM.
@@ -825,6 +825,21 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.session_limits().room_deliveries_per_sec, 0);
+    }
+
+    #[test]
+    fn the_backplane_believes_every_count_and_expiry_a_task_can_write() {
+        use crate::server::backplane::MAX_TASK_CONNECTIONS;
+        let most = MAX_TASK_CONNECTIONS.to_string();
+        let no_budget = ["--chat-room-deliveries-per-sec", "0"];
+        assert!(parse(&[&no_budget[..], &["--max-connections", &most]].concat()).is_ok());
+        let more = (MAX_TASK_CONNECTIONS + 1).to_string();
+        let e = parse(&[&no_budget[..], &["--max-connections", &more]].concat()).unwrap_err();
+        assert!(e.to_string().contains("MAX_CONNECTIONS"), "{e}");
+        let longest = BackplaneSettings::MAX_REFRESH.as_secs().to_string();
+        assert!(parse(&["--chat-backplane-refresh-secs", &longest]).is_ok());
+        let longer = (BackplaneSettings::MAX_REFRESH.as_secs() + 1).to_string();
+        assert!(parse(&["--chat-backplane-refresh-secs", &longer]).is_err());
     }
 
     #[test]
