@@ -969,3 +969,67 @@ async fn every_live_tasks_count_is_readable_by_task_id_this_tasks_included() {
         .expect("the counts are forgotten when the backplane goes")
         .expect("the link is still running");
 }
+
+/// A TCP pass-through in front of the backplane that cuts every connection `after` it opened: a
+/// backplane that takes connections and then fails them (as a proxy or a server in trouble
+/// might). Counts the connections it took.
+struct CuttingProxy {
+    port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CuttingProxy {
+    async fn start(upstream_port: u16, after: Duration) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = std::sync::Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let (mut client, mut server) = (client, server);
+                    let _ = tokio::time::timeout(
+                        after,
+                        tokio::io::copy_bidirectional(&mut client, &mut server),
+                    )
+                    .await;
+                    // Both sockets are dropped here: the connection is cut.
+                });
+            }
+        });
+        Self { port, accepted }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+#[tokio::test]
+async fn a_backplane_that_cuts_every_connection_at_once_is_retried_with_a_growing_wait() {
+    // Each connection works for 300 ms and is then cut. Starting the back-off over at every
+    // successful connect made the link knock about twice a second forever (61 log lines per
+    // 20 s in the review); it must go on backing off until a connection lasts.
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let proxy = CuttingProxy::start(redis.port, Duration::from_millis(300)).await;
+    let a = Task::connected(&proxy.url()).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let reconnects = a.proc.output.count("Chat backplane reconnected");
+    // Waits of 0.5, 1, 2, 4 and 8 s (each × 0.5–1) leave room for at most 6 in 10 s.
+    assert!(
+        (2..=6).contains(&reconnects),
+        "{reconnects} reconnects in 10 s:\n{}",
+        a.proc.output.tail(30)
+    );
+    let connections = proxy.accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(connections <= 2 * 7, "{connections} connections in 10 s");
+}
