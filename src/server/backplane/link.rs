@@ -103,7 +103,7 @@ pub(super) async fn run(
     loop {
         match connect(&client).await {
             Ok(connected) => {
-                let since = Instant::now();
+                let connected_at = Instant::now();
                 shared.connected.store(true, Ordering::Release);
                 match outage.take() {
                     Some(since) => tracing::info!(
@@ -119,7 +119,7 @@ pub(super) async fn run(
                 let ended = serve(&hub, &settings, &shared, &mut queue, connected).await;
                 shared.connected.store(false, Ordering::Release);
                 shared.forget_counts();
-                backoff.after_spell(since.elapsed());
+                backoff.after_spell(connected_at.elapsed());
                 match ended {
                     Ended::Stopped => return,
                     Ended::Lost(e) => {
