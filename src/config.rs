@@ -225,6 +225,59 @@ impl MetricsArgs {
     }
 }
 
+/// The largest `CHAT_ROOM_DELIVERIES_PER_SEC`.
+const ROOM_DELIVERIES_MAX: u32 = 100_000_000;
+
+/// Checks that involve two settings, which clap cannot express one setting at a time. It has no
+/// flags of its own: it reads the values of the settings it checks from the matches, and refuses
+/// them as clap refuses any bad value (exit code 2, naming the variable and its range). Clap's
+/// derived parser takes each value out of the matches as it fills the field for it, so this must
+/// come before those fields in [`Config`] (a unit test fails if it does not).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CrossChecks;
+
+impl clap::FromArgMatches for CrossChecks {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let max_connections = matches.get_one::<u32>("max_connections");
+        let budget = matches.get_one::<u32>("chat_room_deliveries_per_sec");
+        if let (Some(&max_connections), Some(&budget)) = (max_connections, budget) {
+            room_budget_fits(budget, max_connections)
+                .map_err(|m| clap::Error::raw(clap::error::ErrorKind::ValueValidation, m))?;
+        }
+        Ok(Self)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        Self::from_arg_matches(matches).map(|_| ())
+    }
+}
+
+impl clap::Args for CrossChecks {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        cmd
+    }
+}
+
+/// Whether the room's delivery budget can pay for one message to a full room: `budget` is 0 (no
+/// limit) or at least `max_connections` (a message from another task reaches every client, one
+/// delivery each, and the budget holds one second's worth). A smaller budget would never deliver
+/// chat once the room is full; the error says so, with the range.
+fn room_budget_fits(budget: u32, max_connections: u32) -> Result<(), String> {
+    if budget == 0 || budget >= max_connections {
+        return Ok(());
+    }
+    Err(format!(
+        "invalid value '{budget}' for 'CHAT_ROOM_DELIVERIES_PER_SEC': with \
+         MAX_CONNECTIONS={max_connections} one message to a full room costs {max_connections} \
+         deliveries, more than the budget ever holds, so chat would stop once the room fills; \
+         use 0 (no limit) or a value in {max_connections}..={ROOM_DELIVERIES_MAX}"
+    ))
+}
+
 /// `CHAT_BACKPLANE_URL` as given: a URL, or `None` when blank (as every other setting's blank
 /// value, and what the Copilot addon passes while it is off).
 #[derive(Debug, Clone)]
@@ -256,6 +309,11 @@ fn non_empty(value: &Option<String>) -> Option<String> {
     about = "A WebSocket game/chat server that keeps its Amazon ECS task protected from scale-in while any client is connected"
 )]
 pub struct Config {
+    /// Checks between settings (see [`CrossChecks`]). It must stay the first field: the derived
+    /// parser takes each value out of the matches as it fills the field for it.
+    #[command(flatten)]
+    pub checks: CrossChecks,
+
     /// Run a command instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -321,10 +379,11 @@ pub struct Config {
 
     /// Chat deliveries (one message to one client) the whole room may make per second: a message
     /// to N other clients costs N; one the budget cannot pay for is dropped and its sender told.
-    /// 0 turns the limit off.
+    /// 0 turns the limit off; otherwise it must be at least MAX_CONNECTIONS, the cost of one
+    /// message to a full room.
     #[arg(long, env = "CHAT_ROOM_DELIVERIES_PER_SEC", value_name = "CHAT_ROOM_DELIVERIES_PER_SEC",
           default_value_t = SessionLimits::DEFAULT.room_deliveries_per_sec,
-          value_parser = clap::value_parser!(u32).range(0..=100_000_000))]
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(ROOM_DELIVERIES_MAX)))]
     pub chat_room_deliveries_per_sec: u32,
 
     /// Once draining, close the clients still connected after this many seconds (with 1001, so
@@ -376,7 +435,7 @@ pub struct Config {
     /// is no longer counted.
     #[arg(long, env = "CHAT_BACKPLANE_REFRESH_SECS", value_name = "CHAT_BACKPLANE_REFRESH_SECS",
           default_value_t = BackplaneSettings::DEFAULT_REFRESH.as_secs(),
-          value_parser = clap::value_parser!(u64).range(1..=300))]
+          value_parser = clap::value_parser!(u64).range(1..=BackplaneSettings::MAX_REFRESH.as_secs()))]
     pub chat_backplane_refresh_secs: u64,
 
     /// Seconds the server may take to close clients and release protection on SIGTERM.
@@ -714,6 +773,80 @@ mod tests {
             e.contains("CHAT_BACKPLANE_REFRESH_SECS") && e.contains("1..=300"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_room_budget_must_pay_for_one_message_to_a_full_room() {
+        assert_eq!(room_budget_fits(0, 20_000), Ok(()));
+        assert_eq!(room_budget_fits(20_000, 20_000), Ok(()));
+        assert_eq!(room_budget_fits(200_000, 20_000), Ok(()));
+        let e = room_budget_fits(19_999, 20_000).unwrap_err();
+        assert!(
+            e.contains("CHAT_ROOM_DELIVERIES_PER_SEC")
+                && e.contains("MAX_CONNECTIONS=20000")
+                && e.contains("20000..=100000000"),
+            "{e}"
+        );
+        // Through the parser, flags and defaults alike (this fails if the check no longer sees
+        // the values: see CrossChecks).
+        for args in [
+            &["--chat-room-deliveries-per-sec", "10000"][..],
+            &["--max-connections", "300000"],
+            &[
+                "--max-connections",
+                "50",
+                "--chat-room-deliveries-per-sec",
+                "49",
+            ],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+            assert!(
+                e.to_string().contains("CHAT_ROOM_DELIVERIES_PER_SEC"),
+                "{args:?}: {e}"
+            );
+        }
+        let c = parse(&[
+            "--max-connections",
+            "50",
+            "--chat-room-deliveries-per-sec",
+            "50",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.max_connections, c.chat_room_deliveries_per_sec),
+            (50, 50)
+        );
+        let c = parse(&[
+            "--max-connections",
+            "300000",
+            "--chat-room-deliveries-per-sec",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(c.session_limits().room_deliveries_per_sec, 0);
+    }
+
+    #[test]
+    fn the_backplane_believes_every_count_and_expiry_a_task_can_write() {
+        use crate::server::backplane::MAX_TASK_CONNECTIONS;
+        let most = MAX_TASK_CONNECTIONS.to_string();
+        let no_budget = ["--chat-room-deliveries-per-sec", "0"];
+        assert!(parse(&[&no_budget[..], &["--max-connections", &most]].concat()).is_ok());
+        let more = (MAX_TASK_CONNECTIONS + 1).to_string();
+        let e = parse(&[&no_budget[..], &["--max-connections", &more]].concat()).unwrap_err();
+        assert!(e.to_string().contains("MAX_CONNECTIONS"), "{e}");
+        let longest = BackplaneSettings::MAX_REFRESH.as_secs().to_string();
+        assert!(parse(&["--chat-backplane-refresh-secs", &longest]).is_ok());
+        let longer = (BackplaneSettings::MAX_REFRESH.as_secs() + 1).to_string();
+        assert!(parse(&["--chat-backplane-refresh-secs", &longer]).is_err());
+    }
+
+    #[test]
+    fn allowed_origins_with_no_origin_is_refused_naming_the_variable() {
+        let e = parse(&["--allowed-origins", ","]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("ALLOWED_ORIGINS"), "{e}");
     }
 
     fn worker(args: &[&str]) -> Result<WorkerConfig, clap::Error> {

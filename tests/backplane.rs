@@ -589,3 +589,452 @@ async fn a_rediss_url_speaks_tls_and_a_failed_handshake_is_an_outage_not_a_crash
         a.proc.output.tail(20)
     );
 }
+
+/// A command connection to the test's Redis, to play another task (or a careless or hostile
+/// writer) on the backplane.
+async fn commands(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis-server")
+}
+
+/// A chat frame as a task with id `origin` publishes it.
+fn frame(origin: &str, text: &str) -> String {
+    serde_json::json!({ "o": origin, "t": text }).to_string()
+}
+
+/// Milliseconds since the Unix epoch, as the tasks stamp their counts.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+#[tokio::test]
+async fn a_remote_line_longer_than_this_tasks_limit_reaches_no_client_and_is_counted() {
+    // A rolling deployment that raised MAX_MESSAGE_BYTES: A (new) takes 16 KiB, B (old) 4 KiB.
+    // Without the check, B's clients' write buffers (4 KiB + 4 KiB) overflow and every one of
+    // them is dropped as a client that stopped reading.
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let a = Task::start(&redis.url(), &[("MAX_MESSAGE_BYTES", "16384")]).await;
+    a.wait_log("Chat backplane connected", 1).await;
+    let b = Task::connected(&redis.url()).await;
+    let (mut a1, _) = connect(&a.ws_url()).await;
+    let (mut a2, _) = connect(&a.ws_url()).await;
+    let mut on_b = support::connect_many(&b.ws_url(), 5).await;
+    chat_until_received(&mut a1, &mut on_b[0], "hello", Duration::from_secs(5)).await;
+    assert_eq!(next_text(&mut a2).await, "chat: hello");
+    for ws in on_b.iter_mut().skip(1) {
+        assert_eq!(next_text(ws).await, "chat: hello");
+    }
+
+    let long = "x".repeat(10_000);
+    say(&mut a1, &long).await;
+    say(&mut a1, "short after").await;
+    // A's own clients take it (A's limit allows it); B's get only what follows, and stay.
+    assert_eq!(next_text(&mut a2).await, format!("chat: {long}"));
+    for ws in on_b.iter_mut() {
+        assert_eq!(next_text(ws).await, "chat: short after");
+        ping_pong(ws).await;
+    }
+    let doc = b.status().await;
+    assert_eq!(doc["connections"], 5, "{doc}");
+    assert_eq!(doc["backplane_refused"], 1, "{doc}");
+    assert_eq!(b.proc.output.count("Dropping a client"), 0);
+    assert_eq!(b.proc.output.count("over MAX_MESSAGE_BYTES"), 1);
+    // The sender's own task refused nothing.
+    assert_eq!(a.status().await["backplane_refused"], 0);
+}
+
+#[tokio::test]
+async fn a_burst_of_remote_chat_is_dropped_and_counted_and_closes_no_client() {
+    // Another task (played by the test) publishes 1,000 messages at once: more than a client's
+    // queue (CLIENT_QUEUE_MESSAGES, 256). Without a budget for remote chat, every client here
+    // falls behind at once and is closed with 1008.
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let b = Task::connected(&redis.url()).await;
+    let mut clients = support::connect_many(&b.ws_url(), 10).await;
+    let mut con = commands(&redis.url()).await;
+    let channel = task_protection::server::backplane::CHANNEL;
+    let mut pipe = redis::pipe();
+    for i in 0..1000 {
+        pipe.cmd("PUBLISH")
+            .arg(channel)
+            .arg(frame("busy-task", &format!("burst {i}")))
+            .ignore();
+    }
+    pipe.query_async::<()>(&mut con).await.expect("publish");
+    b.wait_status("backplane_refused", Duration::from_secs(10), |d| {
+        d["backplane_refused"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    // Once the burst is over the budget refills, and remote chat flows again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(frame("busy-task", "after"))
+        .query_async::<()>(&mut con)
+        .await
+        .expect("publish");
+    let mut delivered = Vec::new();
+    for ws in clients.iter_mut() {
+        let mut got = 0u64;
+        loop {
+            let text = next_text(ws).await;
+            if text == "chat: after" {
+                break;
+            }
+            assert!(text.starts_with("chat: burst "), "{text}");
+            got += 1;
+        }
+        ping_pong(ws).await;
+        delivered.push(got);
+    }
+    let doc = b.status().await;
+    assert_eq!(doc["connections"], 10, "{doc}");
+    let refused = doc["backplane_refused"].as_u64().unwrap_or(0);
+    println!(
+        "each client got {} of the burst; {refused} refused",
+        delivered[0]
+    );
+    // Every client got the same part of the burst: half its queue (128), plus what the budget
+    // refilled while the burst came in, never a full queue; the rest was counted.
+    assert!(
+        delivered.iter().all(|&d| d == delivered[0]),
+        "{delivered:?}"
+    );
+    assert!(delivered[0] >= 128 && delivered[0] < 256, "{delivered:?}");
+    assert_eq!(refused + delivered[0], 1000, "{doc}");
+    assert_eq!(b.proc.output.count("too slow"), 0);
+}
+
+/// Chat crosses between the two tasks both ways, each message within a second.
+async fn chat_crosses(a1: &mut Client, b1: &mut Client, tag: &str) {
+    for i in 0..10 {
+        let (from, to, dir) = if i % 2 == 0 {
+            (&mut *a1, &mut *b1, "a→b")
+        } else {
+            (&mut *b1, &mut *a1, "b→a")
+        };
+        let text = format!("{tag} {dir} {i}");
+        say(from, &text).await;
+        match tokio::time::timeout(Duration::from_secs(1), next_text(to)).await {
+            Ok(got) => assert_eq!(got, format!("chat: {text}")),
+            Err(_) => panic!("{text:?} did not cross within 1 s"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn errors_answering_the_fleet_count_leave_the_link_and_cross_task_chat_up() {
+    // Each of these made the count command fail, which took the link down; it reconnected at
+    // once and failed again, so cross-task chat worked a fraction of the time.
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let a = Task::connected(&redis.url()).await;
+    let b = Task::connected(&redis.url()).await;
+    let (mut a1, _) = connect(&a.ws_url()).await;
+    let (mut b1, _) = connect(&b.ws_url()).await;
+    chat_until_received(&mut a1, &mut b1, "before", Duration::from_secs(5)).await;
+    let mut con = commands(&redis.url()).await;
+    let key = task_protection::server::backplane::FLEET_KEY;
+    let run = |args: Vec<Vec<u8>>| {
+        let mut cmd = redis::Cmd::new();
+        for arg in args {
+            cmd.arg(arg);
+        }
+        cmd
+    };
+    let settle = Duration::from_millis(3500); // three refreshes (CHAT_BACKPLANE_REFRESH_SECS=1)
+    let both_connected = |tag: &'static str| {
+        let (a, b) = (&a, &b);
+        async move {
+            for task in [a, b] {
+                let doc = task.status().await;
+                assert_eq!(doc["backplane"], "connected", "{tag}: {doc}");
+                assert_eq!(
+                    task.proc.output.count("Chat backplane unreachable"),
+                    0,
+                    "{tag}: {}",
+                    task.proc.output.tail(20)
+                );
+            }
+        }
+    };
+
+    // 1. Fields that are not this program's: a value that is not UTF-8, a name that is not.
+    run(vec![
+        b"HSET".to_vec(),
+        key.into(),
+        b"odd-value".to_vec(),
+        b"\xff\xfe 1".to_vec(),
+        b"\xff\xfe".to_vec(),
+        b"1 99999999999999".to_vec(),
+    ])
+    .query_async::<()>(&mut con)
+    .await
+    .expect("HSET");
+    tokio::time::sleep(settle).await;
+    both_connected("unreadable fields").await;
+    chat_crosses(&mut a1, &mut b1, "unreadable fields").await;
+    for task in [&a, &b] {
+        task.wait_status("fleet_connections 2", Duration::from_secs(5), |d| {
+            d["fleet_connections"] == 2
+        })
+        .await;
+    }
+
+    // 2. The key turned into a string: every hash command answers WRONGTYPE.
+    run(vec![b"DEL".to_vec(), key.into()])
+        .query_async::<()>(&mut con)
+        .await
+        .expect("DEL");
+    run(vec![b"SET".to_vec(), key.into(), b"not a hash".to_vec()])
+        .query_async::<()>(&mut con)
+        .await
+        .expect("SET");
+    tokio::time::sleep(settle).await;
+    both_connected("a string key").await;
+    chat_crosses(&mut a1, &mut b1, "a string key").await;
+    for task in [&a, &b] {
+        let doc = task.status().await;
+        assert_eq!(doc["fleet_connections"], serde_json::Value::Null, "{doc}");
+    }
+    run(vec![b"DEL".to_vec(), key.into()])
+        .query_async::<()>(&mut con)
+        .await
+        .expect("DEL");
+
+    // 3. Out of memory: every write answers OOM.
+    for value in ["1", "0"] {
+        run(vec![
+            b"CONFIG".to_vec(),
+            b"SET".to_vec(),
+            b"maxmemory".to_vec(),
+            value.into(),
+        ])
+        .query_async::<()>(&mut con)
+        .await
+        .expect("CONFIG SET maxmemory");
+        tokio::time::sleep(settle).await;
+        both_connected("out of memory").await;
+        chat_crosses(&mut a1, &mut b1, "out of memory").await;
+    }
+
+    // 4. A read-only replica: every write answers READONLY.
+    let nobody = free_port().to_string();
+    for args in [
+        vec!["REPLICAOF", "127.0.0.1", nobody.as_str()],
+        vec!["REPLICAOF", "NO", "ONE"],
+    ] {
+        run(args.into_iter().map(|a| a.as_bytes().to_vec()).collect())
+            .query_async::<()>(&mut con)
+            .await
+            .expect("REPLICAOF");
+        tokio::time::sleep(settle).await;
+        both_connected("read-only replica").await;
+        chat_crosses(&mut a1, &mut b1, "read-only replica").await;
+    }
+
+    // And the count works again once the backplane does.
+    for task in [&a, &b] {
+        // Each trigger did make the count fail (the test would prove nothing otherwise).
+        for code in ["WRONGTYPE", "OOM", "read only replica"] {
+            assert!(
+                task.proc.output.count(code) >= 1,
+                "no {code}:\n{}",
+                task.proc.output.tail(30)
+            );
+        }
+        task.wait_status("fleet_connections 2 again", Duration::from_secs(5), |d| {
+            d["fleet_connections"] == 2
+        })
+        .await;
+        assert_eq!(task.proc.output.count("Chat backplane connected"), 1);
+        // Each trouble is logged when it starts, not at every refresh.
+        let lines = task.proc.output.count("fleet count");
+        assert!(
+            (1..=8).contains(&lines),
+            "{lines} lines:\n{}",
+            task.proc.output.tail(30)
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_absurd_count_or_a_far_expiry_in_the_fleet_hash_is_not_believed() {
+    // Anyone who can write to the backplane could add any count with any expiry, and every task
+    // believed it for as long as the expiry said.
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let a = Task::connected(&redis.url()).await;
+    let (_a1, _) = connect(&a.ws_url()).await;
+    let mut con = commands(&redis.url()).await;
+    let key = task_protection::server::backplane::FLEET_KEY;
+    let now = unix_ms();
+    let fields = [
+        (
+            "forever",
+            format!("4294967295 {}", now + 10 * 365 * 86_400_000),
+        ),
+        ("huge", format!("4294967295 {}", now + 20_000)),
+        ("an-hour", format!("5 {}", now + 3_600_000)),
+        ("honest", format!("7 {}", now + 20_000)),
+    ];
+    let mut cmd = redis::cmd("HSET");
+    cmd.arg(key);
+    for (field, value) in &fields {
+        cmd.arg(*field).arg(value);
+    }
+    cmd.query_async::<()>(&mut con).await.expect("HSET");
+    a.wait_status("fleet_connections 8", Duration::from_secs(10), |d| {
+        d["fleet_connections"] == 8
+    })
+    .await;
+    // And it stays so: the absurd fields are gone from the hash, the honest one is kept.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(a.status().await["fleet_connections"], 8);
+    let left: Vec<String> = redis::cmd("HKEYS")
+        .arg(key)
+        .query_async(&mut con)
+        .await
+        .expect("HKEYS");
+    assert!(
+        !left
+            .iter()
+            .any(|f| ["forever", "huge", "an-hour"].contains(&f.as_str())),
+        "{left:?}"
+    );
+    assert!(left.iter().any(|f| f == "honest"), "{left:?}");
+}
+
+#[tokio::test]
+async fn every_live_tasks_count_is_readable_by_task_id_this_tasks_included() {
+    // What the drain watcher will read to pick the least busy task on a scale-in: the backplane's
+    // per-task counts, in process, from a server with a backplane.
+    use task_protection::server::backplane::{self, BackplaneSettings};
+    let Some(mut redis) = Redis::start().await else {
+        return;
+    };
+    let server = support::TestServer::start(
+        support::FakeBackend::new(),
+        support::settings(0),
+        task_protection::server::SessionLimits::default(),
+    )
+    .await;
+    let mut settings = BackplaneSettings::new(redis.url().parse().expect("URL"));
+    settings.origin =
+        backplane::origin_from_task_arn("arn:aws:ecs:us-east-1:123456789012:task/demo/0123abcd")
+            .expect("task id");
+    settings.refresh = Duration::from_secs(1);
+    let mut counts = backplane::start(&server.hub, settings);
+    // Unknown until the first refresh.
+    assert!(counts.borrow_and_update().is_empty());
+    let (_c1, _) = connect(&server.ws_url()).await;
+    let (_c2, _) = connect(&server.ws_url()).await;
+    let mut con = commands(&redis.url()).await;
+    let now = unix_ms();
+    redis::cmd("HSET")
+        .arg(backplane::FLEET_KEY)
+        .arg("other")
+        .arg(format!("5 {}", now + 20_000))
+        .arg("stopped")
+        .arg(format!("9 {}", now - 1))
+        .arg("absurd")
+        .arg(format!("4294967295 {}", now + 20_000))
+        .query_async::<()>(&mut con)
+        .await
+        .expect("HSET");
+    let want =
+        std::collections::BTreeMap::from([("0123abcd".to_string(), 2), ("other".to_string(), 5)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while **counts.borrow_and_update() != want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let changed = tokio::time::timeout(left, counts.changed()).await;
+        assert!(
+            matches!(changed, Ok(Ok(()))),
+            "the counts never became {want:?}: {:?}",
+            counts.borrow()
+        );
+    }
+    // Unknown again while the backplane is unreachable.
+    redis.kill().await;
+    tokio::time::timeout(Duration::from_secs(10), counts.wait_for(|c| c.is_empty()))
+        .await
+        .expect("the counts are forgotten when the backplane goes")
+        .expect("the link is still running");
+}
+
+/// A TCP pass-through in front of the backplane that cuts every connection `after` it opened: a
+/// backplane that takes connections and then fails them (as a proxy or a server in trouble
+/// might). Counts the connections it took.
+struct CuttingProxy {
+    port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CuttingProxy {
+    async fn start(upstream_port: u16, after: Duration) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = std::sync::Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let (mut client, mut server) = (client, server);
+                    let _ = tokio::time::timeout(
+                        after,
+                        tokio::io::copy_bidirectional(&mut client, &mut server),
+                    )
+                    .await;
+                    // Both sockets are dropped here: the connection is cut.
+                });
+            }
+        });
+        Self { port, accepted }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+#[tokio::test]
+async fn a_backplane_that_cuts_every_connection_at_once_is_retried_with_a_growing_wait() {
+    // Each connection works for 300 ms and is then cut. Starting the back-off over at every
+    // successful connect made the link knock about twice a second forever (61 log lines per
+    // 20 s in the review); it must go on backing off until a connection lasts.
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let proxy = CuttingProxy::start(redis.port, Duration::from_millis(300)).await;
+    let a = Task::connected(&proxy.url()).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let reconnects = a.proc.output.count("Chat backplane reconnected");
+    let connections = proxy.accepted.load(std::sync::atomic::Ordering::Relaxed);
+    println!("{reconnects} reconnects, {connections} connections in 10 s");
+    // Waits of 0.5, 1, 2, 4 and 8 s (each × 0.5–1) leave room for at most 6 in 10 s.
+    assert!(
+        (2..=6).contains(&reconnects),
+        "{reconnects} reconnects in 10 s:\n{}",
+        a.proc.output.tail(30)
+    );
+    assert!(connections <= 2 * 7, "{connections} connections in 10 s");
+}

@@ -562,3 +562,90 @@ async fn a_drain_asked_for_during_a_slow_start_up_is_kept_and_carried_out() {
         "{log:#?}"
     );
 }
+
+/// Runs the server with `envs` and returns its exit code and what it wrote to stderr, or `None`
+/// if it was still running after 5 s (it took the settings and served: killed, then).
+fn start_up_outcome(envs: &[(&str, String)]) -> Option<(Option<i32>, String)> {
+    let mut cmd = server(envs);
+    cmd.env("PORT", "0");
+    let mut child = KillOnDrop(cmd.spawn().expect("start websocket"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            let mut err = String::new();
+            if let Some(mut stderr) = child.0.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+            }
+            return Some((status.code(), err));
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn settings_that_cannot_work_stop_start_up_naming_the_variable() {
+    for (envs, variable, also) in [
+        // A full room (20,000 clients) costs 19,999 deliveries a message: 10,000 a second never
+        // deliver one.
+        (
+            vec![("CHAT_ROOM_DELIVERIES_PER_SEC", "10000")],
+            "CHAT_ROOM_DELIVERIES_PER_SEC",
+            "MAX_CONNECTIONS",
+        ),
+        (
+            vec![
+                ("CHAT_ROOM_DELIVERIES_PER_SEC", "99"),
+                ("MAX_CONNECTIONS", "100"),
+            ],
+            "CHAT_ROOM_DELIVERIES_PER_SEC",
+            "100..=100000000",
+        ),
+        // No origin at all: every browser would be refused.
+        (
+            vec![("ALLOWED_ORIGINS", ",")],
+            "ALLOWED_ORIGINS",
+            "same-host",
+        ),
+        (
+            vec![("ALLOWED_ORIGINS", " , ,")],
+            "ALLOWED_ORIGINS",
+            "same-host",
+        ),
+        (
+            vec![("CHAT_BACKPLANE_URL", "redis://127.0.0.1:0")],
+            "CHAT_BACKPLANE_URL",
+            "1..=65535",
+        ),
+        // TLS without certificate checks.
+        (
+            vec![("CHAT_BACKPLANE_URL", "rediss://127.0.0.1/#insecure")],
+            "CHAT_BACKPLANE_URL",
+            "#insecure",
+        ),
+    ] {
+        let envs: Vec<(&str, String)> = envs.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        let outcome = start_up_outcome(&envs);
+        let Some((code, err)) = outcome else {
+            panic!("{envs:?} was accepted: the server started");
+        };
+        assert_eq!(code, Some(2), "{envs:?}: {err}");
+        assert!(
+            err.contains(variable) && err.contains(also),
+            "{envs:?}: {err}"
+        );
+    }
+    // The edges that can work still start: a budget of exactly one full room, and 0 (no limit).
+    for envs in [
+        vec![
+            ("CHAT_ROOM_DELIVERIES_PER_SEC", "100"),
+            ("MAX_CONNECTIONS", "100"),
+        ],
+        vec![("CHAT_ROOM_DELIVERIES_PER_SEC", "0")],
+    ] {
+        let envs: Vec<(&str, String)> = envs.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        assert_eq!(start_up_outcome(&envs), None, "{envs:?} was refused");
+    }
+}

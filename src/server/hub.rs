@@ -359,8 +359,8 @@ impl Hub {
     }
 
     /// The server's numbers for [`crate::metrics`]: `Connections`, `HttpConnections`,
-    /// `ChatMessages`, `ChatDropped`, with a backplane `BackplaneConnected` and
-    /// `BackplaneDropped`, and the protection manager's.
+    /// `ChatMessages`, `ChatDropped`, with a backplane `BackplaneConnected`, `BackplaneDropped`
+    /// and `BackplaneRefused`, and the protection manager's.
     pub fn metrics(&self) -> Vec<Sample> {
         let mut samples = vec![
             Sample::gauge(
@@ -402,6 +402,12 @@ impl Hub {
                 "Chat messages that did not reach the other tasks",
                 status.backplane_dropped,
             ));
+            samples.push(Sample::counter(
+                "BackplaneRefused",
+                "backplane_refused",
+                "Chat messages from other tasks refused here (longer than MAX_MESSAGE_BYTES, or over the budget for remote chat)",
+                status.backplane_refused,
+            ));
         }
         samples.extend(metrics::protection_samples(&self.manager.status()));
         samples
@@ -441,7 +447,8 @@ impl Hub {
     }
 
     /// Relays chat that a client of another task sent (through the backplane) to every client
-    /// here, if the room's budget can pay for it; it is dropped and counted otherwise.
+    /// here, if the room's budget can pay for it; it is dropped and counted otherwise. The link
+    /// has already applied this task's rules to it (its length, the budget for remote chat).
     pub(super) fn deliver_remote(&self, text: &str) {
         let recipients = self.connections();
         if recipients > 0 {

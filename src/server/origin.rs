@@ -74,6 +74,12 @@ impl FromStr for AllowedOrigins {
             }
             list.push(entry.to_string());
         }
+        if list.is_empty() {
+            // Only commas: every browser would be refused, the page's own included.
+            return Err(format!(
+                "ALLOWED_ORIGINS names no origin ({s:?}), which would refuse every browser: use same-host, *, or scheme://host[:port] entries separated by commas"
+            ));
+        }
         Ok(AllowedOrigins::List(list))
     }
 }
@@ -116,5 +122,18 @@ mod tests {
         assert!(e.contains("scheme://host[:port]"), "{e}");
         assert!("https://a.example/path".parse::<AllowedOrigins>().is_err());
         assert!("ftp://a.example".parse::<AllowedOrigins>().is_err());
+    }
+
+    #[test]
+    fn a_list_with_no_origin_in_it_is_refused() {
+        for empty in [",", " , ,", ",,,"] {
+            let e = empty.parse::<AllowedOrigins>().unwrap_err();
+            assert!(e.contains("no origin") && e.contains("same-host"), "{e}");
+        }
+        // A trailing comma is fine when an origin is there.
+        assert_eq!(
+            "https://a.example,".parse(),
+            Ok(AllowedOrigins::List(vec!["https://a.example".into()]))
+        );
     }
 }

@@ -18,6 +18,12 @@ pub enum UrlError {
     /// No host.
     #[error("CHAT_BACKPLANE_URL names no host")]
     NoHost,
+    /// Port 0, which no server listens on.
+    #[error("CHAT_BACKPLANE_URL names port 0: the port must be in 1..=65535 (Redis and Valkey listen on 6379)")]
+    Port,
+    /// `rediss://…#insecure`: TLS without certificate checks.
+    #[error("CHAT_BACKPLANE_URL ends in #insecure, which asks for TLS without certificate checks: refused, since anyone on the path could then read the chat and the password in the URL (and this build has no such mode, so it would never connect). Use rediss:// with a certificate the public roots trust (ElastiCache's are), or redis:// on a network you trust")]
+    Insecure,
 }
 
 /// A checked `redis://` or `rediss://` URL. It may carry a user and a password, so it shows
@@ -57,6 +63,10 @@ impl FromStr for BackplaneUrl {
             .into_connection_info()
             .map_err(|e| UrlError::Invalid(e.to_string()))?;
         let (shown, tls) = match info.addr() {
+            ConnectionAddr::TcpTls { insecure: true, .. } => return Err(UrlError::Insecure),
+            ConnectionAddr::Tcp(_, 0) | ConnectionAddr::TcpTls { port: 0, .. } => {
+                return Err(UrlError::Port)
+            }
             ConnectionAddr::Tcp(host, port) => (format!("redis://{host}:{port}"), false),
             ConnectionAddr::TcpTls { host, port, .. } => (format!("rediss://{host}:{port}"), true),
             _ => return Err(UrlError::Scheme),
@@ -120,6 +130,28 @@ mod tests {
         for bad in ["redis://", "redis://host:notaport", "rediss://:6379"] {
             let e = bad.parse::<BackplaneUrl>().unwrap_err();
             assert!(e.to_string().contains("CHAT_BACKPLANE_URL"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn port_0_is_refused_with_the_range() {
+        for bad in ["redis://cache:0", "rediss://u:p@cache:0/0"] {
+            let e = bad.parse::<BackplaneUrl>().unwrap_err();
+            assert_eq!(e, UrlError::Port, "{bad}");
+            assert!(e.to_string().contains("1..=65535"), "{e}");
+        }
+        assert!("redis://cache:1".parse::<BackplaneUrl>().is_ok());
+    }
+
+    #[test]
+    fn tls_without_certificate_checks_is_refused() {
+        for bad in [
+            "rediss://cache/#insecure",
+            "rediss://u:p@cache:6379/0#insecure",
+        ] {
+            let e = bad.parse::<BackplaneUrl>().unwrap_err();
+            assert_eq!(e, UrlError::Insecure, "{bad}");
+            assert!(e.to_string().contains("#insecure"), "{e}");
         }
     }
 }
