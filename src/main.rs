@@ -51,9 +51,16 @@ async fn run(config: Config, drain_signal: server::drain::DrainSignal) -> Result
         .as_ref()
         .and_then(|c| c.identity().cached())
         .map(|t| t.task_arn.clone());
-    if let Some(backplane) = config.backplane_settings(task_arn.as_deref()) {
-        server::backplane::start(&hub, backplane);
-    }
+    // With a backplane, every task's player count: on a scale-in the busy tasks with the fewest
+    // players drain first.
+    let loads = config
+        .backplane_settings(task_arn.as_deref())
+        .map(|backplane| {
+            let counts = server::backplane::start(&hub, backplane);
+            let loads: ecs::drain_watch::TaskLoads =
+                Arc::new(move || counts.borrow().as_ref().clone());
+            loads
+        });
     server::drain::on_sigusr1(&hub, drain_signal);
     let source: task_protection::metrics::Source = {
         let hub = Arc::clone(&hub);
@@ -67,7 +74,7 @@ async fn run(config: Config, drain_signal: server::drain::DrainSignal) -> Result
     )
     .await?;
     if let (Some(context), Some(interval)) = (&context, config.drain_watch_interval()) {
-        server::drain::follow_watcher(&hub, spawn_drain_watch(context, interval, None));
+        server::drain::follow_watcher(&hub, spawn_drain_watch(context, interval, loads));
     }
     if let Some(deadline) = config.drain_deadline() {
         server::drain::evict_after(&hub, deadline);
