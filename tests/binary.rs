@@ -562,3 +562,158 @@ async fn a_drain_asked_for_during_a_slow_start_up_is_kept_and_carried_out() {
         "{log:#?}"
     );
 }
+
+/// A `websocket` (or `queue-consumer`) process with nothing of the test's environment, its output
+/// captured.
+fn spawn_binary(program: &str, name: &str, envs: &[(&str, String)]) -> support::process::Proc {
+    let mut cmd = Command::new(program);
+    cmd.env_clear().env("RUST_LOG", "info");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    support::process::Proc::spawn(name, cmd, false).unwrap()
+}
+
+/// The settings of a `queue-consumer` whose queue does not answer (its receive loop retries with
+/// back-off): enough for its tasks to run, no SQS needed.
+fn worker_env(status_port: u16) -> Vec<(&'static str, String)> {
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    vec![
+        ("QUEUE_URL", format!("{nobody}/123456789012/jobs")),
+        ("AWS_ENDPOINT_URL", nobody),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("RECEIVE_WAIT_SECS", "1".into()),
+        ("STATUS_PORT", status_port.to_string()),
+    ]
+}
+
+/// The lines of `output` logged at error level.
+fn error_lines(proc: &support::process::Proc) -> Vec<String> {
+    proc.output
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains(" ERROR "))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_critical_task_that_dies_ends_the_process_with_status_1_and_one_error_line() {
+    use ecs_stand_in::StandInEcs;
+    const SERVER: &str = env!("CARGO_BIN_EXE_websocket");
+    const WORKER: &str = env!("CARGO_BIN_EXE_queue-consumer");
+    let ecs = StandInEcs::start().await.unwrap();
+    let server_env = || {
+        vec![
+            ("BIND_ADDRESS", "127.0.0.1".to_string()),
+            ("PORT", free_port().to_string()),
+        ]
+    };
+    let with = |mut env: Vec<(&'static str, String)>, more: &[(&'static str, String)]| {
+        env.extend(more.iter().cloned());
+        env
+    };
+    let on_the_api = [
+        ("ECS_CONTAINER_METADATA_URI_V4", ecs.metadata_uri()),
+        ("ECS_ENDPOINT_URL", ecs.endpoint_url()),
+        ("AWS_ACCESS_KEY_ID", "AKIDTEST".into()),
+        ("AWS_SECRET_ACCESS_KEY", "secret".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("DRAIN_WATCH_INTERVAL_SECS", "1".into()),
+    ];
+    let backplane = (
+        "CHAT_BACKPLANE_URL",
+        format!("redis://127.0.0.1:{}", free_port()),
+    );
+    // A free port each time: the processes run at once.
+    let metrics = || {
+        [
+            ("METRICS_PROMETHEUS_PORT", free_port().to_string()),
+            ("METRICS_BIND_ADDRESS", "127.0.0.1".to_string()),
+            ("METRICS_EMF", "on".to_string()),
+        ]
+    };
+    // (binary, task killed, its settings): each task where it runs.
+    let cases: Vec<(&str, &str, Vec<(&str, String)>)> = vec![
+        (SERVER, "task protection reconciler", server_env()),
+        (SERVER, "HTTP listener", server_env()),
+        (
+            SERVER,
+            "chat backplane link",
+            with(server_env(), &[backplane.clone()]),
+        ),
+        (SERVER, "drain watcher", with(server_env(), &on_the_api)),
+        (SERVER, "metrics endpoint", with(server_env(), &metrics())),
+        (SERVER, "EMF metrics writer", with(server_env(), &metrics())),
+        (
+            WORKER,
+            "task protection reconciler",
+            worker_env(free_port()),
+        ),
+        (WORKER, "receive loop", worker_env(free_port())),
+        (WORKER, "visibility keeper", worker_env(free_port())),
+        (WORKER, "delete loop", worker_env(free_port())),
+        (WORKER, "status endpoint", worker_env(free_port())),
+        (
+            WORKER,
+            "metrics endpoint",
+            with(worker_env(free_port()), &metrics()[..2]),
+        ),
+    ];
+    let mut running = Vec::new();
+    for (program, task, mut env) in cases {
+        env.push(("TASK_PROTECTION_FAULT", format!("{task}@1000")));
+        running.push((task, spawn_binary(program, task, &env)));
+    }
+    // Each is also run without the fault and stopped with SIGTERM: an orderly shutdown, in which
+    // every task ends, still exits 0 with no error line.
+    let mut calm = vec![
+        spawn_binary(
+            SERVER,
+            "websocket",
+            &with(
+                with(with(server_env(), &on_the_api), &metrics()),
+                &[backplane.clone()],
+            ),
+        ),
+        spawn_binary(
+            WORKER,
+            "queue-consumer",
+            &with(worker_env(free_port()), &metrics()[..2]),
+        ),
+    ];
+    for (task, proc) in &mut running {
+        let status = proc.wait_exit(Duration::from_secs(30)).await.unwrap();
+        let errors = error_lines(proc);
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "{} with the {task} killed; output:\n{}",
+            proc.name,
+            proc.output.tail(30)
+        );
+        assert_eq!(
+            errors.len(),
+            1,
+            "one error line, with the {task} killed:\n{}",
+            proc.output.tail(30)
+        );
+        let want =
+            format!("Background task failed: the {task} panicked: killed by TASK_PROTECTION_FAULT");
+        assert!(errors[0].contains(&want), "{}", errors[0]);
+        assert!(
+            proc.output.count("Shutdown complete") == 1,
+            "shut down in order:\n{}",
+            proc.output.tail(30)
+        );
+    }
+    for proc in &mut calm {
+        proc.signal("TERM").unwrap();
+        let status = proc.wait_exit(Duration::from_secs(30)).await.unwrap();
+        assert_eq!(status.code(), Some(0), "{}", proc.output.tail(30));
+        assert_eq!(error_lines(proc), Vec::<String>::new());
+    }
+}

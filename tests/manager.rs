@@ -359,7 +359,9 @@ async fn a_reconciler_that_panics_is_reported_as_dead_not_left_looking_healthy()
         "panicked"
     );
     // acquire() does not hang on a manager that can no longer call ECS.
-    let acquired = tokio::time::timeout(MIN, m.acquire()).await.expect("settles");
+    let acquired = tokio::time::timeout(MIN, m.acquire())
+        .await
+        .expect("settles");
     assert!(
         matches!(acquired, Err(AcquireError::Rejected(ref e)) if e.kind == ErrorKind::Panicked),
         "{acquired:?}"
@@ -382,7 +384,10 @@ async fn a_reconciler_that_panics_is_reported_as_dead_not_left_looking_healthy()
         .expect("died() resolves");
     assert!(error.message.contains("protect call panicked"), "{error}");
     let acquired = tokio::time::timeout(MIN, waiting).await.unwrap().unwrap();
-    assert!(matches!(acquired, Err(AcquireError::Rejected(_))), "{acquired:?}");
+    assert!(
+        matches!(acquired, Err(AcquireError::Rejected(_))),
+        "{acquired:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
