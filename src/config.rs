@@ -288,7 +288,8 @@ fn parse_agent_uri(s: &str) -> Result<String, String> {
     if uri.is_empty() {
         return Ok(String::new());
     }
-    let url = reqwest::Url::parse(uri).map_err(|e| format!("not a URL ({e})"))?;
+    let url = reqwest::Url::parse(uri)
+        .map_err(|e| format!("must be an http:// or https:// URL with a host ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
         return Err("must be an http:// or https:// URL with a host".to_string());
     }

@@ -717,3 +717,85 @@ async fn every_critical_task_that_dies_ends_the_process_with_status_1_and_one_er
         assert_eq!(error_lines(proc), Vec::<String>::new());
     }
 }
+
+#[tokio::test]
+async fn an_invalid_ecs_agent_uri_stops_start_up_with_exit_2_naming_the_variable() {
+    for program in [
+        env!("CARGO_BIN_EXE_websocket"),
+        env!("CARGO_BIN_EXE_queue-consumer"),
+    ] {
+        for bad in ["ftp://169.254.170.2/api", "not a url", "http://"] {
+            let out = Command::new(program)
+                .env_clear()
+                .env("ECS_AGENT_URI", bad)
+                .env("QUEUE_URL", "http://127.0.0.1:9/123456789012/jobs")
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{program} {bad:?}: {err}");
+            assert!(
+                err.contains("ECS_AGENT_URI") && err.contains("http"),
+                "{program} {bad:?}: {err}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_blank_aws_endpoint_url_ecs_counts_as_unset() {
+    use ecs_stand_in::StandInEcs;
+    let ecs = StandInEcs::start().await.unwrap();
+    // The SDK's own endpoint settings lead to the stand-in; the ECS one is blank, as a template
+    // that leaves it empty sets it. The SDK would take it for an endpoint and panic ("URL was
+    // unset") in the reconciler's first call.
+    let server = Running::start(&[
+        ("ECS_CONTAINER_METADATA_URI_V4", ecs.metadata_uri()),
+        ("AWS_ENDPOINT_URL", ecs.endpoint_url()),
+        ("AWS_ENDPOINT_URL_ECS", String::new()),
+        ("AWS_ACCESS_KEY_ID", "AKIDTEST".into()),
+        ("AWS_SECRET_ACCESS_KEY", "secret".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ])
+    .await;
+    let (mut c, _) = connect(&server.ws_url()).await;
+    ping_pong(&mut c).await;
+    support::eventually("protected through the API", || ecs.is_protected()).await;
+    drop(c);
+    server.sigterm();
+    let (code, log) = server.exit().await;
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[tokio::test]
+async fn a_blank_aws_endpoint_url_sqs_counts_as_unset() {
+    let Some(moto) =
+        support::moto::Moto::start("a_blank_aws_endpoint_url_sqs_counts_as_unset").await
+    else {
+        return;
+    };
+    let (queue, _) = moto.queue("blank-endpoint", 30, None).await;
+    let mut env = worker_env(0);
+    env.retain(|(k, _)| !matches!(*k, "QUEUE_URL" | "AWS_ENDPOINT_URL"));
+    env.extend([
+        ("QUEUE_URL", queue.clone()),
+        ("AWS_ENDPOINT_URL", moto.endpoint().to_string()),
+        ("AWS_ENDPOINT_URL_SQS", "  ".to_string()),
+    ]);
+    let mut worker = spawn_binary(env!("CARGO_BIN_EXE_queue-consumer"), "queue-consumer", &env);
+    moto.sqs()
+        .send_message()
+        .queue_url(&queue)
+        .message_body("10")
+        .send()
+        .await
+        .unwrap();
+    worker
+        .output
+        .wait_for(" - Done", 1, Duration::from_secs(20))
+        .await;
+    worker.signal("TERM").unwrap();
+    let status = worker.wait_exit(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(status.code(), Some(0), "{}", worker.output.tail(30));
+    assert_eq!(error_lines(&worker), Vec::<String>::new());
+}
