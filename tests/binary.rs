@@ -799,3 +799,178 @@ async fn a_blank_aws_endpoint_url_sqs_counts_as_unset() {
     assert_eq!(status.code(), Some(0), "{}", worker.output.tail(30));
     assert_eq!(error_lines(&worker), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn health_answers_while_idle_sockets_on_the_metrics_port_exhaust_the_file_descriptors() {
+    // As above, but the 100 idle connections go to the Prometheus port: they share the main
+    // port's pool, so the main port's accept, out of descriptors, closes the oldest of them.
+    let port = free_port();
+    let metrics = free_port();
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nofile=48:48", "--", env!("CARGO_BIN_EXE_websocket")])
+        .env_clear()
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("METRICS_PROMETHEUS_PORT", metrics.to_string())
+        .env("METRICS_BIND_ADDRESS", "127.0.0.1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let lines = capture(&mut child);
+    let mut child = KillOnDrop(child);
+    wait_healthy(port).await;
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", metrics))
+                .await
+                .unwrap(),
+        );
+    }
+    // Only once the server has run out of descriptors: a health check sent sooner may be
+    // accepted before the metrics port has taken them all.
+    let lines = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            if let Ok(line) = lines.recv_timeout(Duration::from_millis(100)) {
+                let out_of_fds = line.contains("Too many open files");
+                seen.push(line);
+                if out_of_fds {
+                    break;
+                }
+            }
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    assert!(
+        lines.iter().any(|l| l.contains("Too many open files")),
+        "the server did not run out of file descriptors: {lines:#?}"
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let health = client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .expect("health answered while the metrics port is flooded");
+        assert_eq!(health.status(), 200);
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status();
+    let _ = child.0.wait();
+}
+
+/// Sends `GET path` on a kept-alive `stream` and reads the answer; its status, or `None` if the
+/// connection was closed.
+async fn get_on(stream: &mut tokio::net::TcpStream, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&answer[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if answer.len() >= end + 4 + length {
+                return head.get(9..12)?.parse().ok();
+            }
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// How long until the server closes `stream`, at most `limit`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+/// On the side port at `addr` (path `path`): a slow request head is cut at the 1 s header
+/// timeout, and a kept-alive connection idle for 3 s (within the 5 s idle timeout) still answers.
+async fn side_port_is_bounded(addr: (&str, u16), path: &str) {
+    use tokio::io::AsyncWriteExt;
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n")
+        .await
+        .unwrap();
+    let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert_eq!(get_on(&mut kept, path).await, Some(200), "{addr:?}{path}");
+    let cut = closed_within(&mut slow, Duration::from_secs(4)).await;
+    assert!(
+        cut.is_some(),
+        "{addr:?}: the slow head is still open after 4 s"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        get_on(&mut kept, path).await,
+        Some(200),
+        "{addr:?}{path} after 3 s idle"
+    );
+}
+
+#[tokio::test]
+async fn the_metrics_and_status_ports_have_the_header_and_idle_timeouts_of_the_main_port() {
+    let limits = [
+        ("HTTP_HEADER_TIMEOUT_SECS", "1".to_string()),
+        ("HTTP_IDLE_TIMEOUT_SECS", "5".to_string()),
+    ];
+    let metrics = free_port();
+    let port = free_port();
+    let mut server_env = vec![
+        ("BIND_ADDRESS", "127.0.0.1".to_string()),
+        ("PORT", port.to_string()),
+        ("METRICS_PROMETHEUS_PORT", metrics.to_string()),
+        ("METRICS_BIND_ADDRESS", "127.0.0.1".to_string()),
+    ];
+    server_env.extend(limits.iter().cloned());
+    let mut server = spawn_binary(env!("CARGO_BIN_EXE_websocket"), "websocket", &server_env);
+    let status = free_port();
+    let worker_metrics = free_port();
+    let mut env = worker_env(status);
+    env.extend(limits.iter().cloned());
+    env.extend([
+        ("METRICS_PROMETHEUS_PORT", worker_metrics.to_string()),
+        ("METRICS_BIND_ADDRESS", "127.0.0.1".to_string()),
+    ]);
+    let mut worker = spawn_binary(env!("CARGO_BIN_EXE_queue-consumer"), "queue-consumer", &env);
+    wait_healthy(port).await;
+    wait_healthy(status).await;
+    tokio::join!(
+        side_port_is_bounded(("127.0.0.1", port), "/healthz"),
+        side_port_is_bounded(("127.0.0.1", metrics), "/metrics"),
+        side_port_is_bounded(("127.0.0.1", status), "/healthz"),
+        side_port_is_bounded(("127.0.0.1", worker_metrics), "/metrics"),
+    );
+    for proc in [&mut server, &mut worker] {
+        proc.signal("TERM").unwrap();
+        let status = proc.wait_exit(Duration::from_secs(30)).await.unwrap();
+        assert_eq!(status.code(), Some(0), "{}", proc.output.tail(20));
+    }
+}

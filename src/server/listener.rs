@@ -19,10 +19,11 @@
 //! * **A cap on connections that have not upgraded** (`MAX_HTTP_CONNECTIONS`), across every
 //!   listener of the pool and counted in `/status`: past it, the oldest such connection that is at
 //!   least a second old is closed to make room (a storm of players connecting at once is left
-//!   alone), and whenever `accept` fails for want of file descriptors, the oldest is closed
-//!   whatever its age and whichever port it came in on. A flood of idle sockets, on any port,
-//!   therefore cannot keep the load balancer's health check (a new connection) from being
-//!   answered.
+//!   alone). Whenever `accept` fails for want of file descriptors, the oldest is closed whatever
+//!   its age: the main port's accept takes it from any port, a side port's (metrics, status)
+//!   only from its own. A flood of idle sockets, on any port, therefore cannot keep the load
+//!   balancer's health check (a new connection) from being answered, and a flood on a side port
+//!   cannot close the main port's connections.
 //! * **A bounded send buffer** per connection (`SO_SNDBUF` 32 KiB), so a client that stops
 //!   reading pins little kernel memory before the write timeout drops it.
 //! * **A lingering close.** When a connection ends, the server sends FIN and reads (and drops)
@@ -138,14 +139,27 @@ impl HttpPool {
     ) -> tokio::task::JoinHandle<()> {
         let pool = self.clone();
         crate::supervise::spawn(task, async move {
-            pool.serve(listener, router, std::future::pending()).await;
+            pool.accept_loop(Port::Side, listener, router, std::future::pending())
+                .await;
         })
     }
 
-    /// Serves `router` on `listener` until `stop` resolves; then closes the connections of the
-    /// pool that have not upgraded (WebSocket sessions are the hub's to end).
+    /// Serves `router` on `listener` (the main port) until `stop` resolves; then closes the
+    /// connections of the pool that have not upgraded (WebSocket sessions are the hub's to end).
     pub async fn serve(
         &self,
+        listener: TcpListener,
+        router: Router,
+        stop: impl Future<Output = ()>,
+    ) {
+        self.accept_loop(Port::Main, listener, router, stop).await;
+        while self.pending.evict_oldest(Port::Main) {}
+    }
+
+    /// The accept loop of one listener.
+    async fn accept_loop(
+        &self,
+        port: Port,
         listener: TcpListener,
         router: Router,
         stop: impl Future<Output = ()>,
@@ -173,7 +187,7 @@ impl HttpPool {
                     pending.trim(limits.max_pending.saturating_sub(1), GRACE);
                     // Registered here, not in the task, so that the count is right at the next
                     // accept.
-                    let (id, evicted) = pending.register();
+                    let (id, evicted) = pending.register(port);
                     tokio::spawn(connection(
                         stream,
                         router.clone(),
@@ -187,9 +201,11 @@ impl HttpPool {
                 }
                 Err(e) => {
                     // Out of file descriptors (EMFILE, ENFILE) or buffers: free one by closing the
-                    // oldest connection that has not upgraded, on whichever port, so the next
-                    // accept (perhaps the load balancer's health check) can succeed.
-                    let evicted = pending.evict_oldest();
+                    // oldest connection that has not upgraded, so the next accept (perhaps the
+                    // load balancer's health check) can succeed. The main port takes it from any
+                    // port; a side port only from its own, so that a flood there never closes the
+                    // main port's connections before they are answered.
+                    let evicted = pending.evict_oldest(port);
                     if let Some(suppressed) = accept_failed.allow() {
                         tracing::warn!(
                             "Cannot accept a connection: {e}{}{}",
@@ -201,12 +217,26 @@ impl HttpPool {
                             Throttle::suppressed_note(suppressed)
                         );
                     }
-                    tokio::time::sleep(Duration::from_millis(if evicted { 1 } else { 50 })).await;
+                    // The main port tries again at once (once the closed connection's task has
+                    // let its descriptor go); a side port leaves the main port time to take it.
+                    let pause = match (port, evicted) {
+                        (Port::Main, true) => 1,
+                        _ => 50,
+                    };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
             }
         }
-        while pending.evict_oldest() {}
     }
+}
+
+/// Which kind of listener accepted a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Port {
+    /// The server's public port (the only one the load balancer reaches).
+    Main,
+    /// The metrics or status port.
+    Side,
 }
 
 /// A connection's two timeouts.
@@ -380,7 +410,7 @@ fn set_send_buffer(stream: &TcpStream, bytes: libc::c_int) {
 
 /// The connections that have not upgraded, by id (the accept order), each with its accept time
 /// and a way to close it; and the next id.
-type Registry = (u64, BTreeMap<u64, (Instant, Arc<Notify>)>);
+type Registry = (u64, BTreeMap<u64, (Instant, Arc<Notify>, Port)>);
 
 /// The connections that have not upgraded, oldest first, each with a way to close it.
 struct Pending {
@@ -408,13 +438,13 @@ impl Pending {
         self.next.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn register(&self) -> (u64, Arc<Notify>) {
+    fn register(&self, port: Port) -> (u64, Arc<Notify>) {
         let notify = Arc::new(Notify::new());
         let mut guard = self.lock();
         let (next, map) = &mut *guard;
         let id = *next;
         *next += 1;
-        map.insert(id, (Instant::now(), Arc::clone(&notify)));
+        map.insert(id, (Instant::now(), Arc::clone(&notify), port));
         self.report(map.len());
         (id, notify)
     }
@@ -431,8 +461,8 @@ impl Pending {
         let map = &mut guard.1;
         while map.len() > keep {
             match map.first_key_value() {
-                Some((_, (since, _))) if since.elapsed() >= grace => {
-                    if let Some((_, (_, notify))) = map.pop_first() {
+                Some((_, (since, _, _))) if since.elapsed() >= grace => {
+                    if let Some((_, (_, notify, _))) = map.pop_first() {
                         notify.notify_one();
                     }
                 }
@@ -442,11 +472,20 @@ impl Pending {
         self.report(map.len());
     }
 
-    /// Closes the oldest connection, whatever its age; `false` if there is none.
-    fn evict_oldest(&self) -> bool {
+    /// Closes the oldest connection, whatever its age: of any port for [`Port::Main`], of a side
+    /// port for [`Port::Side`]. `false` if there is none.
+    fn evict_oldest(&self, by: Port) -> bool {
         let mut guard = self.lock();
-        match guard.1.pop_first() {
-            Some((_, (_, notify))) => {
+        let map = &mut guard.1;
+        let oldest = match by {
+            Port::Main => map.first_key_value().map(|(id, _)| *id),
+            Port::Side => map
+                .iter()
+                .find(|(_, (_, _, port))| *port == Port::Side)
+                .map(|(id, _)| *id),
+        };
+        match oldest.and_then(|id| map.remove(&id)) {
+            Some((_, notify, _)) => {
                 // `notify_one` keeps a permit if the connection is not waiting yet.
                 notify.notify_one();
                 self.report(guard.1.len());
