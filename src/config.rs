@@ -790,6 +790,59 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_http_limits_are_the_same_settings_in_both_binaries() {
+        assert_eq!(
+            parse(&[]).unwrap().http_limits().idle_timeout,
+            Duration::from_secs(75)
+        );
+        assert_eq!(
+            worker(&["--queue-url", "http://q"]).unwrap().http_limits(),
+            HttpLimits::DEFAULT
+        );
+        let c = worker(&[
+            "--http-header-timeout-secs",
+            "2",
+            "--http-idle-timeout-secs",
+            "90",
+            "--max-http-connections",
+            "50",
+        ])
+        .unwrap();
+        let limits = c.http_limits();
+        assert_eq!(
+            (
+                limits.header_read_timeout,
+                limits.idle_timeout,
+                limits.max_pending
+            ),
+            (Duration::from_secs(2), Duration::from_secs(90), 50)
+        );
+        for value in ["0", "7201"] {
+            let e = parse(&["--http-idle-timeout-secs", value])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("HTTP_IDLE_TIMEOUT_SECS") && e.contains("1..=7200"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn ecs_agent_uri_is_an_http_url_or_blank() {
+        for good in ["http://169.254.170.2/api/x", "https://agent:51679", " "] {
+            assert!(parse(&["--ecs-agent-uri", good]).is_ok(), "{good:?}");
+        }
+        for bad in ["ftp://169.254.170.2/api", "169.254.170.2/api", "http://"] {
+            let e = parse(&["--ecs-agent-uri", bad]).unwrap_err().to_string();
+            assert!(
+                e.contains("ECS_AGENT_URI") && e.contains("http://"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
     fn worker(args: &[&str]) -> Result<WorkerConfig, clap::Error> {
         WorkerConfig::try_parse_from(std::iter::once("queue-consumer").chain(args.iter().copied()))
     }

@@ -637,13 +637,14 @@ async fn every_critical_task_that_dies_ends_the_process_with_status_1_and_one_er
         ]
     };
     // (binary, task killed, its settings): each task where it runs.
-    let cases: Vec<(&str, &str, Vec<(&str, String)>)> = vec![
+    type Env = Vec<(&'static str, String)>;
+    let cases: Vec<(&str, &str, Env)> = vec![
         (SERVER, "task protection reconciler", server_env()),
         (SERVER, "HTTP listener", server_env()),
         (
             SERVER,
             "chat backplane link",
-            with(server_env(), &[backplane.clone()]),
+            with(server_env(), std::slice::from_ref(&backplane)),
         ),
         (SERVER, "drain watcher", with(server_env(), &on_the_api)),
         (SERVER, "metrics endpoint", with(server_env(), &metrics())),
@@ -676,7 +677,7 @@ async fn every_critical_task_that_dies_ends_the_process_with_status_1_and_one_er
             "websocket",
             &with(
                 with(with(server_env(), &on_the_api), &metrics()),
-                &[backplane.clone()],
+                std::slice::from_ref(&backplane),
             ),
         ),
         spawn_binary(
