@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -291,6 +291,10 @@ const READ: u8 = 2;
 /// socket wrapper had anyway (an upgraded connection keeps it): no cost per connection.
 #[derive(Debug, Default)]
 struct ConnFlags(AtomicU8);
+
+// An upgraded connection keeps its `Lingering` and with it this allocation: it must stay the size
+// of the `AtomicBool` it replaced (BENCHMARKS.md counts the bytes per idle connection).
+const _: () = assert!(std::mem::size_of::<ConnFlags>() == std::mem::size_of::<AtomicBool>());
 
 impl ConnFlags {
     fn set(&self, flag: u8) {
