@@ -131,7 +131,7 @@ impl Supervisor {
 }
 
 /// Records that `task` ended (`ended`): the first death for the supervisor, a log line otherwise.
-pub fn report(task: &'static str, ended: Ended) {
+pub(crate) fn report(task: &'static str, ended: Ended) {
     let death = TaskDied { task, ended };
     match installed() {
         Some(shared) if !shared.standing_down.load(Ordering::Acquire) => {

@@ -131,7 +131,7 @@ impl HttpPool {
 
     /// Serves `router` on `listener` for as long as the process runs (a side port: metrics,
     /// status), as a critical task named `task` (see [`crate::supervise`]).
-    pub fn spawn(
+    pub(crate) fn spawn(
         &self,
         task: &'static str,
         listener: TcpListener,
@@ -146,7 +146,7 @@ impl HttpPool {
 
     /// Serves `router` on `listener` (the main port) until `stop` resolves; then closes the
     /// connections of the pool that have not upgraded (WebSocket sessions are the hub's to end).
-    pub async fn serve(
+    pub(crate) async fn serve(
         &self,
         listener: TcpListener,
         router: Router,
