@@ -325,8 +325,7 @@ pub fn spawn_drain_watch(
 ) -> watch::Receiver<Option<Replacement>> {
     let (tx, rx) = watch::channel(None);
     match tokio::runtime::Handle::try_current() {
-        Ok(handle) => {
-            let _in_runtime = handle.enter();
+        Ok(_) => {
             // It may end (no service), but a panic ends the process (crate::supervise).
             crate::supervise::spawn_may_end(
                 "drain watcher",
