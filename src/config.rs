@@ -82,8 +82,10 @@ pub struct ProtectionArgs {
     #[arg(long, env = "PROTECTION_BACKEND", value_name = "PROTECTION_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
     pub protection_backend: BackendChoice,
 
-    /// The ECS agent's URI (set by ECS in every container).
-    #[arg(long, env = "ECS_AGENT_URI", value_name = "ECS_AGENT_URI")]
+    /// The ECS agent's URI (set by ECS in every container): an `http://` or `https://` URL; blank
+    /// counts as unset.
+    #[arg(long, env = "ECS_AGENT_URI", value_name = "ECS_AGENT_URI",
+          value_parser = clap::builder::ValueParser::new(parse_agent_uri))]
     pub ecs_agent_uri: Option<String>,
 
     /// The task metadata endpoint (set by ECS in every container); gives the cluster, task ARN
@@ -278,6 +280,47 @@ fn room_budget_fits(budget: u32, max_connections: u32) -> Result<(), String> {
     ))
 }
 
+/// The limits of every HTTP listener (the server's port, the Prometheus port, the queue
+/// consumer's status port), shared by both binaries.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpArgs {
+    /// Seconds a client may take to send a request's headers, counted from the connection's
+    /// start for its first request and from the first byte of each later one; slower connections,
+    /// and sockets that send nothing, are closed.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECS", value_name = "HTTP_HEADER_TIMEOUT_SECS",
+          default_value_t = HttpLimits::DEFAULT.header_read_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub http_header_timeout_secs: u64,
+
+    /// Seconds a kept-alive HTTP connection may sit idle between a response and the next request.
+    /// Keep it above the load balancer's idle timeout (60 s by default), as AWS asks of targets:
+    /// a target that closes first makes clients see 502s.
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT_SECS", value_name = "HTTP_IDLE_TIMEOUT_SECS",
+          default_value_t = HttpLimits::DEFAULT.idle_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=7200))]
+    pub http_idle_timeout_secs: u64,
+
+    /// Most HTTP connections that have not upgraded to a WebSocket (page loads, health checks,
+    /// idle sockets), on every port together; past it the oldest that is at least a second old is
+    /// closed to make room.
+    #[arg(long, env = "MAX_HTTP_CONNECTIONS", value_name = "MAX_HTTP_CONNECTIONS",
+          default_value_t = HttpLimits::DEFAULT.max_pending as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_http_connections: u32,
+}
+
+impl HttpArgs {
+    /// The limits, with `allowed_origins` for the WebSocket upgrades.
+    pub fn limits(&self, allowed_origins: AllowedOrigins) -> HttpLimits {
+        HttpLimits {
+            header_read_timeout: Duration::from_secs(self.http_header_timeout_secs),
+            idle_timeout: Duration::from_secs(self.http_idle_timeout_secs),
+            max_pending: self.max_http_connections as usize,
+            allowed_origins,
+        }
+    }
+}
+
 /// `CHAT_BACKPLANE_URL` as given: a URL, or `None` when blank (as every other setting's blank
 /// value, and what the Copilot addon passes while it is off).
 #[derive(Debug, Clone)]
@@ -290,6 +333,42 @@ fn parse_backplane_url(s: &str) -> Result<BackplaneUrlSetting, crate::server::ba
         s.parse::<BackplaneUrl>()
             .map(|url| BackplaneUrlSetting(Some(url)))
     }
+}
+
+/// `ECS_AGENT_URI`: blank (unset), or an `http://` or `https://` URL with a host.
+fn parse_agent_uri(s: &str) -> Result<String, String> {
+    let uri = s.trim();
+    if uri.is_empty() {
+        return Ok(String::new());
+    }
+    let url = reqwest::Url::parse(uri)
+        .map_err(|e| format!("must be an http:// or https:// URL with a host ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err("must be an http:// or https:// URL with a host".to_string());
+    }
+    Ok(uri.to_string())
+}
+
+/// Removes the AWS SDK's endpoint settings that are set but blank (`AWS_ENDPOINT_URL`,
+/// `AWS_ENDPOINT_URL_<SERVICE>` such as `AWS_ENDPOINT_URL_ECS` or `AWS_ENDPOINT_URL_SQS`) from the
+/// process's environment, so that they count as unset, as every setting of this crate does. The
+/// SDK takes a blank one for an endpoint and panics ("URL was unset") in whichever task makes the
+/// first call. Returns the names removed.
+///
+/// It changes the process's environment: call it first thing in `main`, while no other thread
+/// exists.
+pub fn unset_blank_aws_endpoints() -> Vec<String> {
+    let blank: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, value)| {
+            let name = name.into_string().ok()?;
+            let endpoint = name == "AWS_ENDPOINT_URL" || name.starts_with("AWS_ENDPOINT_URL_");
+            (endpoint && value.to_str().is_some_and(|v| v.trim().is_empty())).then_some(name)
+        })
+        .collect();
+    for name in &blank {
+        std::env::remove_var(name);
+    }
+    blank
 }
 
 /// A setting's value, unless it is missing or blank.
@@ -400,19 +479,9 @@ pub struct Config {
           default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=525_600))]
     pub max_protected_minutes: u32,
 
-    /// Seconds a client may take to send a request's headers (also the longest a kept-alive HTTP
-    /// connection may sit idle between requests); slower connections are closed.
-    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECS", value_name = "HTTP_HEADER_TIMEOUT_SECS",
-          default_value_t = HttpLimits::DEFAULT.header_read_timeout.as_secs(),
-          value_parser = clap::value_parser!(u64).range(1..=300))]
-    pub http_header_timeout_secs: u64,
-
-    /// Most HTTP connections that have not upgraded to a WebSocket (page loads, health checks,
-    /// idle sockets); past it the oldest that is at least a second old is closed to make room.
-    #[arg(long, env = "MAX_HTTP_CONNECTIONS", value_name = "MAX_HTTP_CONNECTIONS",
-          default_value_t = HttpLimits::DEFAULT.max_pending as u32,
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub max_http_connections: u32,
+    /// The HTTP listeners' timeouts and cap.
+    #[command(flatten)]
+    pub http: HttpArgs,
 
     /// Web pages that may open a WebSocket, by their `Origin`: `same-host` (the page's own host,
     /// whatever name the load balancer is reached by), `*` (any), or a comma-separated list of
@@ -469,11 +538,7 @@ impl Config {
 
     /// The HTTP side's limits.
     pub fn http_limits(&self) -> HttpLimits {
-        HttpLimits {
-            header_read_timeout: Duration::from_secs(self.http_header_timeout_secs),
-            max_pending: self.max_http_connections as usize,
-            allowed_origins: self.allowed_origins.clone(),
-        }
+        self.http.limits(self.allowed_origins.clone())
     }
 
     /// How often the drain watcher looks, or `None` when it is off.
@@ -578,6 +643,10 @@ pub struct WorkerConfig {
     #[arg(long, global = true, env = "STATUS_BIND_ADDRESS", value_name = "STATUS_BIND_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub status_bind_address: IpAddr,
 
+    /// The status and Prometheus listeners' timeouts and cap.
+    #[command(flatten)]
+    pub http: HttpArgs,
+
     /// Protection settings and the way to reach ECS.
     #[command(flatten)]
     pub protection: ProtectionArgs,
@@ -644,6 +713,11 @@ impl WorkerConfig {
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
             protection_wait: Duration::from_millis(self.protection_wait_ms),
         }
+    }
+
+    /// The limits of the status and Prometheus listeners.
+    pub fn http_limits(&self) -> HttpLimits {
+        self.http.limits(AllowedOrigins::SameHost)
     }
 
     /// Where the status endpoint listens, or `None` when it is off.
@@ -847,6 +921,59 @@ mod tests {
         let e = parse(&["--allowed-origins", ","]).unwrap_err();
         assert_eq!(e.exit_code(), 2);
         assert!(e.to_string().contains("ALLOWED_ORIGINS"), "{e}");
+    }
+
+    #[test]
+    fn the_http_limits_are_the_same_settings_in_both_binaries() {
+        assert_eq!(
+            parse(&[]).unwrap().http_limits().idle_timeout,
+            Duration::from_secs(75)
+        );
+        assert_eq!(
+            worker(&["--queue-url", "http://q"]).unwrap().http_limits(),
+            HttpLimits::DEFAULT
+        );
+        let c = worker(&[
+            "--http-header-timeout-secs",
+            "2",
+            "--http-idle-timeout-secs",
+            "90",
+            "--max-http-connections",
+            "50",
+        ])
+        .unwrap();
+        let limits = c.http_limits();
+        assert_eq!(
+            (
+                limits.header_read_timeout,
+                limits.idle_timeout,
+                limits.max_pending
+            ),
+            (Duration::from_secs(2), Duration::from_secs(90), 50)
+        );
+        for value in ["0", "7201"] {
+            let e = parse(&["--http-idle-timeout-secs", value])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("HTTP_IDLE_TIMEOUT_SECS") && e.contains("1..=7200"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn ecs_agent_uri_is_an_http_url_or_blank() {
+        for good in ["http://169.254.170.2/api/x", "https://agent:51679", " "] {
+            assert!(parse(&["--ecs-agent-uri", good]).is_ok(), "{good:?}");
+        }
+        for bad in ["ftp://169.254.170.2/api", "169.254.170.2/api", "http://"] {
+            let e = parse(&["--ecs-agent-uri", bad]).unwrap_err().to_string();
+            assert!(
+                e.contains("ECS_AGENT_URI") && e.contains("http://"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     fn worker(args: &[&str]) -> Result<WorkerConfig, clap::Error> {

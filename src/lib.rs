@@ -11,6 +11,8 @@
 //! * [`metrics`]: per-task numbers as CloudWatch EMF lines and Prometheus text.
 //! * [`config`]: command-line flags and environment variables, and what they turn into.
 //! * [`shutdown`]: the signals that start an orderly shutdown, for both binaries.
+//! * [`supervise`]: background tasks the process cannot do without, and ending the process
+//!   (rather than running on without them) when one dies.
 
 #![warn(missing_docs)]
 
@@ -21,4 +23,5 @@ pub mod metrics;
 pub mod protection;
 pub mod server;
 pub mod shutdown;
+pub mod supervise;
 pub mod worker;

@@ -8,15 +8,21 @@ use clap::Parser;
 use task_protection::config::{Command, Config};
 use task_protection::ecs::{self, drain_watch::spawn_drain_watch};
 use task_protection::protection::ProtectionManager;
-use task_protection::server::{self, Hub};
+use task_protection::server::{self, HttpPool, Hub};
+use task_protection::supervise::{self, Supervisor};
 
 fn main() -> ExitCode {
+    // First, while this is the only thread: the AWS SDK panics on a blank endpoint setting.
+    let blank = task_protection::config::unset_blank_aws_endpoints();
     // Clap prints the error (naming the variable and its allowed range) and exits with code 2.
     let config = Config::parse();
     if let Some(Command::Drain { pid }) = config.command {
         return send_drain_signal(pid);
     }
     config.log_format.init();
+    for name in blank {
+        tracing::debug!("{name} is blank: read as unset");
+    }
     let Ok(runtime) = tokio::runtime::Runtime::new()
         .inspect_err(|e| eprintln!("cannot start the async runtime: {e}"))
     else {
@@ -27,7 +33,10 @@ fn main() -> ExitCode {
         let _in_runtime = runtime.enter();
         server::drain::listen_for_sigusr1()
     };
-    match runtime.block_on(run(config, drain_signal)) {
+    let supervisor = Supervisor::install();
+    match runtime.block_on(run(config, drain_signal, supervisor.clone())) {
+        // A background task died: logged when it did, and the server shut down in order since.
+        Ok(()) if supervisor.death().is_some() => ExitCode::FAILURE,
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!("{message}");
@@ -36,12 +45,17 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config, drain_signal: server::drain::DrainSignal) -> Result<(), String> {
+async fn run(
+    config: Config,
+    drain_signal: server::drain::DrainSignal,
+    supervisor: Supervisor,
+) -> Result<(), String> {
     let plan = config.protection.backend_plan()?;
     let ecs::Connection { backend, context } =
         ecs::connect(plan, None).await.map_err(|e| e.explain())?;
     let manager = ProtectionManager::start(backend, config.protection_settings())
         .map_err(|e| format!("invalid protection settings: {e}"))?;
+    supervise::watch_reconciler(&manager);
     let hub = Hub::new(
         manager,
         config.session_limits(),
@@ -66,10 +80,13 @@ async fn run(config: Config, drain_signal: server::drain::DrainSignal) -> Result
         let hub = Arc::clone(&hub);
         Arc::new(move || hub.metrics())
     };
+    // One pool for every listener: one cap, one place to free a file descriptor from.
+    let pool = HttpPool::new(config.http_limits(), Some(&hub));
     task_protection::metrics::start(
         source,
         config.metrics.emf_interval(),
         config.metrics.prometheus_addr(),
+        &pool,
         ecs::metric_dimensions(context.clone(), config.metrics.service_name(), "websocket"),
     )
     .await?;
@@ -87,11 +104,11 @@ async fn run(config: Config, drain_signal: server::drain::DrainSignal) -> Result
         .map_err(|e| format!("cannot listen on {addr} (set PORT or BIND_ADDRESS): {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!("Listening on http://{local}");
-    server::run(
+    server::run_in(
+        &pool,
         listener,
         hub,
-        config.http_limits(),
-        task_protection::shutdown::signal(),
+        supervisor.shutdown_signal(task_protection::shutdown::signal()),
         config.shutdown_timeout(),
     )
     .await

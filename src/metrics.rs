@@ -6,7 +6,9 @@
 //!   agent and no IAM permission needed. Counters are written as what they added during the
 //!   interval (CloudWatch sums them), gauges as their value now. This is what the CDK app scales
 //!   the WebSocket service on (`Connections`, averaged over the service's tasks).
-//! * **Prometheus** text (`GET /metrics`), for users outside AWS: counters as running totals.
+//! * **Prometheus** text (`GET /metrics`), for users outside AWS: counters as running totals. Its
+//!   listener is bounded like the server's own (header and idle timeouts, and the cap on
+//!   connections, shared with the process's other listeners).
 //!
 //! Both are off unless turned on (`METRICS_EMF`, `METRICS_PROMETHEUS`), so a laptop's log stays
 //! quiet. A binary describes its numbers once as a [`Source`]: a function that reads them.
@@ -19,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Map, Value};
 
 use crate::protection::{ProtectionStatus, StateLabel};
+use crate::server::HttpPool;
 
 /// The CloudWatch namespace of every metric.
 pub const NAMESPACE: &str = "ECSTaskProtection";
@@ -231,14 +234,12 @@ pub fn protection_samples(status: &ProtectionStatus) -> [Sample; 4] {
     ]
 }
 
-/// Serves `GET /metrics` (Prometheus text) for `source` on `listener` until the process ends.
-pub async fn serve_prometheus(
-    listener: tokio::net::TcpListener,
-    source: Source,
-) -> std::io::Result<()> {
+/// The router of the Prometheus endpoint: `GET /metrics`, the text of `source` read at each
+/// request.
+pub fn prometheus_router(source: Source) -> axum::Router {
     use axum::http::header;
     use axum::response::IntoResponse;
-    let app = axum::Router::new().route(
+    axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let source = Arc::clone(&source);
@@ -250,17 +251,18 @@ pub async fn serve_prometheus(
                     .into_response()
             }
         }),
-    );
-    axum::serve(listener, app).await
+    )
 }
 
 /// Starts what the settings turn on: EMF lines every `emf_interval` (with the dimensions that
-/// `dimensions` resolves) and the Prometheus endpoint on `prometheus`. An error names the address
-/// that could not be bound.
+/// `dimensions` resolves) and the Prometheus endpoint on `prometheus`, served through `pool` (the
+/// timeouts and the cap on connections of the process's other listeners). An error names the
+/// address that could not be bound. Both are critical tasks ([`crate::supervise`]).
 pub async fn start<F>(
     source: Source,
     emf_interval: Option<Duration>,
     prometheus: Option<std::net::SocketAddr>,
+    pool: &HttpPool,
     dimensions: F,
 ) -> Result<(), String>
 where
@@ -271,12 +273,11 @@ where
             format!("cannot listen on {addr} for /metrics (set METRICS_PROMETHEUS_PORT, 0 turns it off): {e}")
         })?;
         tracing::info!("Metrics: Prometheus text on http://{addr}/metrics");
-        let source = Arc::clone(&source);
-        tokio::spawn(async move {
-            if let Err(e) = serve_prometheus(listener, source).await {
-                tracing::warn!("The metrics endpoint stopped: {e}");
-            }
-        });
+        pool.spawn(
+            "metrics endpoint",
+            listener,
+            prometheus_router(Arc::clone(&source)),
+        );
     }
     if let Some(interval) = emf_interval {
         spawn_emf(source, interval, dimensions);
@@ -284,13 +285,14 @@ where
     Ok(())
 }
 
-/// Writes an EMF line for `source` to stdout every `interval`, until the runtime ends. The
-/// dimensions are resolved once, by `dimensions`, before the first line.
+/// Writes an EMF line for `source` to stdout every `interval`, until the runtime ends: a critical
+/// task ([`crate::supervise`]), since the CDK app scales on these lines. The dimensions are
+/// resolved once, by `dimensions`, before the first line.
 pub fn spawn_emf<F>(source: Source, interval: Duration, dimensions: F)
 where
     F: std::future::Future<Output = Dimensions> + Send + 'static,
 {
-    tokio::spawn(async move {
+    crate::supervise::spawn("EMF metrics writer", async move {
         let dimensions = dimensions.await;
         tracing::info!(
             "Metrics: one EMF line every {interval:?} (namespace {NAMESPACE}, ClusterName={}, ServiceName={})",

@@ -649,3 +649,416 @@ fn settings_that_cannot_work_stop_start_up_naming_the_variable() {
         assert_eq!(start_up_outcome(&envs), None, "{envs:?} was refused");
     }
 }
+
+/// A `websocket` (or `queue-consumer`) process with nothing of the test's environment, its output
+/// captured.
+fn spawn_binary(program: &str, name: &str, envs: &[(&str, String)]) -> support::process::Proc {
+    let mut cmd = Command::new(program);
+    cmd.env_clear().env("RUST_LOG", "info");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    support::process::Proc::spawn(name, cmd, false).unwrap()
+}
+
+/// The settings of a `queue-consumer` whose queue does not answer (its receive loop retries with
+/// back-off): enough for its tasks to run, no SQS needed.
+fn worker_env(status_port: u16) -> Vec<(&'static str, String)> {
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    vec![
+        ("QUEUE_URL", format!("{nobody}/123456789012/jobs")),
+        ("AWS_ENDPOINT_URL", nobody),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("RECEIVE_WAIT_SECS", "1".into()),
+        ("STATUS_PORT", status_port.to_string()),
+    ]
+}
+
+/// The lines of `output` logged at error level.
+fn error_lines(proc: &support::process::Proc) -> Vec<String> {
+    proc.output
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains(" ERROR "))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_critical_task_that_dies_ends_the_process_with_status_1_and_one_error_line() {
+    use ecs_stand_in::StandInEcs;
+    const SERVER: &str = env!("CARGO_BIN_EXE_websocket");
+    const WORKER: &str = env!("CARGO_BIN_EXE_queue-consumer");
+    let ecs = StandInEcs::start().await.unwrap();
+    let server_env = || {
+        vec![
+            ("BIND_ADDRESS", "127.0.0.1".to_string()),
+            ("PORT", free_port().to_string()),
+        ]
+    };
+    let with = |mut env: Vec<(&'static str, String)>, more: &[(&'static str, String)]| {
+        env.extend(more.iter().cloned());
+        env
+    };
+    let on_the_api = [
+        ("ECS_CONTAINER_METADATA_URI_V4", ecs.metadata_uri()),
+        ("ECS_ENDPOINT_URL", ecs.endpoint_url()),
+        ("AWS_ACCESS_KEY_ID", "AKIDTEST".into()),
+        ("AWS_SECRET_ACCESS_KEY", "secret".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("DRAIN_WATCH_INTERVAL_SECS", "1".into()),
+    ];
+    let backplane = (
+        "CHAT_BACKPLANE_URL",
+        format!("redis://127.0.0.1:{}", free_port()),
+    );
+    // A free port each time: the processes run at once.
+    let metrics = || {
+        [
+            ("METRICS_PROMETHEUS_PORT", free_port().to_string()),
+            ("METRICS_BIND_ADDRESS", "127.0.0.1".to_string()),
+            ("METRICS_EMF", "on".to_string()),
+        ]
+    };
+    // (binary, task killed, its settings): each task where it runs.
+    type Env = Vec<(&'static str, String)>;
+    let cases: Vec<(&str, &str, Env)> = vec![
+        (SERVER, "task protection reconciler", server_env()),
+        (SERVER, "HTTP listener", server_env()),
+        (
+            SERVER,
+            "chat backplane link",
+            with(server_env(), std::slice::from_ref(&backplane)),
+        ),
+        (SERVER, "drain watcher", with(server_env(), &on_the_api)),
+        (SERVER, "metrics endpoint", with(server_env(), &metrics())),
+        (SERVER, "EMF metrics writer", with(server_env(), &metrics())),
+        (
+            WORKER,
+            "task protection reconciler",
+            worker_env(free_port()),
+        ),
+        (WORKER, "receive loop", worker_env(free_port())),
+        (WORKER, "visibility keeper", worker_env(free_port())),
+        (WORKER, "delete loop", worker_env(free_port())),
+        (WORKER, "status endpoint", worker_env(free_port())),
+        (
+            WORKER,
+            "metrics endpoint",
+            with(worker_env(free_port()), &metrics()[..2]),
+        ),
+    ];
+    let mut running = Vec::new();
+    for (program, task, mut env) in cases {
+        env.push(("TASK_PROTECTION_FAULT", format!("{task}@1000")));
+        running.push((task, spawn_binary(program, task, &env)));
+    }
+    // Each is also run without the fault and stopped with SIGTERM: an orderly shutdown, in which
+    // every task ends, still exits 0 with no error line.
+    let mut calm = vec![
+        spawn_binary(
+            SERVER,
+            "websocket",
+            &with(
+                with(with(server_env(), &on_the_api), &metrics()),
+                std::slice::from_ref(&backplane),
+            ),
+        ),
+        spawn_binary(
+            WORKER,
+            "queue-consumer",
+            &with(worker_env(free_port()), &metrics()[..2]),
+        ),
+    ];
+    for (task, proc) in &mut running {
+        let status = proc.wait_exit(Duration::from_secs(30)).await.unwrap();
+        let errors = error_lines(proc);
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "{} with the {task} killed; output:\n{}",
+            proc.name,
+            proc.output.tail(30)
+        );
+        assert_eq!(
+            errors.len(),
+            1,
+            "one error line, with the {task} killed:\n{}",
+            proc.output.tail(30)
+        );
+        let want =
+            format!("Background task failed: the {task} panicked: killed by TASK_PROTECTION_FAULT");
+        assert!(errors[0].contains(&want), "{}", errors[0]);
+        assert!(
+            proc.output.count("Shutdown complete") == 1,
+            "shut down in order:\n{}",
+            proc.output.tail(30)
+        );
+    }
+    for proc in &mut calm {
+        proc.signal("TERM").unwrap();
+        let status = proc.wait_exit(Duration::from_secs(30)).await.unwrap();
+        assert_eq!(status.code(), Some(0), "{}", proc.output.tail(30));
+        assert_eq!(error_lines(proc), Vec::<String>::new());
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_ecs_agent_uri_stops_start_up_with_exit_2_naming_the_variable() {
+    for program in [
+        env!("CARGO_BIN_EXE_websocket"),
+        env!("CARGO_BIN_EXE_queue-consumer"),
+    ] {
+        for bad in ["ftp://169.254.170.2/api", "not a url", "http://"] {
+            let out = Command::new(program)
+                .env_clear()
+                .env("ECS_AGENT_URI", bad)
+                .env("QUEUE_URL", "http://127.0.0.1:9/123456789012/jobs")
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{program} {bad:?}: {err}");
+            assert!(
+                err.contains("ECS_AGENT_URI") && err.contains("http"),
+                "{program} {bad:?}: {err}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_blank_aws_endpoint_url_ecs_counts_as_unset() {
+    use ecs_stand_in::StandInEcs;
+    let ecs = StandInEcs::start().await.unwrap();
+    // The SDK's own endpoint settings lead to the stand-in; the ECS one is blank, as a template
+    // that leaves it empty sets it. The SDK would take it for an endpoint and panic ("URL was
+    // unset") in the reconciler's first call.
+    let server = Running::start(&[
+        ("ECS_CONTAINER_METADATA_URI_V4", ecs.metadata_uri()),
+        ("AWS_ENDPOINT_URL", ecs.endpoint_url()),
+        ("AWS_ENDPOINT_URL_ECS", String::new()),
+        ("AWS_ACCESS_KEY_ID", "AKIDTEST".into()),
+        ("AWS_SECRET_ACCESS_KEY", "secret".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ])
+    .await;
+    let (mut c, _) = connect(&server.ws_url()).await;
+    ping_pong(&mut c).await;
+    support::eventually("protected through the API", || ecs.is_protected()).await;
+    drop(c);
+    server.sigterm();
+    let (code, log) = server.exit().await;
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[tokio::test]
+async fn a_blank_aws_endpoint_url_sqs_counts_as_unset() {
+    let Some(moto) =
+        support::moto::Moto::start("a_blank_aws_endpoint_url_sqs_counts_as_unset").await
+    else {
+        return;
+    };
+    let (queue, _) = moto.queue("blank-endpoint", 30, None).await;
+    let mut env = worker_env(0);
+    env.retain(|(k, _)| !matches!(*k, "QUEUE_URL" | "AWS_ENDPOINT_URL"));
+    env.extend([
+        ("QUEUE_URL", queue.clone()),
+        ("AWS_ENDPOINT_URL", moto.endpoint().to_string()),
+        ("AWS_ENDPOINT_URL_SQS", "  ".to_string()),
+    ]);
+    let mut worker = spawn_binary(env!("CARGO_BIN_EXE_queue-consumer"), "queue-consumer", &env);
+    moto.sqs()
+        .send_message()
+        .queue_url(&queue)
+        .message_body("10")
+        .send()
+        .await
+        .unwrap();
+    worker
+        .output
+        .wait_for(" - Done", 1, Duration::from_secs(20))
+        .await;
+    worker.signal("TERM").unwrap();
+    let status = worker.wait_exit(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(status.code(), Some(0), "{}", worker.output.tail(30));
+    assert_eq!(error_lines(&worker), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn health_answers_while_idle_sockets_on_the_metrics_port_exhaust_the_file_descriptors() {
+    // As above, but the 100 idle connections go to the Prometheus port: they share the main
+    // port's pool, so the main port's accept, out of descriptors, closes the oldest of them.
+    let port = free_port();
+    let metrics = free_port();
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nofile=48:48", "--", env!("CARGO_BIN_EXE_websocket")])
+        .env_clear()
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("METRICS_PROMETHEUS_PORT", metrics.to_string())
+        .env("METRICS_BIND_ADDRESS", "127.0.0.1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let lines = capture(&mut child);
+    let mut child = KillOnDrop(child);
+    wait_healthy(port).await;
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", metrics))
+                .await
+                .unwrap(),
+        );
+    }
+    // Only once the server has run out of descriptors: a health check sent sooner may be
+    // accepted before the metrics port has taken them all.
+    let lines = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            if let Ok(line) = lines.recv_timeout(Duration::from_millis(100)) {
+                let out_of_fds = line.contains("Too many open files");
+                seen.push(line);
+                if out_of_fds {
+                    break;
+                }
+            }
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    assert!(
+        lines.iter().any(|l| l.contains("Too many open files")),
+        "the server did not run out of file descriptors: {lines:#?}"
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let health = client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .expect("health answered while the metrics port is flooded");
+        assert_eq!(health.status(), 200);
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status();
+    let _ = child.0.wait();
+}
+
+/// Sends `GET path` on a kept-alive `stream` and reads the answer; its status, or `None` if the
+/// connection was closed.
+async fn get_on(stream: &mut tokio::net::TcpStream, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&answer[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if answer.len() >= end + 4 + length {
+                return head.get(9..12)?.parse().ok();
+            }
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// How long until the server closes `stream`, at most `limit`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+/// On the side port at `addr` (path `path`): a slow request head is cut at the 1 s header
+/// timeout, and a kept-alive connection idle for 3 s (within the 5 s idle timeout) still answers.
+async fn side_port_is_bounded(addr: (&str, u16), path: &str) {
+    use tokio::io::AsyncWriteExt;
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n")
+        .await
+        .unwrap();
+    let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert_eq!(get_on(&mut kept, path).await, Some(200), "{addr:?}{path}");
+    let cut = closed_within(&mut slow, Duration::from_secs(4)).await;
+    assert!(
+        cut.is_some(),
+        "{addr:?}: the slow head is still open after 4 s"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        get_on(&mut kept, path).await,
+        Some(200),
+        "{addr:?}{path} after 3 s idle"
+    );
+}
+
+#[tokio::test]
+async fn the_metrics_and_status_ports_have_the_header_and_idle_timeouts_of_the_main_port() {
+    let limits = [
+        ("HTTP_HEADER_TIMEOUT_SECS", "1".to_string()),
+        ("HTTP_IDLE_TIMEOUT_SECS", "5".to_string()),
+    ];
+    let metrics = free_port();
+    let port = free_port();
+    let mut server_env = vec![
+        ("BIND_ADDRESS", "127.0.0.1".to_string()),
+        ("PORT", port.to_string()),
+        ("METRICS_PROMETHEUS_PORT", metrics.to_string()),
+        ("METRICS_BIND_ADDRESS", "127.0.0.1".to_string()),
+    ];
+    server_env.extend(limits.iter().cloned());
+    let mut server = spawn_binary(env!("CARGO_BIN_EXE_websocket"), "websocket", &server_env);
+    let status = free_port();
+    let worker_metrics = free_port();
+    let mut env = worker_env(status);
+    env.extend(limits.iter().cloned());
+    env.extend([
+        ("METRICS_PROMETHEUS_PORT", worker_metrics.to_string()),
+        ("METRICS_BIND_ADDRESS", "127.0.0.1".to_string()),
+    ]);
+    let mut worker = spawn_binary(env!("CARGO_BIN_EXE_queue-consumer"), "queue-consumer", &env);
+    wait_healthy(port).await;
+    wait_healthy(status).await;
+    tokio::join!(
+        side_port_is_bounded(("127.0.0.1", port), "/healthz"),
+        side_port_is_bounded(("127.0.0.1", metrics), "/metrics"),
+        side_port_is_bounded(("127.0.0.1", status), "/healthz"),
+        side_port_is_bounded(("127.0.0.1", worker_metrics), "/metrics"),
+    );
+    for proc in [&mut server, &mut worker] {
+        proc.signal("TERM").unwrap();
+        let status = proc.wait_exit(Duration::from_secs(30)).await.unwrap();
+        assert_eq!(status.code(), Some(0), "{}", proc.output.tail(20));
+    }
+}

@@ -164,7 +164,7 @@ async fn a_streaming_response_holds_protection_until_its_last_chunk() {
 
 #[tokio::test]
 async fn a_client_that_goes_away_mid_stream_releases_its_hold() {
-    let (manager, mut client, chunks) = streaming().await;
+    let (manager, client, chunks) = streaming().await;
     assert!(manager.status().wanted);
     drop(client);
     // The server notices the closed connection when it next writes.

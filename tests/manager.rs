@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use support::{settings, FakeBackend, Op};
 use task_protection::protection::{
-    AcquireError, BackendError, ErrorKind, ProtectionEvent, ProtectionManager, ProtectionState,
-    StateLabel,
+    AcquireError, BackendError, ErrorKind, ProtectionBackend, ProtectionEvent, ProtectionManager,
+    ProtectionState, StateLabel,
 };
 use tokio::time::{sleep, sleep_until, Instant};
 
@@ -302,4 +302,103 @@ async fn deployment_blocked_is_retried_every_half_minute_or_so_and_protection_fo
         vec![ErrorKind::Blocked; 10],
         "a kind a library user can match on"
     );
+}
+
+/// A user's backend that panics in every call (or only in protect calls).
+struct PanickingBackend {
+    on_get: bool,
+}
+
+#[async_trait::async_trait]
+impl ProtectionBackend for PanickingBackend {
+    fn name(&self) -> &'static str {
+        "panicking"
+    }
+
+    fn describe(&self) -> String {
+        "a backend that panics".into()
+    }
+
+    async fn set_protection(&self, _: bool, _: u32) -> Result<ProtectionState, BackendError> {
+        panic!("the backend's protect call panicked");
+    }
+
+    async fn get_protection(&self) -> Result<ProtectionState, BackendError> {
+        if self.on_get {
+            panic!("the backend's first read panicked");
+        }
+        Ok(ProtectionState {
+            enabled: false,
+            expires_at: None,
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reconciler_that_panics_is_reported_as_dead_not_left_looking_healthy() {
+    // At start-up (its first read), as a blank AWS_ENDPOINT_URL_ECS used to make it.
+    let m = ProtectionManager::start(
+        std::sync::Arc::new(PanickingBackend { on_get: true }),
+        settings(0),
+    )
+    .unwrap();
+    let _guard = m.guard();
+    let error = tokio::time::timeout(MIN, m.died())
+        .await
+        .expect("died() resolves");
+    assert_eq!(error.kind, ErrorKind::Panicked);
+    assert!(error.message.contains("first read panicked"), "{error}");
+    let status = m.status();
+    assert!(status.failed, "{status:?}");
+    assert_eq!(
+        status.last_rejection.map(|e| e.kind),
+        Some(ErrorKind::Panicked)
+    );
+    assert_eq!(
+        serde_json::to_value(m.status()).unwrap()["last_rejection"],
+        "panicked"
+    );
+    // acquire() does not hang on a manager that can no longer call ECS.
+    let acquired = tokio::time::timeout(MIN, m.acquire())
+        .await
+        .expect("settles");
+    assert!(
+        matches!(acquired, Err(AcquireError::Rejected(ref e)) if e.kind == ErrorKind::Panicked),
+        "{acquired:?}"
+    );
+    let shutdown = m.shutdown().await.unwrap_err();
+    assert_eq!(shutdown.kind, ErrorKind::Panicked);
+
+    // In a call it makes later (a protect call), the same.
+    let m = ProtectionManager::start(
+        std::sync::Arc::new(PanickingBackend { on_get: false }),
+        settings(0),
+    )
+    .unwrap();
+    let waiting = tokio::spawn({
+        let m = m.clone();
+        async move { m.acquire().await }
+    });
+    let error = tokio::time::timeout(MIN, m.died())
+        .await
+        .expect("died() resolves");
+    assert!(error.message.contains("protect call panicked"), "{error}");
+    let acquired = tokio::time::timeout(MIN, waiting).await.unwrap().unwrap();
+    assert!(
+        matches!(acquired, Err(AcquireError::Rejected(_))),
+        "{acquired:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_manager_that_shuts_down_in_order_has_not_died() {
+    let fake = FakeBackend::new();
+    let m = ProtectionManager::start(fake.clone(), settings(0)).unwrap();
+    let died = m.died();
+    m.shutdown().await.unwrap();
+    assert!(
+        tokio::time::timeout(MIN * 60, died).await.is_err(),
+        "died() resolved on an orderly shutdown"
+    );
+    assert!(!m.status().failed);
 }

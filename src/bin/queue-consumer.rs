@@ -10,14 +10,21 @@ use clap::Parser;
 use task_protection::config::{WorkerCommand, WorkerConfig};
 use task_protection::ecs;
 use task_protection::protection::ProtectionManager;
+use task_protection::server::HttpPool;
+use task_protection::supervise::{self, Supervisor};
 use task_protection::worker::{self, Worker};
 
 fn main() -> ExitCode {
+    // First, while this is the only thread: the AWS SDK panics on a blank endpoint setting.
+    let blank = task_protection::config::unset_blank_aws_endpoints();
     // Clap prints the error (naming the variable and its allowed range) and exits with code 2.
     let config = WorkerConfig::parse();
     let command = config.command.clone();
     if command != Some(WorkerCommand::Health) {
         config.log_format.init();
+        for name in blank {
+            tracing::debug!("{name} is blank: read as unset");
+        }
     }
     let Ok(runtime) = tokio::runtime::Runtime::new()
         .inspect_err(|e| eprintln!("cannot start the async runtime: {e}"))
@@ -32,7 +39,15 @@ fn main() -> ExitCode {
         Some(WorkerCommand::CreateQueue { ref name }) => {
             runtime.block_on(create_queue(&config, name))
         }
-        None => runtime.block_on(run(&config)),
+        None => {
+            let supervisor = Supervisor::install();
+            match runtime.block_on(run(&config, &supervisor)) {
+                // A background task died: logged when it did, and the worker shut down in order
+                // since.
+                Ok(()) if supervisor.death().is_some() => return ExitCode::FAILURE,
+                outcome => outcome,
+            }
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -53,7 +68,7 @@ enum Failure {
     Runtime(String),
 }
 
-async fn run(config: &WorkerConfig) -> Result<(), Failure> {
+async fn run(config: &WorkerConfig, supervisor: &Supervisor) -> Result<(), Failure> {
     let queue_url = config.queue_url().map_err(Failure::Usage)?;
     let plan = config.protection.backend_plan().map_err(Failure::Usage)?;
     let sdk_config = ecs::aws_config().await;
@@ -62,6 +77,7 @@ async fn run(config: &WorkerConfig) -> Result<(), Failure> {
         .map_err(|e| Failure::Runtime(e.explain()))?;
     let manager = ProtectionManager::start(backend, config.protection_settings())
         .map_err(|e| Failure::Usage(format!("invalid protection settings: {e}")))?;
+    supervise::watch_reconciler(&manager);
     let region = config.queue_region();
     let worker = Worker::new(
         &sdk_config,
@@ -70,6 +86,8 @@ async fn run(config: &WorkerConfig) -> Result<(), Failure> {
         manager,
         config.worker_settings(),
     );
+    // One pool for both listeners: header and idle timeouts, one cap on connections.
+    let pool = HttpPool::new(config.http_limits(), None);
     if let Some(addr) = config.status_addr() {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             Failure::Runtime(format!(
@@ -77,12 +95,7 @@ async fn run(config: &WorkerConfig) -> Result<(), Failure> {
             ))
         })?;
         tracing::info!("Health and status on http://{addr}/status");
-        let status = worker.clone();
-        tokio::spawn(async move {
-            if let Err(e) = worker::serve_status(listener, status).await {
-                tracing::warn!("The status endpoint stopped: {e}");
-            }
-        });
+        worker::serve_status(&pool, listener, worker.clone());
     }
     let source: task_protection::metrics::Source = {
         let worker = worker.clone();
@@ -92,11 +105,14 @@ async fn run(config: &WorkerConfig) -> Result<(), Failure> {
         source,
         config.metrics.emf_interval(),
         config.metrics.prometheus_addr(),
+        &pool,
         ecs::metric_dimensions(context, config.metrics.service_name(), "queue-consumer"),
     )
     .await
     .map_err(Failure::Runtime)?;
-    worker.run(task_protection::shutdown::signal()).await;
+    worker
+        .run(supervisor.shutdown_signal(task_protection::shutdown::signal()))
+        .await;
     Ok(())
 }
 

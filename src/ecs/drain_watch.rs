@@ -384,8 +384,12 @@ pub fn spawn_drain_watch(
 ) -> watch::Receiver<Option<Replacement>> {
     let (tx, rx) = watch::channel(None);
     match tokio::runtime::Handle::try_current() {
-        Ok(handle) => {
-            handle.spawn(run(context.clone(), interval.max(MIN_INTERVAL), loads, tx));
+        Ok(_) => {
+            // It may end (no service), but a panic ends the process (crate::supervise).
+            crate::supervise::spawn_may_end(
+                "drain watcher",
+                run(context.clone(), interval.max(MIN_INTERVAL), loads, tx),
+            );
         }
         Err(e) => tracing::error!("Drain watch not started (no tokio runtime): {e}"),
     }

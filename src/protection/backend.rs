@@ -61,6 +61,10 @@ pub enum ErrorKind {
     Malformed,
     /// The backend is not set up correctly (missing endpoint, identity or region).
     Config,
+    /// The manager's reconciler panicked (in the backend's call or in the manager itself): no
+    /// more calls are made, and protection is no longer managed. Not retried; the program should
+    /// end (the binaries do, with a non-zero status).
+    Panicked,
 }
 
 impl ErrorKind {
@@ -79,6 +83,7 @@ impl ErrorKind {
             ErrorKind::Unreachable => "unreachable",
             ErrorKind::Malformed => "malformed_answer",
             ErrorKind::Config => "misconfigured",
+            ErrorKind::Panicked => "panicked",
         }
     }
 }
@@ -97,6 +102,7 @@ impl std::fmt::Display for ErrorKind {
             ErrorKind::Unreachable => "endpoint unreachable",
             ErrorKind::Malformed => "unreadable answer",
             ErrorKind::Config => "backend misconfigured",
+            ErrorKind::Panicked => "the protection reconciler panicked",
         })
     }
 }

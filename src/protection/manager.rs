@@ -18,6 +18,9 @@ use tokio::time::Instant;
 use super::backend::{BackendError, ErrorKind, ProtectionBackend, ProtectionState};
 use super::policy::{self, Decision, EcsState, Settings};
 
+/// The name of the reconciler task, in logs and in [`crate::supervise`]'s reports.
+pub const RECONCILER: &str = "task protection reconciler";
+
 /// The protection state as the manager last knew it, readable at any time.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProtectionStatus {
@@ -46,6 +49,10 @@ pub struct ProtectionStatus {
     pub calls_made: u64,
     /// Calls that failed.
     pub calls_failed: u64,
+    /// Whether the reconciler has died (a panic, in the backend's call or in the manager): no
+    /// more calls are made and protection is no longer managed; `last_rejection` is `panicked`.
+    /// See [`ProtectionManager::died`].
+    pub failed: bool,
 }
 
 /// The three states the task's protection can be known to be in.
@@ -192,6 +199,7 @@ impl ProtectionManager {
             draining: false,
             calls_made: 0,
             calls_failed: 0,
+            failed: false,
         });
         let (events, _) = broadcast::channel(64);
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -214,7 +222,24 @@ impl ProtectionManager {
             retry_at: None,
             logged: None,
         };
-        let handle = tokio::spawn(reconciler.run(stop_rx));
+        let handle = {
+            let inner = Arc::clone(&inner);
+            tokio::spawn(async move {
+                // A panic (a user's backend can panic) is caught and recorded, not swallowed.
+                match crate::supervise::guarded(RECONCILER, reconciler.run(stop_rx)).await {
+                    Ok(result) => result,
+                    Err(panic) => {
+                        let error = BackendError::new(ErrorKind::Panicked, panic);
+                        inner.status.send_modify(|s| {
+                            s.failed = true;
+                            s.last_rejection = Some(error.clone());
+                            s.rejections += 1;
+                        });
+                        Err(error)
+                    }
+                }
+            })
+        };
         *lock(&inner.task) = Some(handle);
         Ok(Self {
             inner,
@@ -307,6 +332,29 @@ impl ProtectionManager {
         }
     }
 
+    /// Resolves if the reconciler dies (a panic in the backend's call or in the manager itself),
+    /// with an [`ErrorKind::Panicked`] error carrying the panic's message: from then on no call
+    /// is made and protection is no longer managed, so the program should end (the binaries
+    /// exit with status 1). Never resolves otherwise, shutdown included. The manager does not log
+    /// the death itself (the panic hook prints the panic); [`status`](Self::status) shows it as
+    /// `failed`, and [`acquire`](Self::acquire) and [`protected`](Self::protected) return it.
+    pub fn died(&self) -> impl std::future::Future<Output = BackendError> + Send + 'static {
+        let mut rx = self.inner.status.subscribe();
+        async move {
+            let died = rx
+                .wait_for(|s| s.failed)
+                .await
+                .map(|s| s.last_rejection.clone());
+            match died {
+                Ok(error) => {
+                    error.unwrap_or_else(|| BackendError::new(ErrorKind::Panicked, "no message"))
+                }
+                // Every handle is gone: it can no longer die.
+                Err(_) => std::future::pending().await,
+            }
+        }
+    }
+
     /// Stops the reconciler and releases protection (regardless of claims: the process is going
     /// away), waiting at most for one call. Returns the release call's error, if any.
     pub async fn shutdown(&self) -> Result<(), BackendError> {
@@ -317,7 +365,7 @@ impl ProtectionManager {
         match handle {
             Some(h) => h
                 .await
-                .unwrap_or_else(|e| Err(BackendError::new(ErrorKind::Config, e.to_string()))),
+                .unwrap_or_else(|e| Err(BackendError::new(ErrorKind::Panicked, e.to_string()))),
             None => Ok(()),
         }
     }
@@ -334,7 +382,7 @@ async fn confirmation(
             if st.state == StateLabel::Protected {
                 return Ok(());
             }
-            if st.rejections != seen {
+            if st.rejections != seen || st.failed {
                 let error = st
                     .last_rejection
                     .clone()

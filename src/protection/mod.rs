@@ -14,7 +14,8 @@ mod policy;
 
 pub use backend::{BackendError, ErrorKind, ProtectionBackend, ProtectionState};
 pub use manager::{
-    AcquireError, ProtectionEvent, ProtectionGuard, ProtectionManager, ProtectionStatus, StateLabel,
+    AcquireError, ProtectionEvent, ProtectionGuard, ProtectionManager, ProtectionStatus,
+    StateLabel, RECONCILER,
 };
 pub(crate) use policy::retry_delay;
 pub use policy::{Settings, SettingsError, DURATION_MINUTES};

@@ -1,21 +1,29 @@
-//! The HTTP side of the server: the accept loop and each connection until it upgrades to a
-//! WebSocket or ends.
+//! The HTTP side of every listener of a process: the accept loop and each connection until it
+//! upgrades to a WebSocket or ends. The server's public port, its Prometheus port and the queue
+//! consumer's status port all go through it, sharing one [`HttpPool`].
 //!
 //! What it adds to a plain `axum::serve`:
 //!
 //! * **HTTP/1.1 only.** The load balancer speaks HTTP/1.1 to its targets, and WebSockets upgrade
 //!   over HTTP/1.1; HTTP/2 by prior knowledge on a plain port is not offered.
-//! * **A header-read timeout** (`HTTP_HEADER_TIMEOUT_SECS`). It also covers a kept-alive
-//!   connection that sends no next request, so neither slow headers (slowloris) nor idle sockets
-//!   stay open.
+//! * **A header-read timeout** (`HTTP_HEADER_TIMEOUT_SECS`): a request's head must arrive within
+//!   it, counted from the connection's start for its first request and from the first byte of
+//!   each later one. A socket that never sends a request is closed after it too.
+//! * **A keep-alive idle timeout** (`HTTP_IDLE_TIMEOUT_SECS`, 75 s): how long a kept-alive
+//!   connection may wait between a response and the next request. Longer than the load
+//!   balancer's own idle timeout (60 s), as AWS asks of targets: a target that closes an idle
+//!   connection first races the load balancer's next request on it, which the client sees as a
+//!   502.
 //! * **A small header buffer** (16 KiB instead of hyper's ~400 KiB), so an unfinished header
 //!   costs little.
-//! * **A cap on connections that have not upgraded** (`MAX_HTTP_CONNECTIONS`), counted in
-//!   `/status`: past it, the oldest such connection that is at least a second old is closed to make
-//!   room (a storm of players connecting at once is left alone), and whenever `accept` fails for
-//!   want of file descriptors, the oldest is closed whatever its age. A flood of idle sockets
-//!   therefore cannot keep the load balancer's health check (a new connection) from being
-//!   answered.
+//! * **A cap on connections that have not upgraded** (`MAX_HTTP_CONNECTIONS`), across every
+//!   listener of the pool and counted in `/status`: past it, the oldest such connection that is at
+//!   least a second old is closed to make room (a storm of players connecting at once is left
+//!   alone). Whenever `accept` fails for want of file descriptors, the oldest is closed whatever
+//!   its age: the main port's accept takes it from any port, a side port's (metrics, status)
+//!   only from its own. A flood of idle sockets, on any port, therefore cannot keep the load
+//!   balancer's health check (a new connection) from being answered, and a flood on a side port
+//!   cannot close the main port's connections.
 //! * **A bounded send buffer** per connection (`SO_SNDBUF` 32 KiB), so a client that stops
 //!   reading pins little kernel memory before the write timeout drops it.
 //! * **A lingering close.** When a connection ends, the server sends FIN and reads (and drops)
@@ -24,15 +32,16 @@
 //!   not read yet (RFC 6455 §7.1.1: the server closes the TCP connection first, cleanly).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -46,11 +55,15 @@ use super::Hub;
 /// Limits of the HTTP side, and who may upgrade.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpLimits {
-    /// The longest a client may take to send a request's headers, counted from when the server
-    /// starts waiting for them (also between requests on a kept-alive connection).
+    /// The longest a client may take to send a request's headers: counted from the connection's
+    /// start for its first request (so a socket that sends nothing is closed after it), and from
+    /// the first byte of the request for the later ones on a kept-alive connection.
     pub header_read_timeout: Duration,
-    /// The most connections that have not upgraded to a WebSocket at once; past it the oldest is
-    /// closed.
+    /// The longest a kept-alive connection may sit idle between a response and the next request.
+    /// Keep it above the load balancer's idle timeout (60 s by default).
+    pub idle_timeout: Duration,
+    /// The most connections that have not upgraded to a WebSocket at once, across every listener
+    /// of the pool; past it the oldest is closed.
     pub max_pending: usize,
     /// The web pages that may open a WebSocket (browsers' `Origin`).
     pub allowed_origins: AllowedOrigins,
@@ -60,6 +73,7 @@ impl HttpLimits {
     /// The defaults (also the defaults of the settings in `config`).
     pub const DEFAULT: HttpLimits = HttpLimits {
         header_read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(75),
         max_pending: 1000,
         allowed_origins: AllowedOrigins::SameHost,
     };
@@ -91,66 +105,145 @@ const SWEEP_EVERY: Duration = Duration::from_millis(500);
 /// How long a closing connection's input is read and dropped before the socket is closed.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// Serves `router` on `listener` until `stop` resolves; then closes the connections that have
-/// not upgraded (WebSocket sessions are the hub's to end).
-pub(super) async fn serve(
-    listener: TcpListener,
-    router: Router,
-    hub: Arc<Hub>,
-    limits: HttpLimits,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    let pending = Arc::new(Pending::new(hub));
-    let accept_failed = Throttle::new(Duration::from_secs(10));
-    let mut sweep = tokio::time::interval(SWEEP_EVERY);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stop);
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = &mut stop => break,
-            accepted = listener.accept() => accepted,
-            _ = sweep.tick() => {
-                pending.trim(limits.max_pending, GRACE);
-                continue;
-            }
-        };
-        match accepted {
-            Ok((stream, _peer)) => {
-                // Make room, but only by closing connections old enough to be idle or slow: a
-                // storm of players connecting at once is many young handshakes, all wanted.
-                pending.trim(limits.max_pending.saturating_sub(1), GRACE);
-                // Registered here, not in the task, so that the count is right at the next accept.
-                let (id, evicted) = pending.register();
-                tokio::spawn(connection(
-                    stream,
-                    router.clone(),
-                    Arc::clone(&pending),
-                    (id, evicted),
-                    limits.header_read_timeout,
-                ));
-            }
-            Err(e) => {
-                // Out of file descriptors (EMFILE, ENFILE) or buffers: free one by closing the
-                // oldest connection that has not upgraded, so the next accept (perhaps the load
-                // balancer's health check) can succeed.
-                let evicted = pending.evict_oldest();
-                if let Some(suppressed) = accept_failed.allow() {
-                    tracing::warn!(
-                        "Cannot accept a connection: {e}{}{}",
-                        if evicted {
-                            "; closed the oldest connection that has not upgraded"
-                        } else {
-                            ""
-                        },
-                        Throttle::suppressed_note(suppressed)
-                    );
+/// The HTTP connections of a process that have not upgraded, whatever listener accepted them,
+/// with the limits every listener applies: one cap on them, and one place to free a file
+/// descriptor from when `accept` runs out. Cheap to clone.
+#[derive(Clone)]
+pub struct HttpPool {
+    pending: Arc<Pending>,
+    limits: Arc<HttpLimits>,
+}
+
+impl HttpPool {
+    /// A pool with these limits. With a `hub`, its count of connections that have not upgraded
+    /// is what `/status` and the metrics show as `http_connections`.
+    pub fn new(limits: HttpLimits, hub: Option<&Arc<Hub>>) -> Self {
+        Self {
+            pending: Arc::new(Pending::new(hub.cloned())),
+            limits: Arc::new(limits),
+        }
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &HttpLimits {
+        &self.limits
+    }
+
+    /// Serves `router` on `listener` for as long as the process runs (a side port: metrics,
+    /// status), as a critical task named `task` (see [`crate::supervise`]).
+    pub(crate) fn spawn(
+        &self,
+        task: &'static str,
+        listener: TcpListener,
+        router: Router,
+    ) -> tokio::task::JoinHandle<()> {
+        let pool = self.clone();
+        crate::supervise::spawn(task, async move {
+            pool.accept_loop(Port::Side, listener, router, std::future::pending())
+                .await;
+        })
+    }
+
+    /// Serves `router` on `listener` (the main port) until `stop` resolves; then closes the
+    /// connections of the pool that have not upgraded (WebSocket sessions are the hub's to end).
+    pub(crate) async fn serve(
+        &self,
+        listener: TcpListener,
+        router: Router,
+        stop: impl Future<Output = ()>,
+    ) {
+        self.accept_loop(Port::Main, listener, router, stop).await;
+        while self.pending.evict_oldest(Port::Main) {}
+    }
+
+    /// The accept loop of one listener.
+    async fn accept_loop(
+        &self,
+        port: Port,
+        listener: TcpListener,
+        router: Router,
+        stop: impl Future<Output = ()>,
+    ) {
+        let pending = &self.pending;
+        let limits = &*self.limits;
+        let accept_failed = Throttle::new(Duration::from_secs(10));
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                accepted = listener.accept() => accepted,
+                _ = sweep.tick() => {
+                    pending.trim(limits.max_pending, GRACE);
+                    continue;
                 }
-                tokio::time::sleep(Duration::from_millis(if evicted { 1 } else { 50 })).await;
+            };
+            match accepted {
+                Ok((stream, _peer)) => {
+                    // Make room, but only by closing connections old enough to be idle or slow: a
+                    // storm of players connecting at once is many young handshakes, all wanted.
+                    pending.trim(limits.max_pending.saturating_sub(1), GRACE);
+                    // Registered here, not in the task, so that the count is right at the next
+                    // accept.
+                    let (id, evicted) = pending.register(port);
+                    tokio::spawn(connection(
+                        stream,
+                        router.clone(),
+                        Arc::clone(pending),
+                        (id, evicted),
+                        Timeouts {
+                            header: limits.header_read_timeout,
+                            idle: limits.idle_timeout,
+                        },
+                    ));
+                }
+                Err(e) => {
+                    // Out of file descriptors (EMFILE, ENFILE) or buffers: free one by closing the
+                    // oldest connection that has not upgraded, so the next accept (perhaps the
+                    // load balancer's health check) can succeed. The main port takes it from any
+                    // port; a side port only from its own, so that a flood there never closes the
+                    // main port's connections before they are answered.
+                    let evicted = pending.evict_oldest(port);
+                    if let Some(suppressed) = accept_failed.allow() {
+                        tracing::warn!(
+                            "Cannot accept a connection: {e}{}{}",
+                            if evicted {
+                                "; closed the oldest connection that has not upgraded"
+                            } else {
+                                ""
+                            },
+                            Throttle::suppressed_note(suppressed)
+                        );
+                    }
+                    // The main port tries again at once (once the closed connection's task has
+                    // let its descriptor go); a side port leaves the main port time to take it.
+                    let pause = match (port, evicted) {
+                        (Port::Main, true) => 1,
+                        _ => 50,
+                    };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
             }
         }
     }
-    while pending.evict_oldest() {}
+}
+
+/// Which kind of listener accepted a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Port {
+    /// The server's public port (the only one the load balancer reaches).
+    Main,
+    /// The metrics or status port.
+    Side,
+}
+
+/// A connection's two timeouts.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    header: Duration,
+    idle: Duration,
 }
 
 /// One connection: HTTP/1.1 with upgrades, until it upgrades, ends, or is evicted.
@@ -159,31 +252,138 @@ async fn connection(
     router: Router,
     pending: Arc<Pending>,
     (id, evicted): (u64, Arc<Notify>),
-    header_read_timeout: Duration,
+    timeouts: Timeouts,
 ) {
     let _ = stream.set_nodelay(true);
     set_send_buffer(&stream, SEND_BUFFER_BYTES);
-    let abort = Arc::new(AtomicBool::new(false));
+    let flags = Arc::new(ConnFlags::default());
     let io = TokioIo::new(Lingering {
         stream: Some(stream),
-        abort: Arc::clone(&abort),
+        flags: Arc::clone(&flags),
     });
     let service = TowerToHyperService::new(router);
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .max_buf_size(MAX_HEAD_BYTES);
+    http.timer(HeadTimer {
+        flags: Arc::clone(&flags),
+        timeouts,
+        heads: AtomicU32::new(0),
+    })
+    .header_read_timeout(timeouts.header)
+    .max_buf_size(MAX_HEAD_BYTES);
     let served = http.serve_connection(io, service).with_upgrades();
     tokio::select! {
         // Ends when the connection closes, times out, or has been handed to a WebSocket session.
         _ = served => {}
         _ = evicted.notified() => {
             // Close at once: the point is to free the file descriptor now.
-            abort.store(true, Ordering::Release);
+            flags.set(ABORT);
         }
     }
     pending.remove(id);
 }
+
+/// `ConnFlags`: close at once when dropped (evicted), rather than lingering.
+const ABORT: u8 = 1;
+/// `ConnFlags`: bytes have been read since the header timer was last armed.
+const READ: u8 = 2;
+
+/// What a connection's socket and its header timer share. One byte, in the allocation the
+/// socket wrapper had anyway (an upgraded connection keeps it): no cost per connection.
+#[derive(Debug, Default)]
+struct ConnFlags(AtomicU8);
+
+// An upgraded connection keeps its `Lingering` and with it this allocation: it must stay the size
+// of the `AtomicBool` it replaced (BENCHMARKS.md counts the bytes per idle connection).
+const _: () = assert!(std::mem::size_of::<ConnFlags>() == std::mem::size_of::<AtomicBool>());
+
+impl ConnFlags {
+    fn set(&self, flag: u8) {
+        if self.0.load(Ordering::Acquire) & flag == 0 {
+            self.0.fetch_or(flag, Ordering::AcqRel);
+        }
+    }
+
+    fn clear(&self, flag: u8) {
+        self.0.fetch_and(!flag, Ordering::AcqRel);
+    }
+
+    fn is_set(&self, flag: u8) -> bool {
+        self.0.load(Ordering::Acquire) & flag != 0
+    }
+}
+
+/// hyper's header-read timer, taught the difference between a kept-alive connection waiting for
+/// its next request and a request whose head is arriving.
+///
+/// hyper (1.x) arms one timer whenever it starts reading a request head, including right after
+/// the previous response on a kept-alive connection: on its own, `header_read_timeout` bounds
+/// the idle wait between requests as well. This timer answers the first arming of a connection
+/// (its first request) as asked, and each later one with the idle timeout until the first byte
+/// of the next request is read, then with the header timeout from that byte on.
+struct HeadTimer {
+    flags: Arc<ConnFlags>,
+    timeouts: Timeouts,
+    /// How many request heads the timer was armed for.
+    heads: AtomicU32,
+}
+
+impl hyper::rt::Timer for HeadTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(HeadSleep {
+            sleep: Box::pin(tokio::time::sleep(duration)),
+            idle: None,
+        })
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        if self.heads.fetch_add(1, Ordering::AcqRel) == 0 {
+            // The first request: its head is due `header` after the connection started, as a
+            // socket that sends nothing at all is.
+            return Box::pin(HeadSleep {
+                sleep: Box::pin(tokio::time::sleep_until(Instant::from_std(deadline))),
+                idle: None,
+            });
+        }
+        // Between requests: idle until the first byte of the next one.
+        self.flags.clear(READ);
+        Box::pin(HeadSleep {
+            sleep: Box::pin(tokio::time::sleep(self.timeouts.idle)),
+            idle: Some((Arc::clone(&self.flags), self.timeouts.header)),
+        })
+    }
+
+    fn now(&self) -> std::time::Instant {
+        // The runtime's clock, so that tests on tokio's paused clock see the same time.
+        Instant::now().into_std()
+    }
+}
+
+/// The timer [`HeadTimer`] hands hyper. While `idle` is set, the connection waits between
+/// requests; the first byte read switches the deadline to the header timeout from then.
+struct HeadSleep {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    idle: Option<(Arc<ConnFlags>, Duration)>,
+}
+
+impl Future for HeadSleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        // hyper polls this timer each time it finds a request head incomplete, so right after
+        // the read that brought the first byte.
+        if let Some((flags, header)) = &this.idle {
+            if flags.is_set(READ) {
+                let header = *header;
+                this.idle = None;
+                this.sleep.as_mut().reset(Instant::now() + header);
+            }
+        }
+        this.sleep.as_mut().poll(cx)
+    }
+}
+
+impl hyper::rt::Sleep for HeadSleep {}
 
 /// Sets `SO_SNDBUF` (best effort: the default autotuning stays if the kernel refuses).
 fn set_send_buffer(stream: &TcpStream, bytes: libc::c_int) {
@@ -214,19 +414,27 @@ fn set_send_buffer(stream: &TcpStream, bytes: libc::c_int) {
 
 /// The connections that have not upgraded, by id (the accept order), each with its accept time
 /// and a way to close it; and the next id.
-type Registry = (u64, BTreeMap<u64, (Instant, Arc<Notify>)>);
+type Registry = (u64, BTreeMap<u64, (Instant, Arc<Notify>, Port)>);
 
 /// The connections that have not upgraded, oldest first, each with a way to close it.
 struct Pending {
-    hub: Arc<Hub>,
+    /// The hub whose `/status` shows the count, if any.
+    hub: Option<Weak<Hub>>,
     next: Mutex<Registry>,
 }
 
 impl Pending {
-    fn new(hub: Arc<Hub>) -> Self {
+    fn new(hub: Option<Arc<Hub>>) -> Self {
         Self {
-            hub,
+            hub: hub.as_ref().map(Arc::downgrade),
             next: Mutex::new((0, BTreeMap::new())),
+        }
+    }
+
+    /// Shows the count `n` in the hub's `/status`.
+    fn report(&self, n: usize) {
+        if let Some(hub) = self.hub.as_ref().and_then(Weak::upgrade) {
+            hub.set_http_connections(n);
         }
     }
 
@@ -234,21 +442,21 @@ impl Pending {
         self.next.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn register(&self) -> (u64, Arc<Notify>) {
+    fn register(&self, port: Port) -> (u64, Arc<Notify>) {
         let notify = Arc::new(Notify::new());
         let mut guard = self.lock();
         let (next, map) = &mut *guard;
         let id = *next;
         *next += 1;
-        map.insert(id, (Instant::now(), Arc::clone(&notify)));
-        self.hub.set_http_connections(map.len());
+        map.insert(id, (Instant::now(), Arc::clone(&notify), port));
+        self.report(map.len());
         (id, notify)
     }
 
     fn remove(&self, id: u64) {
         let mut guard = self.lock();
         guard.1.remove(&id);
-        self.hub.set_http_connections(guard.1.len());
+        self.report(guard.1.len());
     }
 
     /// Closes the oldest connections that are at least `grace` old until at most `keep` are left.
@@ -257,25 +465,34 @@ impl Pending {
         let map = &mut guard.1;
         while map.len() > keep {
             match map.first_key_value() {
-                Some((_, (since, _))) if since.elapsed() >= grace => {
-                    if let Some((_, (_, notify))) = map.pop_first() {
+                Some((_, (since, _, _))) if since.elapsed() >= grace => {
+                    if let Some((_, (_, notify, _))) = map.pop_first() {
                         notify.notify_one();
                     }
                 }
                 _ => break,
             }
         }
-        self.hub.set_http_connections(map.len());
+        self.report(map.len());
     }
 
-    /// Closes the oldest connection, whatever its age; `false` if there is none.
-    fn evict_oldest(&self) -> bool {
+    /// Closes the oldest connection, whatever its age: of any port for [`Port::Main`], of a side
+    /// port for [`Port::Side`]. `false` if there is none.
+    fn evict_oldest(&self, by: Port) -> bool {
         let mut guard = self.lock();
-        match guard.1.pop_first() {
-            Some((_, (_, notify))) => {
+        let map = &mut guard.1;
+        let oldest = match by {
+            Port::Main => map.first_key_value().map(|(id, _)| *id),
+            Port::Side => map
+                .iter()
+                .find(|(_, (_, _, port))| *port == Port::Side)
+                .map(|(id, _)| *id),
+        };
+        match oldest.and_then(|id| map.remove(&id)) {
+            Some((_, notify, _)) => {
                 // `notify_one` keeps a permit if the connection is not waiting yet.
                 notify.notify_one();
-                self.hub.set_http_connections(guard.1.len());
+                self.report(guard.1.len());
                 true
             }
             None => false,
@@ -299,10 +516,12 @@ pub(super) async fn wait_for_lingering(limit: Duration) {
 
 /// A TCP stream that closes the way RFC 6455 asks when dropped: FIN first, then the peer's
 /// remaining input is read and dropped for up to [`LINGER`], then the socket is closed. Unless
-/// `abort` is set: then it is closed at once.
+/// it was evicted ([`ABORT`]): then it is closed at once.
 struct Lingering {
     stream: Option<TcpStream>,
-    abort: Arc<AtomicBool>,
+    /// Shared with the connection's header timer, which learns from [`READ`] that a request has
+    /// begun.
+    flags: Arc<ConnFlags>,
 }
 
 impl Lingering {
@@ -318,7 +537,7 @@ impl Drop for Lingering {
         let Some(mut stream) = self.stream.take() else {
             return;
         };
-        if self.abort.load(Ordering::Acquire) {
+        if self.flags.is_set(ABORT) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -347,10 +566,15 @@ impl AsyncRead for Lingering {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.stream() {
+        let before = buf.filled().len();
+        let read = match self.stream() {
             Ok(s) => Pin::new(s).poll_read(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.flags.set(READ);
         }
+        read
     }
 }
 

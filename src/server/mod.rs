@@ -27,7 +27,7 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 
 pub use hub::{Drain, DrainKind, Hub, ServerState, SessionLimits, StatusDoc};
-pub use listener::HttpLimits;
+pub use listener::{HttpLimits, HttpPool};
 pub use origin::AllowedOrigins;
 
 /// The page, embedded at compile time.
@@ -140,24 +140,40 @@ pub async fn run(
     signal: impl Future<Output = ()> + Send + 'static,
     timeout: Duration,
 ) -> std::io::Result<()> {
-    let hub_for_signal = Arc::clone(&hub);
+    let pool = HttpPool::new(http, Some(&hub));
+    run_in(&pool, listener, hub, signal, timeout).await
+}
+
+/// [`run`], with the connections that have not upgraded counted in `pool` (shared with the
+/// process's other listeners, such as the metrics endpoint) under its limits.
+pub async fn run_in(
+    pool: &HttpPool,
+    listener: tokio::net::TcpListener,
+    hub: Arc<Hub>,
+    signal: impl Future<Output = ()> + Send + 'static,
+    timeout: Duration,
+) -> std::io::Result<()> {
     let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(listener::serve(
-        listener,
-        router(Arc::clone(&hub), http.allowed_origins.clone()),
-        Arc::clone(&hub),
-        http,
-        async move {
-            signal.await;
-            hub_for_signal.begin_shutdown();
+    let router = router(Arc::clone(&hub), pool.limits().allowed_origins.clone());
+    let serving = {
+        let pool = pool.clone();
+        crate::supervise::spawn("HTTP listener", async move {
             // Keep answering (503 health, refused upgrades) until the clients are closed.
-            let _ = closed_rx.await;
-        },
-    ));
-    hub.watch_state()
-        .wait_for(|s| s.shutting_down)
-        .await
-        .map_err(std::io::Error::other)?;
+            pool.serve(listener, router, async move {
+                let _ = closed_rx.await;
+            })
+            .await;
+        })
+    };
+    // The signal is awaited here, not in the listener's task: a listener that died must not take
+    // the shutdown with it.
+    let mut state = hub.watch_state();
+    tokio::select! {
+        _ = signal => hub.begin_shutdown(),
+        shutting_down = state.wait_for(|s| s.shutting_down) => {
+            shutting_down.map_err(std::io::Error::other)?;
+        }
+    }
     let n = hub.connections();
     tracing::info!("Shutting down: closing {n} client connections and releasing task protection");
     let orderly = tokio::time::timeout(timeout, async {

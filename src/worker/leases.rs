@@ -78,8 +78,14 @@ impl Leases {
             next: AtomicU64::new(0),
             deletes: tx,
         });
-        tokio::spawn(keep(Arc::downgrade(&leases), abandon.clone()));
-        tokio::spawn(delete_loop(Arc::downgrade(&leases), rx, abandon));
+        crate::supervise::spawn(
+            "visibility keeper",
+            keep(Arc::downgrade(&leases), abandon.clone()),
+        );
+        crate::supervise::spawn(
+            "delete loop",
+            delete_loop(Arc::downgrade(&leases), rx, abandon),
+        );
         leases
     }
 

@@ -240,7 +240,7 @@ impl Worker {
             s.queue.url(),
             s.settings.concurrency
         );
-        let receiving = tokio::spawn(receive_loop(Arc::clone(s)));
+        let receiving = crate::supervise::spawn("receive loop", receive_loop(Arc::clone(s)));
         signal.await;
         let in_hand = *s.in_hand.borrow();
         tracing::info!(

@@ -9,17 +9,21 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use super::Worker;
+use crate::server::HttpPool;
 
-/// Serves `/healthz` and `/status` on `listener` until the process ends.
-pub async fn serve_status(
+/// Serves `/healthz` and `/status` on `listener` until the process ends, through `pool` (header
+/// and idle timeouts, and a cap on connections shared with the process's other listeners), as a
+/// critical task ([`crate::supervise`]).
+pub fn serve_status(
+    pool: &HttpPool,
     listener: tokio::net::TcpListener,
     worker: Worker,
-) -> std::io::Result<()> {
+) -> tokio::task::JoinHandle<()> {
     let app = Router::new()
         .route("/healthz", get(health))
         .route("/status", get(status))
         .with_state(worker);
-    axum::serve(listener, app).await
+    pool.spawn("status endpoint", listener, app)
 }
 
 async fn health(State(worker): State<Worker>) -> Response {

@@ -228,12 +228,10 @@ pub fn start(hub: &Arc<Hub>, settings: BackplaneSettings) -> TaskCounts {
         settings.url,
         settings.origin
     );
-    tokio::spawn(link::run(
-        Arc::downgrade(hub),
-        settings,
-        Arc::clone(&shared),
-        receiver,
-    ));
+    crate::supervise::spawn(
+        "chat backplane link",
+        link::run(Arc::downgrade(hub), settings, Arc::clone(&shared), receiver),
+    );
     hub.set_backplane(Backplane { queue, shared });
     counts
 }
