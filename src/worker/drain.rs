@@ -62,6 +62,10 @@ pub(crate) struct DrainState {
     pub(crate) draining: Option<Drain>,
     /// The drain deadline passed: running jobs go back to the queue.
     pub(crate) evicting: bool,
+    /// Counts the stretches of bounded drains: a new one begins when a bounded drain follows no
+    /// drain or a scale-in's. Each has its own deadline, even when the deadline's task sees the
+    /// end of one and the start of the next as a single change.
+    pub(crate) episode: u64,
 }
 
 impl DrainState {
@@ -73,13 +77,18 @@ impl DrainState {
     pub(crate) fn begin(&self, reason: &str, kind: DrainKind) -> Option<DrainState> {
         match &self.draining {
             Some(current) if current.kind == DrainKind::Final || current.kind == kind => None,
-            _ => Some(DrainState {
-                draining: Some(Drain {
+            _ => {
+                let draining = Drain {
                     reason: Arc::from(reason),
                     kind,
-                }),
-                evicting: false,
-            }),
+                };
+                let same_stretch = self.bounded() && draining.bounded();
+                Some(DrainState {
+                    draining: Some(draining),
+                    evicting: false,
+                    episode: self.episode + u64::from(!same_stretch),
+                })
+            }
         }
     }
 
@@ -87,7 +96,11 @@ impl DrainState {
     /// the watcher's drains end, an operator's does not.
     pub(crate) fn end(&self) -> Option<DrainState> {
         match &self.draining {
-            Some(d) if d.kind != DrainKind::Final => Some(DrainState::default()),
+            Some(d) if d.kind != DrainKind::Final => Some(DrainState {
+                draining: None,
+                evicting: false,
+                episode: self.episode,
+            }),
             _ => None,
         }
     }
@@ -223,26 +236,31 @@ pub(super) async fn enforce_deadline(shared: Weak<Shared>, deadline: Duration) {
         None => return,
     };
     loop {
-        if state.wait_for(DrainState::bounded).await.is_err() {
-            return;
-        }
+        let episode = match state.wait_for(DrainState::bounded).await {
+            Ok(d) => d.episode,
+            Err(_) => return,
+        };
+        let over = move |d: &DrainState| !d.bounded() || d.episode != episode;
         let until = Instant::now() + deadline;
         manager.set_deadline(Some(until));
         let passed = tokio::select! {
             _ = tokio::time::sleep_until(until) => true,
-            _ = state.wait_for(|d| !d.bounded()) => false,
+            _ = state.wait_for(over) => false,
         };
         if passed {
             let Some(s) = shared.upgrade() else { return };
-            tracing::warn!(
-                "Drain deadline ({deadline:?}) passed: returning the jobs still running to the \
-                 queue ({} in hand) and releasing protection",
-                *s.in_hand.borrow()
-            );
-            s.drain
-                .send_if_modified(|d| d.bounded() && !std::mem::replace(&mut d.evicting, true));
+            let evicting = s
+                .drain
+                .send_if_modified(|d| !over(d) && !std::mem::replace(&mut d.evicting, true));
+            if evicting {
+                tracing::warn!(
+                    "Drain deadline ({deadline:?}) passed: returning the jobs still running to \
+                     the queue ({} in hand) and releasing protection",
+                    *s.in_hand.borrow()
+                );
+            }
             drop(s);
-            if state.wait_for(|d| !d.bounded()).await.is_err() {
+            if state.wait_for(over).await.is_err() {
                 return;
             }
         }
@@ -303,9 +321,27 @@ mod tests {
         for kind in [DrainKind::Reversible, DrainKind::ScaleIn] {
             let mut s = draining(kind);
             s.evicting = true;
-            assert_eq!(s.end(), Some(DrainState::default()));
+            let ended = s.end().unwrap();
+            assert_eq!((ended.draining, ended.evicting), (None, false));
         }
         assert_eq!(DrainState::default().end(), None);
+    }
+
+    #[test]
+    fn each_stretch_of_bounded_drains_has_its_own_deadline() {
+        let first = draining(DrainKind::Reversible);
+        // An operator's request during a deployment's drain: the same stretch, the same deadline.
+        let op = first.begin("operator request (SIGUSR1)", DrainKind::Final);
+        assert_eq!(op.unwrap().episode, first.episode);
+        // Ended and begun again, or back from a scale-in's: a new stretch.
+        let again = first
+            .end()
+            .unwrap()
+            .begin("deployment in progress", DrainKind::Reversible);
+        assert_ne!(again.unwrap().episode, first.episode);
+        let scale_in = first.begin("scale-in", DrainKind::ScaleIn).unwrap();
+        let back = scale_in.begin("deployment in progress", DrainKind::Reversible);
+        assert_ne!(back.unwrap().episode, scale_in.episode);
     }
 
     #[test]

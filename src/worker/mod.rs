@@ -617,3 +617,147 @@ async fn run_job(
     }
     linger(s, protection);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protection::local::LocalBackend;
+    use drain::DrainKind;
+
+    const HALF: Duration = Duration::from_millis(500);
+
+    /// A worker that is never run (no SQS call is made), on the local backend, with a drain
+    /// deadline of a minute.
+    fn worker() -> Worker {
+        let sdk = SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let manager =
+            ProtectionManager::start(Arc::new(LocalBackend::new()), PROTECTION_DEFAULTS).unwrap();
+        let settings = WorkerSettings {
+            concurrency: 2,
+            visibility_timeout: Duration::from_secs(60),
+            receive_wait: Duration::from_secs(20),
+            shutdown_timeout: Duration::from_secs(20),
+            protection_wait: Duration::from_secs(2),
+            drain_deadline: Some(Duration::from_secs(60)),
+        };
+        Worker::new(
+            &sdk,
+            "http://127.0.0.1:1/123456789012/jobs",
+            Some("us-east-1"),
+            manager,
+            settings,
+        )
+    }
+
+    /// Lets the spawned tasks run.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_jobs_protection_lingers_for_the_grace_and_no_longer() {
+        let w = worker();
+        let s = &w.shared;
+        linger(s, s.manager.guard());
+        tokio::time::sleep(PROTECTION_GRACE - HALF).await;
+        assert_eq!(s.manager.holds(), 1, "held within the grace");
+        // A second job ending meanwhile keeps it for its own grace.
+        linger(s, s.manager.guard());
+        tokio::time::sleep(HALF * 2).await;
+        settle().await;
+        assert_eq!(s.manager.holds(), 1, "the second job's grace is not over");
+        tokio::time::sleep(PROTECTION_GRACE).await;
+        settle().await;
+        assert_eq!(s.manager.holds(), 0, "let go after the grace");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_lets_lingering_protection_go_at_once_and_none_lingers_while_it_lasts() {
+        let w = worker();
+        let s = &w.shared;
+        linger(s, s.manager.guard());
+        drain::begin(s, "deployment in progress: details", DrainKind::Reversible);
+        settle().await;
+        assert_eq!(s.manager.holds(), 0, "a drain ends the grace");
+        assert!(s.manager.status().draining, "the hold-over is skipped");
+        linger(s, s.manager.guard());
+        assert_eq!(s.manager.holds(), 0, "no grace while draining");
+        drain::end(s);
+        assert!(!s.manager.status().draining);
+        linger(s, s.manager.guard());
+        assert_eq!(s.manager.holds(), 1, "a grace again once the drain is over");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutting_down_lets_lingering_protection_go_at_once() {
+        let w = worker();
+        let s = &w.shared;
+        linger(s, s.manager.guard());
+        s.stopping.send_replace(true);
+        settle().await;
+        assert_eq!(s.manager.holds(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_draining_worker_stays_healthy_without_polling_and_shows_the_cause_only() {
+        let w = worker();
+        let s = &w.shared;
+        drain::begin(
+            s,
+            "deployment in progress: the service is moving to deployment ecs-svc/2",
+            DrainKind::Reversible,
+        );
+        // Far longer than a long poll plus a minute, with free slots and no receive.
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(w.is_healthy(), "a drain is not a stalled receive loop");
+        let status = w.status();
+        assert!(status.draining);
+        assert_eq!(
+            status.drain_reason.as_deref(),
+            Some("deployment in progress")
+        );
+        let draining = w
+            .metrics()
+            .into_iter()
+            .find(|m| m.name == "Draining")
+            .map(|m| m.value);
+        assert_eq!(draining, Some(1.0));
+        drain::end(s);
+        assert!(
+            !w.is_healthy(),
+            "no drain, no receive for 10 minutes: stalled"
+        );
+        assert!(!w.status().draining);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_deadline_returns_a_deployments_jobs_but_never_a_scale_ins() {
+        let w = worker();
+        let s = &w.shared;
+        let evicting = || s.drain.borrow().evicting;
+        drain::begin(s, "scale-in", DrainKind::ScaleIn);
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(!evicting(), "a scale-in's jobs finish");
+        drain::begin(s, "deployment in progress", DrainKind::Reversible);
+        settle().await;
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert!(!evicting(), "before the deadline");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        settle().await;
+        assert!(evicting(), "past the deadline");
+        // Rolled back: taking jobs again, with no eviction pending and a fresh deadline next time.
+        drain::end(s);
+        assert!(!evicting());
+        drain::begin(s, "operator request (SIGUSR1)", DrainKind::Final);
+        settle().await;
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert!(!evicting(), "the deadline starts again with each drain");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        settle().await;
+        assert!(evicting());
+    }
+}
