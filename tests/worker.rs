@@ -812,8 +812,8 @@ async fn a_queue_deleted_mid_job_ends_the_jobs_hold_is_logged_once_and_turns_hea
     };
     let agent = StandInAgent::start().await.unwrap();
     let (queue, _) = moto.queue("deleted", 60, None).await;
-    moto.send(&queue, "1500").await;
-    moto.send(&queue, "1500").await;
+    moto.send(&queue, "3000").await;
+    moto.send(&queue, "3000").await;
     let port = support::free_port().to_string();
     let w = worker(
         &queue,
@@ -825,7 +825,7 @@ async fn a_queue_deleted_mid_job_ends_the_jobs_hold_is_logged_once_and_turns_hea
             ("PROTECTION_MAINTAIN_PERCENT", "0"),
         ],
     );
-    w.output.wait_for("- Working for 1500", 2, LIMIT).await;
+    w.output.wait_for("- Working for 3000", 2, LIMIT).await;
     moto.sqs()
         .delete_queue()
         .queue_url(&queue)

@@ -7,7 +7,7 @@
 //!   drain, and its deadline; `status`: `/healthz` and `/status`.
 //!
 //! Each job holds a [`ProtectionGuard`] from the moment its message is received until its delete
-//! is confirmed, and keeps it [`PROTECTION_GRACE`] longer (unless the worker is draining or
+//! is confirmed, and keeps it `PROTECTION_GRACE` (2 s) longer (unless the worker is draining or
 //! stopping), so that the next job of a busy period, received within a round trip, finds the task
 //! still protected. The manager coalesces them into one protect call per busy period (and a
 //! refresh now and then), and releases protection once the grace after the last job has passed
