@@ -585,8 +585,9 @@ pub struct WorkerConfig {
     #[command(subcommand)]
     pub command: Option<WorkerCommand>,
 
-    /// The queue's URL.
-    #[arg(long, global = true, env = "QUEUE_URL", value_name = "QUEUE_URL")]
+    /// The queue's URL (`https://sqs.REGION.amazonaws.com/ACCOUNT/NAME`, or a local endpoint's).
+    #[arg(long, global = true, env = "QUEUE_URL", value_name = "QUEUE_URL",
+          value_parser = clap::builder::ValueParser::new(parse_queue_url))]
     pub queue_url: Option<String>,
 
     /// The queue's URL as a Copilot Worker Service receives it (used when QUEUE_URL is unset).
@@ -594,12 +595,14 @@ pub struct WorkerConfig {
         long,
         global = true,
         env = "COPILOT_QUEUE_URI",
-        value_name = "COPILOT_QUEUE_URI"
+        value_name = "COPILOT_QUEUE_URI",
+        value_parser = clap::builder::ValueParser::new(parse_queue_url)
     )]
     pub copilot_queue_uri: Option<String>,
 
     /// The queue's Region, when it is neither the one its URL names nor the SDK's (AWS_REGION).
-    #[arg(long, global = true, env = "QUEUE_REGION", value_name = "QUEUE_REGION")]
+    #[arg(long, global = true, env = "QUEUE_REGION", value_name = "QUEUE_REGION",
+          value_parser = clap::builder::ValueParser::new(parse_region))]
     pub queue_region: Option<String>,
 
     /// Jobs that may run at once.
@@ -628,6 +631,20 @@ pub struct WorkerConfig {
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", value_name = "SHUTDOWN_TIMEOUT_SECS",
           default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=110))]
     pub shutdown_timeout_secs: u64,
+
+    /// How often (seconds, jittered ±10 %) to ask ECS whether this task is being replaced (a
+    /// deployment, or a scale-in); while it is, no new jobs are taken. 0 turns the watcher off.
+    /// Needs the task metadata endpoint; off on the local backend.
+    #[arg(long, env = "DRAIN_WATCH_INTERVAL_SECS", value_name = "DRAIN_WATCH_INTERVAL_SECS",
+          default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub drain_watch_interval_secs: u64,
+
+    /// Once a deployment's (or an operator's) drain has lasted this many seconds, the jobs still
+    /// running go back to the queue and protection is released. A scale-in's drain is never cut
+    /// short. 0: never (a long job then holds a deployment back until it ends).
+    #[arg(long, env = "DRAIN_DEADLINE_SECS", value_name = "DRAIN_DEADLINE_SECS",
+          default_value_t = crate::server::drain::DEFAULT_DEADLINE.as_secs(), value_parser = clap::value_parser!(u64).range(0..=172_800))]
+    pub drain_deadline_secs: u64,
 
     /// Port of the worker's `/healthz` and `/status` endpoint; 0 turns it off.
     #[arg(
@@ -680,6 +697,15 @@ pub enum WorkerCommand {
     /// Exits 0 if the running worker in this container answers its health check (for ECS's
     /// container health check in an image without a shell), 1 otherwise.
     Health,
+    /// Asks a running worker to drain (take no new jobs, finish the ones in hand), by sending it
+    /// SIGUSR1. In an ECS container (where the worker is process 1 and the image has no shell):
+    /// `copilot svc exec --command "/usr/local/bin/queue-consumer drain"`.
+    Drain {
+        /// The worker's process id (a positive number: 0 and negative numbers would signal whole
+        /// process groups).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
+        pid: i32,
+    },
 }
 
 impl WorkerConfig {
@@ -712,12 +738,18 @@ impl WorkerConfig {
             receive_wait: Duration::from_secs(self.receive_wait_secs),
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
             protection_wait: Duration::from_millis(self.protection_wait_ms),
+            drain_deadline: seconds(self.drain_deadline_secs),
         }
     }
 
     /// The limits of the status and Prometheus listeners.
     pub fn http_limits(&self) -> HttpLimits {
         self.http.limits(AllowedOrigins::SameHost)
+    }
+
+    /// How often the drain watcher looks, or `None` when it is off.
+    pub fn drain_watch_interval(&self) -> Option<Duration> {
+        seconds(self.drain_watch_interval_secs)
     }
 
     /// Where the status endpoint listens, or `None` when it is off.
@@ -742,6 +774,25 @@ impl LogFormat {
             LogFormat::Json => builder.json().flatten_event(true).init(),
         }
     }
+}
+
+/// A queue URL setting: blank counts as unset (kept blank, refused later as missing); anything
+/// else must have the shape of a queue URL.
+fn parse_queue_url(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if !value.is_empty() {
+        crate::worker::check_queue_url(value)?;
+    }
+    Ok(value.to_string())
+}
+
+/// A Region setting: blank counts as unset; anything else must have the shape of a Region.
+fn parse_region(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if !value.is_empty() {
+        crate::worker::check_region(value)?;
+    }
+    Ok(value.to_string())
 }
 
 /// `secs` as a duration, `None` for 0 (a setting's "off").
@@ -982,7 +1033,7 @@ mod tests {
 
     #[test]
     fn the_worker_defaults_follow_the_samples_queue_consumer() {
-        let c = worker(&["--queue-url", "http://q"]).unwrap();
+        let c = worker(&["--queue-url", "http://q/1/jobs"]).unwrap();
         let p = c.protection_settings();
         assert_eq!(
             (p.duration_minutes, p.maintain_percent, p.refresh_percent),
@@ -992,6 +1043,17 @@ mod tests {
         assert_eq!(w.concurrency, 1);
         assert_eq!(w.visibility_timeout, Duration::from_secs(60));
         assert_eq!(w.receive_wait, Duration::from_secs(20));
+        assert_eq!(w.drain_deadline, Some(Duration::from_secs(900)));
+        assert_eq!(c.drain_watch_interval(), Some(Duration::from_secs(30)));
+        let c = worker(&[
+            "--drain-deadline-secs",
+            "0",
+            "--drain-watch-interval-secs",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(c.worker_settings().drain_deadline, None, "0 = never");
+        assert_eq!(c.drain_watch_interval(), None, "0 = off");
         // A setting given wins over the binary's default.
         let c = worker(&["--protection-duration-minutes", "5"]).unwrap();
         assert_eq!(c.protection_settings().duration_minutes, 5);
@@ -1000,20 +1062,27 @@ mod tests {
     #[test]
     fn the_queue_comes_from_queue_url_or_copilots_variable() {
         assert_eq!(
-            worker(&["--queue-url", "http://a"]).unwrap().queue_url(),
-            Ok("http://a".into())
-        );
-        assert_eq!(
-            worker(&["--copilot-queue-uri", "http://b"])
+            worker(&["--queue-url", "http://a/1/jobs"])
                 .unwrap()
                 .queue_url(),
-            Ok("http://b".into())
+            Ok("http://a/1/jobs".into())
         );
         assert_eq!(
-            worker(&["--queue-url", "http://a", "--copilot-queue-uri", "http://b"])
+            worker(&["--copilot-queue-uri", "http://b/1/jobs"])
                 .unwrap()
                 .queue_url(),
-            Ok("http://a".into())
+            Ok("http://b/1/jobs".into())
+        );
+        assert_eq!(
+            worker(&[
+                "--queue-url",
+                "http://a/1/jobs",
+                "--copilot-queue-uri",
+                "http://b/1/jobs"
+            ])
+            .unwrap()
+            .queue_url(),
+            Ok("http://a/1/jobs".into())
         );
         let e = worker(&["--queue-url", " "])
             .unwrap()
@@ -1043,6 +1112,18 @@ mod tests {
             ),
             ("--receive-wait-secs", "21", "RECEIVE_WAIT_SECS", "1..=20"),
             (
+                "--drain-deadline-secs",
+                "172801",
+                "DRAIN_DEADLINE_SECS",
+                "0..=172800",
+            ),
+            (
+                "--drain-watch-interval-secs",
+                "3601",
+                "DRAIN_WATCH_INTERVAL_SECS",
+                "0..=3600",
+            ),
+            (
                 "--shutdown-timeout-secs",
                 "0",
                 "SHUTDOWN_TIMEOUT_SECS",
@@ -1054,6 +1135,60 @@ mod tests {
                 e.contains(variable) && e.contains(range),
                 "{flag} {value}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn a_malformed_queue_url_or_region_names_its_variable() {
+        for (flag, value, variable) in [
+            ("--queue-url", "jobs", "QUEUE_URL"),
+            (
+                "--queue-url",
+                "https://sqs.us-east-1.amazonaws.com/jobs",
+                "QUEUE_URL",
+            ),
+            (
+                "--copilot-queue-uri",
+                "arn:aws:sqs:us-east-1:123456789012:jobs",
+                "COPILOT_QUEUE_URI",
+            ),
+            ("--queue-region", "us-east", "QUEUE_REGION"),
+            (
+                "--queue-region",
+                "https://sqs.us-east-1.amazonaws.com",
+                "QUEUE_REGION",
+            ),
+        ] {
+            let e = worker(&[flag, value]).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            let e = e.to_string();
+            assert!(e.contains(variable), "{flag} {value}: {e}");
+        }
+        let c = worker(&[
+            "--queue-url",
+            " https://sqs.us-east-1.amazonaws.com/123456789012/jobs ",
+            "--queue-region",
+            "eu-west-1",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.queue_url().unwrap(),
+            "https://sqs.us-east-1.amazonaws.com/123456789012/jobs"
+        );
+        assert_eq!(c.queue_region().as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            worker(&["--queue-region", " "]).unwrap().queue_region(),
+            None
+        );
+    }
+
+    #[test]
+    fn queue_consumer_drain_accepts_only_a_positive_pid() {
+        let c = worker(&["drain"]).unwrap();
+        assert_eq!(c.command, Some(WorkerCommand::Drain { pid: 1 }));
+        for pid in ["0", "-1"] {
+            let e = worker(&["drain", &format!("--pid={pid}")]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "--pid {pid}");
         }
     }
 

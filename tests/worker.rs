@@ -1,7 +1,9 @@
 //! The `queue-consumer` binary against a real SQS API (moto's server) and the stand-in ECS agent:
-//! jobs run once and are deleted, protection follows the jobs in hand and not the polling, long
-//! jobs stay hidden from other workers, SIGTERM returns what is unfinished, bad messages go to the
-//! dead-letter queue, and SQS outages are survived.
+//! jobs run once and are deleted, protection follows the jobs in hand and not the polling (nor a
+//! trickle of jobs), long jobs stay hidden from other workers, SIGTERM returns what is unfinished,
+//! bad messages go to the dead-letter queue, SQS outages are survived, permanent SQS errors end
+//! the jobs' holds, and the worker drains when the stand-in ECS API says a deployment or a
+//! scale-in wants the task gone (or on SIGUSR1).
 #![cfg(unix)]
 
 mod support;
@@ -10,7 +12,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use ecs_stand_in::{Fault, StandInAgent};
+use ecs_stand_in::{task_definition_arn, Fault, StandInAgent, StandInEcs};
 use support::moto::Moto;
 use support::process::Proc;
 use support::proxy::FaultProxy;
@@ -498,4 +500,474 @@ async fn the_worker_reports_its_jobs_as_emf_lines_and_prometheus_text() {
     assert_eq!(value("ecs_task_protection_jobs_done_total"), 3.0);
     assert!(value("ecs_task_protection_protection_calls_total") >= 1.0);
     assert_eq!(stop(w).await, Some(0));
+}
+
+/// The settings that run the drain watcher against `ecs` (its API and task metadata endpoint),
+/// looking every second, with `/healthz` and `/status` on `port`.
+fn watching(ecs: &StandInEcs, port: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("ECS_CONTAINER_METADATA_URI_V4", ecs.metadata_uri()),
+        ("ECS_ENDPOINT_URL", ecs.endpoint_url()),
+        ("DRAIN_WATCH_INTERVAL_SECS", "1".into()),
+        ("STATUS_PORT", port.into()),
+    ]
+}
+
+/// Borrowed settings for [`worker`].
+fn refs<'a>(settings: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    settings.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// `GET http://127.0.0.1:PORT/PATH`: the HTTP status and the body.
+async fn get(port: &str, path: &str) -> (u16, String) {
+    let answer = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+        .await
+        .expect("the status endpoint answers");
+    let status = answer.status().as_u16();
+    (status, answer.text().await.unwrap_or_default())
+}
+
+/// The worker's `/status`.
+async fn status(port: &str) -> serde_json::Value {
+    let (code, body) = get(port, "/status").await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).expect("/status is JSON")
+}
+
+/// Waits until `/healthz` answers `code`.
+async fn wait_health(port: &str, code: u16) {
+    let start = std::time::Instant::now();
+    loop {
+        let (got, body) = get(port, "/healthz").await;
+        if got == code {
+            return;
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "/healthz answers {got} ({body:?}), wanted {code}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The index of the first line containing `needle`.
+fn line_of(proc: &Proc, needle: &str) -> Option<usize> {
+    proc.output.lines().iter().position(|l| l.contains(needle))
+}
+
+/// A long poll cancelled by a drain may still take a message that arrives while moto finishes it
+/// (SQS does the same); sending after one long poll (1 s in these tests) has surely ended avoids
+/// that.
+const ONE_LONG_POLL: Duration = Duration::from_millis(1500);
+
+#[tokio::test]
+async fn a_trickle_of_jobs_leaves_the_task_unprotected_between_them_after_a_short_grace() {
+    let Some(moto) = Moto::start("trickle").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let (queue, _) = moto.queue("trickle", 60, None).await;
+    // A long poll as long as SQS allows, which a trickle of jobs never lets come back empty; no
+    // hold-over, so that only the grace after a job keeps protection.
+    let w = worker(
+        &queue,
+        moto.endpoint(),
+        &agent,
+        &[
+            ("RECEIVE_WAIT_SECS", "20"),
+            ("PROTECTION_MAINTAIN_PERCENT", "0"),
+        ],
+    );
+    w.output.wait_for("Taking jobs from", 1, LIMIT).await;
+    for n in 1..=3 {
+        moto.send(&queue, "100").await;
+        w.output.wait_for("- Done", n, LIMIT).await;
+        let done = std::time::Instant::now();
+        while agent.is_protected() {
+            assert!(
+                done.elapsed() < Duration::from_secs(5),
+                "job {n} ended with nothing else in hand, and the task is still protected \
+                 {:?} later: {:?}",
+                done.elapsed(),
+                agent.put_calls()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let released_after = done.elapsed();
+        assert!(
+            released_after >= Duration::from_millis(1500),
+            "kept for the 2 s grace, released after {released_after:?}"
+        );
+        // And it stays unprotected while nothing is in hand.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!agent.is_protected(), "protected again with no job in hand");
+    }
+    let puts: Vec<Option<bool>> = agent.put_calls().iter().map(|c| c.enabled).collect();
+    assert_eq!(
+        puts,
+        [Some(true), Some(false)].repeat(3),
+        "a protect and a release per job"
+    );
+    assert_eq!(stop(w).await, Some(0));
+}
+
+#[tokio::test]
+async fn a_deployment_drains_the_worker_its_job_finishes_protection_goes_and_a_rollback_resumes_it()
+{
+    let Some(moto) = Moto::start("deployment_drain").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let ecs = StandInEcs::start().await.unwrap();
+    let steady = ecs.service();
+    let (queue, _) = moto.queue("deploy", 60, None).await;
+    let first = moto.send(&queue, "6000").await;
+    let port = support::free_port().to_string();
+    let mut settings = watching(&ecs, &port);
+    // A free slot, so that the worker would receive while the first job runs.
+    settings.push(("WORKER_CONCURRENCY", "2".into()));
+    // A 50 % hold-over would keep protection for 30 s after the job: draining skips it.
+    settings.push(("PROTECTION_MAINTAIN_PERCENT", "50".into()));
+    let w = worker(&queue, moto.endpoint(), &agent, &refs(&settings));
+    w.output.wait_for("- Working for 6000", 1, LIMIT).await;
+    assert!(agent.is_protected());
+
+    ecs.begin_deployment(&task_definition_arn(2));
+    w.output
+        .wait_for("Draining: deployment in progress", 1, LIMIT)
+        .await;
+    assert!(
+        w.output.count("No new jobs are taken") == 1,
+        "{}",
+        w.output.tail(10)
+    );
+    let doc = status(&port).await;
+    assert_eq!(doc["draining"], true, "{doc}");
+    assert_eq!(doc["drain_reason"], "deployment in progress", "{doc}");
+    assert_eq!(doc["protection"]["draining"], true, "{doc}");
+    assert_eq!(
+        get(&port, "/healthz").await.0,
+        200,
+        "healthy while draining"
+    );
+    tokio::time::sleep(ONE_LONG_POLL).await;
+    let second = moto.send(&queue, "100").await;
+
+    // The job in hand finishes; protection goes at once; the second job stays on the queue.
+    w.output.wait_for("- Done", 1, LIMIT).await;
+    assert!(
+        line_of(&w, "Draining:") < line_of(&w, "- Done"),
+        "the job finished while draining:\n{}",
+        w.output.tail(20)
+    );
+    support::eventually(
+        "released as soon as the job ended, skipping the hold-over",
+        || !agent.is_protected(),
+    )
+    .await;
+    wait_depth(&moto, &queue, (1, 0)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(w.output.count(&second), 0, "no receive while draining");
+    assert_eq!(get(&port, "/healthz").await.0, 200);
+
+    // Rolled back: the service is on the task's own deployment again.
+    ecs.set_service(steady);
+    w.output
+        .wait_for("No longer draining: taking jobs again", 1, LIMIT)
+        .await;
+    w.output.wait_for("- Done", 2, LIMIT).await;
+    let mut both = vec![first, second];
+    both.sort();
+    assert_eq!(ids_with(&w, "- Done").into_keys().collect::<Vec<_>>(), both);
+    assert_eq!(status(&port).await["draining"], false);
+    assert_eq!(stop(w).await, Some(0));
+}
+
+#[tokio::test]
+async fn a_deployments_drain_deadline_returns_a_job_still_running_to_the_queue_at_once() {
+    let Some(moto) = Moto::start("drain_deadline").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let ecs = StandInEcs::start().await.unwrap();
+    let (queue, _) = moto.queue("deadline", 60, None).await;
+    let id = moto.send(&queue, "60000").await;
+    let port = support::free_port().to_string();
+    let mut settings = watching(&ecs, &port);
+    settings.push(("DRAIN_DEADLINE_SECS", "2".into()));
+    let w = worker(&queue, moto.endpoint(), &agent, &refs(&settings));
+    w.output.wait_for("- Working for 60000", 1, LIMIT).await;
+    ecs.begin_deployment(&task_definition_arn(2));
+    w.output
+        .wait_for("Draining: deployment in progress", 1, LIMIT)
+        .await;
+    w.output
+        .wait_for(
+            "Returned to the queue (the drain deadline passed before it finished)",
+            1,
+            LIMIT,
+        )
+        .await;
+    support::eventually("released at the deadline", || !agent.is_protected()).await;
+    // Visible again at once, not after the 60 s visibility timeout.
+    let got = moto.receive(&queue, Duration::from_secs(5), 60).await;
+    assert_eq!(got.first().map(|m| m.0.clone()), Some(id));
+    let doc = status(&port).await;
+    assert_eq!(doc["returned"], 1, "{doc}");
+    assert_eq!(
+        doc["draining"], true,
+        "still draining: the deployment goes on"
+    );
+    assert_eq!(get(&port, "/healthz").await.0, 200);
+    assert_eq!(w.output.count("- Done"), 0);
+    assert_eq!(stop(w).await, Some(0));
+}
+
+#[tokio::test]
+async fn a_scale_in_drain_lets_a_long_job_finish_past_the_drain_deadline() {
+    let Some(moto) = Moto::start("scale_in_drain").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let ecs = StandInEcs::start().await.unwrap();
+    let (queue, _) = moto.queue("scale-in", 60, None).await;
+    moto.send(&queue, "5000").await;
+    let port = support::free_port().to_string();
+    let mut settings = watching(&ecs, &port);
+    settings.push(("DRAIN_DEADLINE_SECS", "1".into()));
+    let w = worker(&queue, moto.endpoint(), &agent, &refs(&settings));
+    w.output.wait_for("- Working for 5000", 1, LIMIT).await;
+    ecs.set_counts(1, 3);
+    w.output.wait_for("Draining: scale-in", 1, LIMIT).await;
+    assert_eq!(status(&port).await["drain_reason"], "scale-in");
+    w.output.wait_for("- Done", 1, LIMIT).await;
+    assert!(
+        line_of(&w, "Draining: scale-in") < line_of(&w, "- Done"),
+        "{}",
+        w.output.tail(20)
+    );
+    assert_eq!(w.output.count("Returned to the queue"), 0);
+    assert_eq!(w.output.count("Drain deadline"), 0);
+    wait_depth(&moto, &queue, (0, 0)).await;
+    support::eventually("released once the job ended", || !agent.is_protected()).await;
+    assert_eq!(stop(w).await, Some(0));
+}
+
+#[tokio::test]
+async fn queue_consumer_drain_sends_sigusr1_which_stops_receiving_and_keeps_health_200() {
+    let Some(moto) = Moto::start("sigusr1_drain").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let (queue, _) = moto.queue("operator", 60, None).await;
+    moto.send(&queue, "3000").await;
+    let port = support::free_port().to_string();
+    let w = worker(
+        &queue,
+        moto.endpoint(),
+        &agent,
+        &[
+            ("STATUS_PORT", &port),
+            ("WORKER_CONCURRENCY", "2"),
+            ("PROTECTION_MAINTAIN_PERCENT", "50"),
+        ],
+    );
+    w.output.wait_for("- Working for 3000", 1, LIMIT).await;
+    // `queue-consumer drain` is how an operator sends SIGUSR1 in a shell-less container.
+    let out = Command::new(env!("CARGO_BIN_EXE_queue-consumer"))
+        .env_clear()
+        .args(["drain", "--pid", &w.pid().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    w.output
+        .wait_for("Draining: operator request (SIGUSR1)", 1, LIMIT)
+        .await;
+    assert_eq!(
+        status(&port).await["drain_reason"],
+        "operator request (SIGUSR1)"
+    );
+    assert_eq!(get(&port, "/healthz").await.0, 200);
+    tokio::time::sleep(ONE_LONG_POLL).await;
+    let second = moto.send(&queue, "100").await;
+    w.output.wait_for("- Done", 1, LIMIT).await;
+    support::eventually("released as soon as the job ended", || {
+        !agent.is_protected()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(w.output.count(&second), 0, "no receive while draining");
+    assert_eq!(moto.depth(&queue).await, (1, 0));
+    assert_eq!(stop(w).await, Some(0));
+}
+
+#[tokio::test]
+async fn a_queue_deleted_mid_job_ends_the_jobs_hold_is_logged_once_and_turns_health_503() {
+    let Some(moto) = Moto::start("deleted_queue").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let (queue, _) = moto.queue("deleted", 60, None).await;
+    moto.send(&queue, "3000").await;
+    moto.send(&queue, "3000").await;
+    let port = support::free_port().to_string();
+    let w = worker(
+        &queue,
+        moto.endpoint(),
+        &agent,
+        &[
+            ("STATUS_PORT", &port),
+            ("WORKER_CONCURRENCY", "2"),
+            ("PROTECTION_MAINTAIN_PERCENT", "0"),
+        ],
+    );
+    w.output.wait_for("- Working for 3000", 2, LIMIT).await;
+    moto.sqs()
+        .delete_queue()
+        .queue_url(&queue)
+        .send()
+        .await
+        .unwrap();
+    w.output.wait_for("- Done", 2, LIMIT).await;
+    support::eventually(
+        "no protection held for jobs that cannot be finished",
+        || !agent.is_protected(),
+    )
+    .await;
+    wait_health(&port, 503).await;
+    let doc = status(&port).await;
+    assert!(
+        doc["last_delete_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("queue not found: sqs:DeleteMessage")),
+        "{doc}"
+    );
+    assert_eq!(doc["delete_failures"], 2, "{doc}");
+    assert_eq!(
+        w.output
+            .count("Cannot delete finished messages: queue not found: sqs:DeleteMessage"),
+        1,
+        "logged once, with the action:\n{}",
+        w.output.tail(20)
+    );
+    w.output
+        .wait_for(
+            "Cannot receive from the queue: queue not found: sqs:ReceiveMessage",
+            1,
+            LIMIT,
+        )
+        .await;
+    assert_eq!(w.output.count("task not found"), 0, "{}", w.output.tail(20));
+    assert_eq!(w.output.count("by ECS"), 0, "{}", w.output.tail(20));
+    assert_eq!(stop(w).await, Some(0));
+}
+
+#[tokio::test]
+async fn a_delete_the_task_role_may_not_make_ends_the_jobs_hold_and_health_recovers_once_it_may() {
+    let Some(moto) = Moto::start("delete_denied").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let proxy = FaultProxy::start(moto.endpoint()).await;
+    proxy.deny(Some("DeleteMessageBatch"));
+    let (queue, _) = moto.queue("denied", 60, None).await;
+    moto.send(&queue, "100").await;
+    moto.send(&queue, "100").await;
+    let port = support::free_port().to_string();
+    let w = worker(
+        &queue,
+        &proxy.url(),
+        &agent,
+        &[("STATUS_PORT", &port), ("PROTECTION_MAINTAIN_PERCENT", "0")],
+    );
+    w.output.wait_for("- Done", 2, LIMIT).await;
+    support::eventually("no protection held for jobs that cannot be deleted", || {
+        !agent.is_protected()
+    })
+    .await;
+    wait_health(&port, 503).await;
+    let denied =
+        "Cannot delete finished messages: access denied: the task role lacks sqs:DeleteMessage";
+    assert_eq!(
+        w.output.count(denied),
+        1,
+        "logged once:\n{}",
+        w.output.tail(20)
+    );
+    assert_eq!(
+        w.output
+            .count("Hint: the task role needs sqs:DeleteMessage on the queue"),
+        1
+    );
+    // The role is fixed: the next delete works, and so does the health check.
+    proxy.deny(None);
+    moto.send(&queue, "100").await;
+    w.output.wait_for("- Done", 3, LIMIT).await;
+    w.output
+        .wait_for("Deleting messages works again", 1, LIMIT)
+        .await;
+    wait_health(&port, 200).await;
+    assert_eq!(stop(w).await, Some(0));
+}
+
+#[tokio::test]
+async fn a_queue_that_does_not_exist_is_reported_as_a_missing_queue_not_as_an_ecs_error() {
+    let Some(moto) = Moto::start("unknown_queue").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let queue = format!("{}/123456789012/nowhere", moto.endpoint());
+    let w = worker(&queue, moto.endpoint(), &agent, &[]);
+    w.output
+        .wait_for("Cannot receive from the queue", 1, LIMIT)
+        .await;
+    assert_eq!(
+        w.output
+            .count("Cannot receive from the queue: queue not found: sqs:ReceiveMessage"),
+        1,
+        "{}",
+        w.output.tail(10)
+    );
+    assert_eq!(w.output.count("task not found"), 0);
+    assert_eq!(stop(w).await, Some(0));
+}
+
+#[tokio::test]
+async fn a_malformed_queue_url_or_region_exits_2_naming_the_variable() {
+    for (variable, value) in [
+        ("QUEUE_URL", "jobs"),
+        ("QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/jobs"),
+        (
+            "COPILOT_QUEUE_URI",
+            "sqs.us-east-1.amazonaws.com/123456789012/jobs",
+        ),
+        ("QUEUE_REGION", "us-east"),
+    ] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_queue-consumer"));
+        command
+            .env_clear()
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("STATUS_PORT", "0")
+            .env(variable, value);
+        if variable != "QUEUE_URL" && variable != "COPILOT_QUEUE_URI" {
+            command.env("QUEUE_URL", "http://127.0.0.1:1/123456789012/jobs");
+        }
+        let mut proc = Proc::spawn("queue-consumer", command, false).unwrap();
+        let exit = proc
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("{variable}={value}: started instead of exiting: {e}"));
+        assert_eq!(exit.code(), Some(2), "{variable}={value}");
+        assert!(
+            proc.output.count(variable) >= 1,
+            "{variable}={value}: the error names the variable:\n{}",
+            proc.output.tail(5)
+        );
+    }
 }

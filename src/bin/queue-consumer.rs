@@ -1,6 +1,7 @@
 //! The `queue-consumer` binary: reads its settings, picks a protection backend, and takes jobs
-//! off the queue until SIGTERM; or, as `send`, puts jobs on the queue; or, as `health`, asks the
-//! running worker whether it is sound.
+//! off the queue until SIGTERM (draining while ECS wants the task gone, or on SIGUSR1); or, as
+//! `send`, puts jobs on the queue; or, as `health`, asks the running worker whether it is sound;
+//! or, as `drain`, asks it to drain.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use task_protection::config::{WorkerCommand, WorkerConfig};
-use task_protection::ecs;
+use task_protection::ecs::{self, drain_watch::spawn_drain_watch};
 use task_protection::protection::ProtectionManager;
 use task_protection::server::HttpPool;
 use task_protection::supervise::{self, Supervisor};
@@ -20,6 +21,9 @@ fn main() -> ExitCode {
     // Clap prints the error (naming the variable and its allowed range) and exits with code 2.
     let config = WorkerConfig::parse();
     let command = config.command.clone();
+    if let Some(WorkerCommand::Drain { pid }) = command {
+        return send_drain_signal(pid);
+    }
     if command != Some(WorkerCommand::Health) {
         config.log_format.init();
         for name in blank {
@@ -39,9 +43,16 @@ fn main() -> ExitCode {
         Some(WorkerCommand::CreateQueue { ref name }) => {
             runtime.block_on(create_queue(&config, name))
         }
+        // Answered above, before logging and the runtime.
+        Some(WorkerCommand::Drain { pid }) => return send_drain_signal(pid),
         None => {
+            // Before anything slow: a drain asked for during start-up must not end the process.
+            let drain_signal = {
+                let _in_runtime = runtime.enter();
+                worker::listen_for_sigusr1()
+            };
             let supervisor = Supervisor::install();
-            match runtime.block_on(run(&config, &supervisor)) {
+            match runtime.block_on(run(&config, &supervisor, drain_signal)) {
                 // A background task died: logged when it did, and the worker shut down in order
                 // since.
                 Ok(()) if supervisor.death().is_some() => return ExitCode::FAILURE,
@@ -68,7 +79,11 @@ enum Failure {
     Runtime(String),
 }
 
-async fn run(config: &WorkerConfig, supervisor: &Supervisor) -> Result<(), Failure> {
+async fn run(
+    config: &WorkerConfig,
+    supervisor: &Supervisor,
+    drain_signal: worker::DrainSignal,
+) -> Result<(), Failure> {
     let queue_url = config.queue_url().map_err(Failure::Usage)?;
     let plan = config.protection.backend_plan().map_err(Failure::Usage)?;
     let sdk_config = ecs::aws_config().await;
@@ -97,6 +112,7 @@ async fn run(config: &WorkerConfig, supervisor: &Supervisor) -> Result<(), Failu
         tracing::info!("Health and status on http://{addr}/status");
         worker::serve_status(&pool, listener, worker.clone());
     }
+    worker.on_sigusr1(drain_signal);
     let source: task_protection::metrics::Source = {
         let worker = worker.clone();
         std::sync::Arc::new(move || worker.metrics())
@@ -106,10 +122,17 @@ async fn run(config: &WorkerConfig, supervisor: &Supervisor) -> Result<(), Failu
         config.metrics.emf_interval(),
         config.metrics.prometheus_addr(),
         &pool,
-        ecs::metric_dimensions(context, config.metrics.service_name(), "queue-consumer"),
+        ecs::metric_dimensions(
+            context.clone(),
+            config.metrics.service_name(),
+            "queue-consumer",
+        ),
     )
     .await
     .map_err(Failure::Runtime)?;
+    if let (Some(context), Some(interval)) = (&context, config.drain_watch_interval()) {
+        worker.follow_watcher(spawn_drain_watch(context, interval, None));
+    }
     worker
         .run(supervisor.shutdown_signal(task_protection::shutdown::signal()))
         .await;
@@ -179,5 +202,34 @@ async fn health(config: &WorkerConfig) -> ExitCode {
             eprintln!("unhealthy: no answer from {url}: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `queue-consumer drain`: sends SIGUSR1 to the worker, which starts draining.
+fn send_drain_signal(pid: i32) -> ExitCode {
+    if pid <= 0 {
+        // Settings already refuse these; kill(2) would signal a whole process group.
+        eprintln!("--pid must be a positive process id, got {pid}");
+        return ExitCode::from(2);
+    }
+    #[cfg(unix)]
+    {
+        // SAFETY: kill(2) takes plain integers and has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(pid, libc::SIGUSR1) };
+        if rc == 0 {
+            println!("Asked process {pid} to drain (SIGUSR1)");
+            ExitCode::SUCCESS
+        } else {
+            eprintln!(
+                "cannot signal process {pid}: {}",
+                std::io::Error::last_os_error()
+            );
+            ExitCode::FAILURE
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        eprintln!("`drain` needs a Unix system (it sends SIGUSR1 to process {pid})");
+        ExitCode::FAILURE
     }
 }

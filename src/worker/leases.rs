@@ -5,7 +5,9 @@
 //! extends the visibility of every held message every third of that timeout, 10 to a call, so a
 //! long job is never handed to another worker, and a worker that crashes leaves its messages
 //! hidden for at most one timeout. Deletes go through one task that batches whatever is waiting
-//! and retries transient failures.
+//! and retries transient failures; a permanent one (the queue is gone, the task role may not
+//! delete) ends the holds at once, since no retry can make it work, and is remembered until a
+//! delete works again (the health check turns 503 meanwhile).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,8 +16,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::queue::{Queue, SQS_BATCH};
-use crate::protection::{retry_delay, BackendError};
+use super::queue::{Queue, SqsError, SQS_BATCH};
+use crate::protection::{retry_delay, ErrorKind};
 
 /// One held message.
 #[derive(Debug, Clone)]
@@ -40,6 +42,10 @@ pub(crate) enum DeleteError {
     /// The worker is going away before SQS accepted the delete.
     #[error("not deleted before shutdown (last error: {0})")]
     GaveUp(String),
+    /// SQS refused the call in a way no retry can change (the queue does not exist, the task role
+    /// may not delete).
+    #[error("SQS will not take the delete: {0}")]
+    Permanent(SqsError),
 }
 
 struct DeleteRequest {
@@ -57,6 +63,8 @@ pub(crate) struct Leases {
     visibility_calls: tokio::sync::Mutex<()>,
     next: AtomicU64,
     deletes: mpsc::Sender<DeleteRequest>,
+    /// The permanent error of the last delete call, until a delete call works again.
+    failing_for_good: Mutex<Option<SqsError>>,
 }
 
 impl Leases {
@@ -77,6 +85,7 @@ impl Leases {
             visibility_calls: tokio::sync::Mutex::new(()),
             next: AtomicU64::new(0),
             deletes: tx,
+            failing_for_good: Mutex::new(None),
         });
         crate::supervise::spawn(
             "visibility keeper",
@@ -177,6 +186,24 @@ impl Leases {
             .unwrap_or_else(|_| Err(DeleteError::GaveUp("the deleter has stopped".into())))
     }
 
+    /// The permanent error deletes fail with, while they do (a delete call that works clears it).
+    pub(crate) fn deletes_failing(&self) -> Option<SqsError> {
+        self.failing_for_good
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records the outcome of a delete call: `Some(permanent error)` or `None` (it worked).
+    /// Returns the error it replaces.
+    fn set_failing(&self, error: Option<SqsError>) -> Option<SqsError> {
+        let mut slot = self
+            .failing_for_good
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *slot, error)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<LeaseId, Lease>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -185,6 +212,18 @@ impl Leases {
     fn receipts(&self, leases: &[LeaseId]) -> Vec<Option<Lease>> {
         let held = self.lock();
         leases.iter().map(|l| held.get(l).cloned()).collect()
+    }
+}
+
+/// What an operator can do about a delete that fails for good.
+fn permanent_hint(error: &SqsError) -> &'static str {
+    match error.kind() {
+        ErrorKind::NotFound => {
+            ". Hint: the queue is gone or QUEUE_URL (or COPILOT_QUEUE_URI) and QUEUE_REGION name \
+             another one"
+        }
+        ErrorKind::AccessDenied => ". Hint: the task role needs sqs:DeleteMessage on the queue",
+        _ => "",
     }
 }
 
@@ -227,8 +266,9 @@ async fn keep(leases: std::sync::Weak<Leases>, mut abandon: watch::Receiver<bool
     }
 }
 
-/// Deletes what is asked, batching whatever is waiting (up to 10), retrying a failed call with
-/// back-off (1 s doubling to 15 s) until `abandon`.
+/// Deletes what is asked, batching whatever is waiting (up to 10), retrying a call that failed
+/// for a passing reason with back-off (1 s doubling to 15 s) until `abandon`. A permanent failure
+/// ([`SqsError::is_permanent`]) ends the batch's holds at once and is logged once per kind.
 async fn delete_loop(
     leases: std::sync::Weak<Leases>,
     mut requests: mpsc::Receiver<DeleteRequest>,
@@ -236,7 +276,7 @@ async fn delete_loop(
 ) {
     let mut batch: Vec<DeleteRequest> = Vec::with_capacity(SQS_BATCH);
     let mut failures = 0u32;
-    let mut last_error: Option<BackendError> = None;
+    let mut last_error: Option<SqsError> = None;
     loop {
         if batch.is_empty() {
             tokio::select! {
@@ -266,7 +306,8 @@ async fn delete_loop(
         };
         match outcome {
             Ok(outcomes) => {
-                if failures > 0 {
+                let was_failing_for_good = leases.set_failing(None).is_some();
+                if failures > 0 || was_failing_for_good {
                     tracing::info!("Deleting messages works again");
                 }
                 failures = 0;
@@ -284,6 +325,28 @@ async fn delete_loop(
                     };
                     leases.lock().remove(&request.lease);
                     let _ = request.reply.send(result);
+                }
+            }
+            Err(error) if error.is_permanent() => {
+                failures = 0;
+                last_error = None;
+                let before = leases.set_failing(Some(error.clone()));
+                if before.map(|e| e.kind()) != Some(error.kind()) {
+                    tracing::error!(
+                        "Cannot delete finished messages: {error}. No retry can fix this: their \
+                         jobs end now without holding protection, the messages come back after \
+                         their visibility timeout, and /healthz answers 503 until a delete \
+                         works{}",
+                        permanent_hint(&error)
+                    );
+                } else {
+                    tracing::debug!("Still cannot delete finished messages: {error}");
+                }
+                for request in batch.drain(..) {
+                    leases.lock().remove(&request.lease);
+                    let _ = request
+                        .reply
+                        .send(Err(DeleteError::Permanent(error.clone())));
                 }
             }
             Err(error) => {

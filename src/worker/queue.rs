@@ -1,6 +1,8 @@
 //! The job queue, spoken to through `aws-sdk-sqs`: long-poll receives, visibility changes and
-//! deletes in batches of up to 10, and sends. SDK errors become [`BackendError`]s whose kind says
-//! what happened and whose message names the IAM action.
+//! deletes in batches of up to 10, and sends. SDK errors become [`SqsError`]s whose kind says
+//! what happened, whose message names the IAM action, and whose wording names SQS (not ECS, whose
+//! errors share the same classification). Also the shape of a queue URL and of a Region, checked
+//! at start-up.
 
 use std::time::Duration;
 
@@ -12,8 +14,81 @@ use aws_sdk_sqs::types::{
     MessageSystemAttributeName, SendMessageBatchRequestEntry,
 };
 
+use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+
 use crate::ecs::sdk::classify_sdk_error;
 use crate::protection::{BackendError, ErrorKind};
+
+/// An SQS call that failed: what kind of failure ([`ErrorKind`], shared with the ECS calls), and
+/// a message naming the IAM action. Displayed in SQS's words: `queue not found: sqs:DeleteMessage:
+/// HTTP 400 AWS.SimpleQueueService.NonExistentQueue: …`, `throttled by SQS: sqs:ReceiveMessage: …`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", sqs_words(*kind))]
+pub struct SqsError {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl SqsError {
+    /// An error of `kind` with `message`.
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// What kind of failure it is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Whether trying the same call again cannot help: the queue does not exist, the task role
+    /// may not make the call, or SQS refused the request as such. Throttling, server errors,
+    /// timeouts and unreachable endpoints pass, and are worth retrying.
+    pub(crate) fn is_permanent(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::NotFound
+                | ErrorKind::AccessDenied
+                | ErrorKind::InvalidRequest
+                | ErrorKind::Config
+        )
+    }
+}
+
+impl From<BackendError> for SqsError {
+    fn from(e: BackendError) -> Self {
+        Self::new(e.kind, e.message)
+    }
+}
+
+/// What an error of `kind` is called when SQS answered it.
+fn sqs_words(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Throttled => "throttled by SQS",
+        ErrorKind::AccessDenied => "access denied",
+        ErrorKind::InvalidRequest => "SQS refused the request",
+        ErrorKind::NotFound => "queue not found",
+        ErrorKind::Server => "SQS server error",
+        ErrorKind::Timeout => "SQS timed out",
+        ErrorKind::Unreachable => "SQS unreachable",
+        ErrorKind::Malformed => "unreadable answer from SQS",
+        ErrorKind::Config => "SQS client misconfigured",
+        // ECS's own answers (a `failure` body, DEPLOYMENT_BLOCKED) and the reconciler's death:
+        // never classified for SQS.
+        ErrorKind::Failure | ErrorKind::Blocked | ErrorKind::Panicked => "SQS error",
+    }
+}
+
+/// Classifies an SDK error of an SQS call of IAM action `action` (e.g. `sqs:DeleteMessage`).
+fn classify<E>(err: &SdkError<E, HttpResponse>, action: &str) -> SqsError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    classify_sdk_error(err, action).into()
+}
 
 /// The most entries SQS takes in one batch call, and the most messages one receive returns.
 pub(crate) const SQS_BATCH: usize = 10;
@@ -72,7 +147,7 @@ impl Queue {
         max: usize,
         wait: Duration,
         visibility: Duration,
-    ) -> Result<Vec<Received>, BackendError> {
+    ) -> Result<Vec<Received>, SqsError> {
         let output = self
             .client
             .receive_message()
@@ -83,7 +158,7 @@ impl Queue {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await
-            .map_err(|e| classify_sdk_error(&e, "sqs:ReceiveMessage"))?;
+            .map_err(|e| classify(&e, "sqs:ReceiveMessage"))?;
         Ok(output
             .messages()
             .iter()
@@ -109,7 +184,7 @@ impl Queue {
     pub(crate) async fn set_visibility(
         &self,
         entries: &[(&str, Duration)],
-    ) -> Result<Vec<Result<(), String>>, BackendError> {
+    ) -> Result<Vec<Result<(), String>>, SqsError> {
         let batch = entries
             .iter()
             .enumerate()
@@ -121,7 +196,7 @@ impl Queue {
                     .build()
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| BackendError::new(ErrorKind::InvalidRequest, e.to_string()))?;
+            .map_err(|e| SqsError::new(ErrorKind::InvalidRequest, e.to_string()))?;
         let output = self
             .client
             .change_message_visibility_batch()
@@ -129,7 +204,7 @@ impl Queue {
             .set_entries(Some(batch))
             .send()
             .await
-            .map_err(|e| classify_sdk_error(&e, "sqs:ChangeMessageVisibility"))?;
+            .map_err(|e| classify(&e, "sqs:ChangeMessageVisibility"))?;
         let failed = output.failed().iter().map(|f| {
             (
                 f.id().to_string(),
@@ -144,7 +219,7 @@ impl Queue {
     pub(crate) async fn delete(
         &self,
         receipts: &[&str],
-    ) -> Result<Vec<Result<(), String>>, BackendError> {
+    ) -> Result<Vec<Result<(), String>>, SqsError> {
         let batch = receipts
             .iter()
             .enumerate()
@@ -155,7 +230,7 @@ impl Queue {
                     .build()
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| BackendError::new(ErrorKind::InvalidRequest, e.to_string()))?;
+            .map_err(|e| SqsError::new(ErrorKind::InvalidRequest, e.to_string()))?;
         let output = self
             .client
             .delete_message_batch()
@@ -163,7 +238,7 @@ impl Queue {
             .set_entries(Some(batch))
             .send()
             .await
-            .map_err(|e| classify_sdk_error(&e, "sqs:DeleteMessage"))?;
+            .map_err(|e| classify(&e, "sqs:DeleteMessage"))?;
         let failed = output.failed().iter().map(|f| {
             (
                 f.id().to_string(),
@@ -174,7 +249,7 @@ impl Queue {
     }
 
     /// Sends up to 10 messages; returns their message IDs, or the first entry's failure.
-    pub(crate) async fn send(&self, bodies: &[String]) -> Result<Vec<String>, BackendError> {
+    pub(crate) async fn send(&self, bodies: &[String]) -> Result<Vec<String>, SqsError> {
         let batch = bodies
             .iter()
             .enumerate()
@@ -185,7 +260,7 @@ impl Queue {
                     .build()
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| BackendError::new(ErrorKind::InvalidRequest, e.to_string()))?;
+            .map_err(|e| SqsError::new(ErrorKind::InvalidRequest, e.to_string()))?;
         let output = self
             .client
             .send_message_batch()
@@ -193,9 +268,9 @@ impl Queue {
             .set_entries(Some(batch))
             .send()
             .await
-            .map_err(|e| classify_sdk_error(&e, "sqs:SendMessage"))?;
+            .map_err(|e| classify(&e, "sqs:SendMessage"))?;
         if let Some(f) = output.failed().first() {
-            return Err(BackendError::new(
+            return Err(SqsError::new(
                 ErrorKind::InvalidRequest,
                 format!(
                     "sqs:SendMessage: {}: {}",
@@ -222,14 +297,14 @@ pub async fn create(
     name: &str,
     visibility: Duration,
     dead_letter_after: u32,
-) -> Result<String, BackendError> {
+) -> Result<String, SqsError> {
     use aws_sdk_sqs::types::QueueAttributeName;
     let mut config = aws_sdk_sqs::config::Builder::from(sdk_config);
     if let Some(region) = region {
         config = config.region(Region::new(region.to_string()));
     }
     let client = aws_sdk_sqs::Client::from_conf(config.build());
-    let created = |e| classify_sdk_error(&e, "sqs:CreateQueue");
+    let created = |e| classify(&e, "sqs:CreateQueue");
     let dlq = client
         .create_queue()
         .queue_name(format!("{name}-dlq"))
@@ -244,12 +319,10 @@ pub async fn create(
         .attribute_names(QueueAttributeName::QueueArn)
         .send()
         .await
-        .map_err(|e| classify_sdk_error(&e, "sqs:GetQueueAttributes"))?
+        .map_err(|e| classify(&e, "sqs:GetQueueAttributes"))?
         .attributes()
         .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .ok_or_else(|| {
-            BackendError::new(ErrorKind::Malformed, "the dead-letter queue has no ARN")
-        })?;
+        .ok_or_else(|| SqsError::new(ErrorKind::Malformed, "the dead-letter queue has no ARN"))?;
     let redrive = serde_json::json!({
         "deadLetterTargetArn": dlq_arn,
         "maxReceiveCount": dead_letter_after.to_string(),
@@ -299,6 +372,90 @@ pub(crate) fn region_of(url: &str) -> Option<String> {
         .or(before_queue)
         .filter(looks_like_region)
         .map(|l| l.to_string())
+}
+
+/// What a queue URL looks like, for error messages.
+const QUEUE_URL_SHAPE: &str = "https://sqs.REGION.amazonaws.com/ACCOUNT/NAME";
+
+/// Checks that `url` has the shape of a queue URL: `https://HOST[:PORT]/…/NAME` (`http` for a
+/// local endpoint), NAME a queue name (1 to 80 letters, digits, `-` and `_`, ending `.fifo` for a
+/// FIFO queue), no query or fragment; on AWS's own hosts (`amazonaws.com`, `amazonaws.com.cn`)
+/// the path is exactly `/ACCOUNT/NAME` with a 12-digit account ID. The error says what is wrong.
+pub(crate) fn check_queue_url(url: &str) -> Result<(), String> {
+    if url.starts_with("arn:") {
+        return Err(format!(
+            "this is an ARN, not a queue URL (one looks like {QUEUE_URL_SHAPE})"
+        ));
+    }
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| format!("not a URL ({e}); a queue URL looks like {QUEUE_URL_SHAPE}"))?;
+    if !matches!(parsed.scheme(), "https" | "http") {
+        return Err(format!(
+            "the scheme must be https (or http for a local endpoint), not {:?}",
+            parsed.scheme()
+        ));
+    }
+    let host = parsed
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("no host; a queue URL looks like {QUEUE_URL_SHAPE}"))?;
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err("a queue URL has no query or fragment".to_string());
+    }
+    let segments: Vec<&str> = parsed.path().split('/').filter(|s| !s.is_empty()).collect();
+    let Some(name) = segments.last() else {
+        return Err(format!(
+            "no queue name after the host; a queue URL looks like {QUEUE_URL_SHAPE}"
+        ));
+    };
+    if !is_queue_name(name) {
+        return Err(format!(
+            "{name:?} is not a queue name (1 to 80 letters, digits, - and _, ending .fifo for a \
+             FIFO queue)"
+        ));
+    }
+    let on_aws = host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn");
+    let account = |s: &str| s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit());
+    if on_aws && !(segments.len() == 2 && account(segments[0])) {
+        return Err(format!(
+            "the path of an AWS queue URL is /ACCOUNT/NAME with a 12-digit account ID \
+             ({QUEUE_URL_SHAPE})"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `name` is a valid SQS queue name.
+fn is_queue_name(name: &str) -> bool {
+    let base = name.strip_suffix(".fifo").unwrap_or(name);
+    (1..=80).contains(&name.len())
+        && !base.is_empty()
+        && base
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Checks that `region` has the shape of an AWS Region name: lowercase words and a number joined
+/// by `-`, such as `us-east-1`, `us-gov-west-1` or `ap-southeast-2`.
+pub(crate) fn check_region(region: &str) -> Result<(), String> {
+    let parts: Vec<&str> = region.split('-').collect();
+    let word = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
+    let ok = match parts.split_last() {
+        Some((number, words)) => {
+            words.len() >= 2
+                && words.iter().all(word)
+                && (1..=2).contains(&number.len())
+                && number.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{region:?} is not a Region name (such as us-east-1 or eu-west-2)"
+        ))
+    }
 }
 
 fn secs_i32(d: Duration) -> i32 {
@@ -353,6 +510,138 @@ mod tests {
         assert_eq!(
             out,
             vec![Ok(()), Err("ReceiptHandleIsInvalid: x".to_string()), Ok(())]
+        );
+    }
+
+    #[test]
+    fn a_queue_url_must_have_the_shape_of_one() {
+        for good in [
+            "https://sqs.eu-west-1.amazonaws.com/123456789012/jobs",
+            "https://sqs.us-east-1.amazonaws.com/123456789012/jobs.fifo",
+            "https://sqs.cn-north-1.amazonaws.com.cn/123456789012/my_jobs-2",
+            "https://vpce-0abc-xyz.sqs.us-east-2.vpce.amazonaws.com/123456789012/jobs",
+            "http://127.0.0.1:4566/123456789012/jobs",
+            "http://localhost:9324/queue/jobs",
+            "http://localhost:9324/jobs",
+        ] {
+            assert_eq!(check_queue_url(good), Ok(()), "{good}");
+        }
+        for (bad, says) in [
+            ("jobs", "not a URL"),
+            ("sqs.us-east-1.amazonaws.com/123456789012/jobs", "not a URL"),
+            ("arn:aws:sqs:us-east-1:123456789012:jobs", "ARN"),
+            ("ftp://host/123456789012/jobs", "scheme"),
+            ("https://sqs.us-east-1.amazonaws.com", "no queue name"),
+            ("https://sqs.us-east-1.amazonaws.com/", "no queue name"),
+            ("https://sqs.us-east-1.amazonaws.com/jobs", "12-digit"),
+            ("https://sqs.us-east-1.amazonaws.com/1234/jobs", "12-digit"),
+            (
+                "https://sqs.us-east-1.amazonaws.com/123456789012/a/jobs",
+                "12-digit",
+            ),
+            (
+                "https://sqs.us-east-1.amazonaws.com/123456789012/jo%20bs",
+                "not a queue name",
+            ),
+            (
+                "https://sqs.us-east-1.amazonaws.com/123456789012/jobs?x=1",
+                "query",
+            ),
+            ("http://localhost:9324/.fifo", "not a queue name"),
+        ] {
+            let e = check_queue_url(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let long = format!("http://localhost/{}", "a".repeat(81));
+        assert!(check_queue_url(&long).is_err());
+    }
+
+    #[test]
+    fn a_region_must_have_the_shape_of_one() {
+        for good in [
+            "us-east-1",
+            "us-gov-west-1",
+            "ap-southeast-2",
+            "cn-northwest-1",
+            "us-isob-east-1",
+            "eusc-de-east-1",
+        ] {
+            assert_eq!(check_region(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "us",
+            "useast1",
+            "us-east",
+            "US-EAST-1",
+            "us-east-1a",
+            "us_east_1",
+            "us--1",
+            "us-east-123",
+            " us-east-1",
+            "eu-west-1.",
+        ] {
+            let e = check_region(bad).unwrap_err();
+            assert!(e.contains("Region"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn sqs_errors_are_worded_as_sqs_errors_and_only_some_are_permanent() {
+        let e = SqsError::new(
+            ErrorKind::NotFound,
+            "sqs:DeleteMessage: HTTP 400 AWS.SimpleQueueService.NonExistentQueue: gone",
+        );
+        assert_eq!(
+            e.to_string(),
+            "queue not found: sqs:DeleteMessage: HTTP 400 AWS.SimpleQueueService.NonExistentQueue: gone"
+        );
+        let e = SqsError::new(ErrorKind::Throttled, "sqs:ReceiveMessage: HTTP 400 x");
+        assert_eq!(
+            e.to_string(),
+            "throttled by SQS: sqs:ReceiveMessage: HTTP 400 x"
+        );
+        for kind in [
+            ErrorKind::Failure,
+            ErrorKind::Blocked,
+            ErrorKind::Throttled,
+            ErrorKind::AccessDenied,
+            ErrorKind::InvalidRequest,
+            ErrorKind::NotFound,
+            ErrorKind::Server,
+            ErrorKind::Timeout,
+            ErrorKind::Unreachable,
+            ErrorKind::Malformed,
+            ErrorKind::Config,
+        ] {
+            let text = SqsError::new(kind, "m").to_string();
+            assert!(
+                !text.contains("ECS") && !text.contains("task"),
+                "{kind:?}: {text}"
+            );
+        }
+        let permanent: Vec<ErrorKind> = [
+            ErrorKind::Throttled,
+            ErrorKind::AccessDenied,
+            ErrorKind::InvalidRequest,
+            ErrorKind::NotFound,
+            ErrorKind::Server,
+            ErrorKind::Timeout,
+            ErrorKind::Unreachable,
+            ErrorKind::Malformed,
+            ErrorKind::Config,
+        ]
+        .into_iter()
+        .filter(|k| SqsError::new(*k, "m").is_permanent())
+        .collect();
+        assert_eq!(
+            permanent,
+            vec![
+                ErrorKind::AccessDenied,
+                ErrorKind::InvalidRequest,
+                ErrorKind::NotFound,
+                ErrorKind::Config
+            ]
         );
     }
 }

@@ -1,10 +1,11 @@
 //! A pass-through HTTP proxy with an off switch, to put between a client and a real local service
 //! (moto's SQS) and make that service fail for a while: every request is forwarded as it is, or,
-//! while failing, answered HTTP 500 with an AWS JSON `InternalError` body.
+//! while failing, answered HTTP 500 with an AWS JSON `InternalError` body; and one operation can
+//! be denied (HTTP 400 `AccessDenied`, as IAM answers a role that lacks the action).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -18,6 +19,8 @@ struct Shared {
     failing: AtomicBool,
     failed: AtomicUsize,
     forwarded: AtomicUsize,
+    /// The operation (`X-Amz-Target` after the `.`, e.g. `DeleteMessageBatch`) denied.
+    denied: Mutex<Option<String>>,
 }
 
 /// The running proxy; dropping it stops it.
@@ -40,6 +43,7 @@ impl FaultProxy {
             failing: AtomicBool::new(false),
             failed: AtomicUsize::new(0),
             forwarded: AtomicUsize::new(0),
+            denied: Mutex::new(None),
         });
         let app = Router::new()
             .fallback(forward)
@@ -60,6 +64,11 @@ impl FaultProxy {
     /// Fails every following request (`true`) or forwards them again (`false`).
     pub fn set_failing(&self, failing: bool) {
         self.shared.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Denies every following call of `operation` (e.g. `DeleteMessageBatch`), or none.
+    pub fn deny(&self, operation: Option<&str>) {
+        *self.shared.denied.lock().unwrap() = operation.map(str::to_string);
     }
 
     /// How many requests were forwarded.
@@ -86,6 +95,28 @@ async fn forward(
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
             [("content-type", "application/x-amz-json-1.0")],
+            body,
+        )
+            .into_response();
+    }
+    let operation = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.rsplit('.').next())
+        .map(str::to_string);
+    let denied = shared.denied.lock().unwrap().clone();
+    if denied.is_some() && operation == denied {
+        shared.failed.fetch_add(1, Ordering::SeqCst);
+        let body = format!(
+            r#"{{"__type":"com.amazon.coral.service#AccessDeniedException","message":"User: arn:aws:sts::123456789012:assumed-role/task/stand-in is not authorized to perform: sqs:{}"}}"#,
+            operation.unwrap_or_default()
+        );
+        return (
+            StatusCode::BAD_REQUEST,
+            [
+                ("content-type", "application/x-amz-json-1.0"),
+                ("x-amzn-query-error", "AccessDenied;Sender"),
+            ],
             body,
         )
             .into_response();
