@@ -4,22 +4,25 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use app_support::listener::HttpPool;
 use clap::Parser;
-use task_protection::config::{Command, Config};
-use task_protection::ecs::{self, drain_watch::spawn_drain_watch};
-use task_protection::protection::ProtectionManager;
-use task_protection::server::{self, HttpPool, Hub};
-use task_protection::supervise::{self, Supervisor};
+use ecs_task_protection::ecs::{self, drain_watch::spawn_drain_watch};
+use ecs_task_protection::protection::ProtectionManager;
+use ecs_task_protection::supervise::{self, Supervisor};
+use websocket_server::config::{Command, Config};
+use websocket_server::server::{self, Hub};
 
 fn main() -> ExitCode {
     // First, while this is the only thread: the AWS SDK panics on a blank endpoint setting.
-    let blank = task_protection::config::unset_blank_aws_endpoints();
+    let blank = app_support::config::unset_blank_aws_endpoints();
     // Clap prints the error (naming the variable and its allowed range) and exits with code 2.
     let config = Config::parse();
     if let Some(Command::Drain { pid }) = config.command {
-        return send_drain_signal(pid);
+        return app_support::drain_signal::send(pid);
     }
-    config.log_format.init();
+    if let Err(e) = config.log_format.try_init() {
+        eprintln!("cannot set up logging: {e}");
+    }
     for name in blank {
         tracing::debug!("{name} is blank: read as unset");
     }
@@ -31,7 +34,7 @@ fn main() -> ExitCode {
     // Before anything slow: a drain asked for during start-up must not end the process.
     let drain_signal = {
         let _in_runtime = runtime.enter();
-        server::drain::listen_for_sigusr1()
+        app_support::drain_signal::listen()
     };
     let supervisor = Supervisor::install();
     match runtime.block_on(run(config, drain_signal, supervisor.clone())) {
@@ -47,7 +50,7 @@ fn main() -> ExitCode {
 
 async fn run(
     config: Config,
-    drain_signal: server::drain::DrainSignal,
+    drain_signal: app_support::drain_signal::DrainSignal,
     supervisor: Supervisor,
 ) -> Result<(), String> {
     let plan = config.protection.backend_plan()?;
@@ -76,18 +79,22 @@ async fn run(
             loads
         });
     server::drain::on_sigusr1(&hub, drain_signal);
-    let source: task_protection::metrics::Source = {
+    let source: app_support::metrics::Source = {
         let hub = Arc::clone(&hub);
         Arc::new(move || hub.metrics())
     };
     // One pool for every listener: one cap, one place to free a file descriptor from.
-    let pool = HttpPool::new(config.http_limits(), Some(&hub));
-    task_protection::metrics::start(
+    let pool = HttpPool::new(config.http_limits(), Some(hub.http_connections_report()));
+    app_support::metrics::start(
         source,
         config.metrics.emf_interval(),
         config.metrics.prometheus_addr(),
         &pool,
-        ecs::metric_dimensions(context.clone(), config.metrics.service_name(), "websocket"),
+        app_support::metrics::metric_dimensions(
+            context.clone(),
+            config.metrics.service_name(),
+            "websocket",
+        ),
     )
     .await?;
     if let (Some(context), Some(interval)) = (&context, config.drain_watch_interval()) {
@@ -108,7 +115,7 @@ async fn run(
         &pool,
         listener,
         hub,
-        supervisor.shutdown_signal(task_protection::shutdown::signal()),
+        supervisor.shutdown_signal(app_support::shutdown::signal()),
         config.shutdown_timeout(),
     )
     .await
@@ -127,33 +134,4 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
-}
-
-/// `websocket drain`: sends SIGUSR1 to the server, which starts draining.
-fn send_drain_signal(pid: i32) -> ExitCode {
-    if pid <= 0 {
-        // Settings already refuse these; kill(2) would signal a whole process group.
-        eprintln!("--pid must be a positive process id, got {pid}");
-        return ExitCode::from(2);
-    }
-    #[cfg(unix)]
-    {
-        // SAFETY: kill(2) takes plain integers and has no memory-safety preconditions.
-        let rc = unsafe { libc::kill(pid, libc::SIGUSR1) };
-        if rc == 0 {
-            println!("Asked process {pid} to drain (SIGUSR1)");
-            ExitCode::SUCCESS
-        } else {
-            eprintln!(
-                "cannot signal process {pid}: {}",
-                std::io::Error::last_os_error()
-            );
-            ExitCode::FAILURE
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        eprintln!("`drain` needs a Unix system (it sends SIGUSR1 to process {pid})");
-        ExitCode::FAILURE
-    }
 }

@@ -662,7 +662,7 @@ async fn a_burst_of_remote_chat_is_dropped_and_counted_and_closes_no_client() {
     let b = Task::connected(&redis.url()).await;
     let mut clients = support::connect_many(&b.ws_url(), 10).await;
     let mut con = commands(&redis.url()).await;
-    let channel = task_protection::server::backplane::CHANNEL;
+    let channel = websocket_server::server::backplane::CHANNEL;
     let mut pipe = redis::pipe();
     for i in 0..1000 {
         pipe.cmd("PUBLISH")
@@ -745,7 +745,7 @@ async fn errors_answering_the_fleet_count_leave_the_link_and_cross_task_chat_up(
     let (mut b1, _) = connect(&b.ws_url()).await;
     chat_until_received(&mut a1, &mut b1, "before", Duration::from_secs(5)).await;
     let mut con = commands(&redis.url()).await;
-    let key = task_protection::server::backplane::FLEET_KEY;
+    let key = websocket_server::server::backplane::FLEET_KEY;
     let run = |args: Vec<Vec<u8>>| {
         let mut cmd = redis::Cmd::new();
         for arg in args {
@@ -879,7 +879,7 @@ async fn an_absurd_count_or_a_far_expiry_in_the_fleet_hash_is_not_believed() {
     let a = Task::connected(&redis.url()).await;
     let (_a1, _) = connect(&a.ws_url()).await;
     let mut con = commands(&redis.url()).await;
-    let key = task_protection::server::backplane::FLEET_KEY;
+    let key = websocket_server::server::backplane::FLEET_KEY;
     let now = unix_ms();
     let fields = [
         (
@@ -921,14 +921,14 @@ async fn an_absurd_count_or_a_far_expiry_in_the_fleet_hash_is_not_believed() {
 async fn every_live_tasks_count_is_readable_by_task_id_this_tasks_included() {
     // What the drain watcher will read to pick the least busy task on a scale-in: the backplane's
     // per-task counts, in process, from a server with a backplane.
-    use task_protection::server::backplane::{self, BackplaneSettings};
+    use websocket_server::server::backplane::{self, BackplaneSettings};
     let Some(mut redis) = Redis::start().await else {
         return;
     };
     let server = support::TestServer::start(
         support::FakeBackend::new(),
         support::settings(0),
-        task_protection::server::SessionLimits::default(),
+        websocket_server::server::SessionLimits::default(),
     )
     .await;
     let mut settings = BackplaneSettings::new(redis.url().parse().expect("URL"));

@@ -690,7 +690,7 @@ fn error_lines(proc: &support::process::Proc) -> Vec<String> {
 async fn every_critical_task_that_dies_ends_the_process_with_status_1_and_one_error_line() {
     use ecs_stand_in::StandInEcs;
     const SERVER: &str = env!("CARGO_BIN_EXE_websocket");
-    const WORKER: &str = env!("CARGO_BIN_EXE_queue-consumer");
+    let worker_bin = support::process::queue_consumer_bin();
     let ecs = StandInEcs::start().await.unwrap();
     let server_env = || {
         vec![
@@ -737,16 +737,16 @@ async fn every_critical_task_that_dies_ends_the_process_with_status_1_and_one_er
         (SERVER, "metrics endpoint", with(server_env(), &metrics())),
         (SERVER, "EMF metrics writer", with(server_env(), &metrics())),
         (
-            WORKER,
+            &worker_bin,
             "task protection reconciler",
             worker_env(free_port()),
         ),
-        (WORKER, "receive loop", worker_env(free_port())),
-        (WORKER, "visibility keeper", worker_env(free_port())),
-        (WORKER, "delete loop", worker_env(free_port())),
-        (WORKER, "status endpoint", worker_env(free_port())),
+        (&worker_bin, "receive loop", worker_env(free_port())),
+        (&worker_bin, "visibility keeper", worker_env(free_port())),
+        (&worker_bin, "delete loop", worker_env(free_port())),
+        (&worker_bin, "status endpoint", worker_env(free_port())),
         (
-            WORKER,
+            &worker_bin,
             "metrics endpoint",
             with(worker_env(free_port()), &metrics()[..2]),
         ),
@@ -768,7 +768,7 @@ async fn every_critical_task_that_dies_ends_the_process_with_status_1_and_one_er
             ),
         ),
         spawn_binary(
-            WORKER,
+            &worker_bin,
             "queue-consumer",
             &with(worker_env(free_port()), &metrics()[..2]),
         ),
@@ -809,11 +809,11 @@ async fn every_critical_task_that_dies_ends_the_process_with_status_1_and_one_er
 #[tokio::test]
 async fn an_invalid_ecs_agent_uri_stops_start_up_with_exit_2_naming_the_variable() {
     for program in [
-        env!("CARGO_BIN_EXE_websocket"),
-        env!("CARGO_BIN_EXE_queue-consumer"),
+        env!("CARGO_BIN_EXE_websocket").to_string(),
+        support::process::queue_consumer_bin(),
     ] {
         for bad in ["ftp://169.254.170.2/api", "not a url", "http://"] {
-            let out = Command::new(program)
+            let out = Command::new(&program)
                 .env_clear()
                 .env("ECS_AGENT_URI", bad)
                 .env("QUEUE_URL", "http://127.0.0.1:9/123456789012/jobs")
@@ -870,7 +870,11 @@ async fn a_blank_aws_endpoint_url_sqs_counts_as_unset() {
         ("AWS_ENDPOINT_URL", moto.endpoint().to_string()),
         ("AWS_ENDPOINT_URL_SQS", "  ".to_string()),
     ]);
-    let mut worker = spawn_binary(env!("CARGO_BIN_EXE_queue-consumer"), "queue-consumer", &env);
+    let mut worker = spawn_binary(
+        &support::process::queue_consumer_bin(),
+        "queue-consumer",
+        &env,
+    );
     moto.sqs()
         .send_message()
         .queue_url(&queue)
@@ -1047,7 +1051,11 @@ async fn the_metrics_and_status_ports_have_the_header_and_idle_timeouts_of_the_m
         ("METRICS_PROMETHEUS_PORT", worker_metrics.to_string()),
         ("METRICS_BIND_ADDRESS", "127.0.0.1".to_string()),
     ]);
-    let mut worker = spawn_binary(env!("CARGO_BIN_EXE_queue-consumer"), "queue-consumer", &env);
+    let mut worker = spawn_binary(
+        &support::process::queue_consumer_bin(),
+        "queue-consumer",
+        &env,
+    );
     wait_healthy(port).await;
     wait_healthy(status).await;
     tokio::join!(

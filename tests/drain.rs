@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ecs_stand_in::StandInAgent;
+use ecs_task_protection::ecs::agent::AgentBackend;
+use ecs_task_protection::ecs::drain_watch::{Replacement, ReplacementKind};
+use ecs_task_protection::protection::{ProtectionManager, StateLabel};
 use futures_util::SinkExt;
 use support::{
     close_code, connect, eventually, next_text, ping_pong, settings, FakeBackend, TestServer,
 };
-use task_protection::ecs::agent::AgentBackend;
-use task_protection::ecs::drain_watch::{Replacement, ReplacementKind};
-use task_protection::protection::{ProtectionManager, StateLabel};
-use task_protection::server::{drain, Hub, SessionLimits, DRAINING_NOTICE};
+use websocket_server::server::{drain, Hub, SessionLimits, DRAINING_NOTICE};
 
 async fn get(url: &str) -> (u16, String) {
     let r = reqwest::get(url).await.unwrap();

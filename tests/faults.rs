@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ecs_stand_in::{Fault, StandInAgent};
+use ecs_task_protection::ecs::agent::AgentBackend;
+use ecs_task_protection::protection::{
+    BackendError, ErrorKind, ProtectionBackend, ProtectionManager, Settings, StateLabel,
+};
 use futures_util::SinkExt;
 use proptest::prelude::*;
 use support::{connect, eventually, next_text, ping_pong, settings, FakeBackend, Op, TestServer};
-use task_protection::ecs::agent::AgentBackend;
-use task_protection::protection::{
-    BackendError, ErrorKind, ProtectionBackend, ProtectionManager, Settings, StateLabel,
-};
-use task_protection::server::{SessionLimits, REJECTED_NOTICE};
+use websocket_server::server::{SessionLimits, REJECTED_NOTICE};
 
 fn agent_backend(agent: &StandInAgent) -> Arc<dyn ProtectionBackend> {
     Arc::new(AgentBackend::new(&agent.uri(), Duration::from_secs(30)).unwrap())
@@ -89,11 +89,7 @@ async fn an_agent_outage_follows_the_back_off_schedule_and_recovers_at_once() {
 async fn during_an_outage_each_client_is_told_once_and_protection_returns_with_the_agent() {
     let agent = StandInAgent::start().await.unwrap();
     agent.set_fault(Fault::ServerError);
-    let fast = Settings {
-        backoff_base: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(40),
-        ..settings(0)
-    };
+    let fast = settings(0).with_backoff(Duration::from_millis(20), Duration::from_millis(40));
     let server = TestServer::start(agent_backend(&agent), fast, SessionLimits::default()).await;
     let mut clients = Vec::new();
     for _ in 0..20 {
@@ -125,12 +121,9 @@ async fn deployment_blocked_tells_no_client_admits_players_and_protects_once_ecs
     let agent = StandInAgent::start().await.unwrap();
     agent.set_fault(Fault::Failure("DEPLOYMENT_BLOCKED".into()));
     let cadence = Duration::from_millis(200);
-    let fast = Settings {
-        backoff_base: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(40),
-        blocked_retry: cadence,
-        ..settings(0)
-    };
+    let fast = settings(0)
+        .with_backoff(Duration::from_millis(20), Duration::from_millis(40))
+        .with_blocked_retry(cadence);
     let server = TestServer::start(agent_backend(&agent), fast, SessionLimits::default()).await;
     let (mut first, _) = connect(&server.ws_url()).await;
     let started = std::time::Instant::now();
@@ -165,11 +158,9 @@ async fn deployment_blocked_tells_no_client_admits_players_and_protects_once_ecs
 async fn after_ten_storms_the_count_is_zero_and_exactly_one_release_is_outstanding() {
     let agent = StandInAgent::start().await.unwrap();
     // 1 minute protection, 10 % hold-over = 6 s.
-    let s = Settings {
-        duration_minutes: 1,
-        maintain_percent: 10,
-        ..settings(10)
-    };
+    let s = settings(10)
+        .with_duration_minutes(1)
+        .with_maintain_percent(10);
     let server = TestServer::start(agent_backend(&agent), s, SessionLimits::default()).await;
     let url = server.ws_url();
     for _ in 0..10 {

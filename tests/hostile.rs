@@ -7,14 +7,14 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ecs_task_protection::protection::local::LocalBackend;
 use futures_util::{SinkExt, StreamExt};
 use support::{within, TestServer};
-use task_protection::protection::local::LocalBackend;
-use task_protection::server::{HttpLimits, SessionLimits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
+use websocket_server::server::{HttpLimits, SessionLimits};
 
 async fn server_with(http: HttpLimits, limits: SessionLimits) -> TestServer {
     TestServer::start_with_http(

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ecs_stand_in::{Fault, StandInAgent};
+use ecs_task_protection::ecs::agent::AgentBackend;
+use ecs_task_protection::protection::local::LocalBackend;
+use ecs_task_protection::protection::ProtectionBackend;
 use futures_util::{SinkExt, StreamExt};
 use support::{close_code, connect, eventually, next_text, ping_pong, TestServer};
-use task_protection::ecs::agent::AgentBackend;
-use task_protection::protection::local::LocalBackend;
-use task_protection::protection::ProtectionBackend;
-use task_protection::server::{SessionLimits, CHAT_PREFIX, REJECTED_NOTICE, ROOM_BUSY_NOTICE};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
+use websocket_server::server::{SessionLimits, CHAT_PREFIX, REJECTED_NOTICE, ROOM_BUSY_NOTICE};
 
 fn agent_backend(agent: &StandInAgent) -> Arc<dyn ProtectionBackend> {
     Arc::new(AgentBackend::new(&agent.uri(), Duration::from_secs(2)).unwrap())
@@ -62,7 +62,8 @@ async fn the_page_status_and_health_are_served() {
 
     let (_c, _) = connect(&server.ws_url()).await;
     eventually("protected", || {
-        server.hub.manager().status().state == task_protection::protection::StateLabel::Protected
+        server.hub.manager().status().state
+            == ecs_task_protection::protection::StateLabel::Protected
     })
     .await;
     let (status, body) = get(&server.http_url("/status")).await;
@@ -139,11 +140,8 @@ async fn a_storm_of_1000_clients_makes_exactly_one_protect_and_one_release_call(
 async fn a_failure_body_is_told_to_clients_once_and_never_counted_as_protected() {
     let agent = StandInAgent::start().await.unwrap();
     agent.set_fault(Fault::Failure("TASK_NOT_VALID".into()));
-    let settings = task_protection::protection::Settings {
-        backoff_base: Duration::from_millis(30),
-        backoff_max: Duration::from_millis(60),
-        ..support::settings(0)
-    };
+    let settings =
+        support::settings(0).with_backoff(Duration::from_millis(30), Duration::from_millis(60));
     let server = TestServer::start(agent_backend(&agent), settings, SessionLimits::default()).await;
     let (mut c, _) = connect(&server.ws_url()).await;
     assert_eq!(next_text(&mut c).await, REJECTED_NOTICE);
@@ -151,7 +149,7 @@ async fn a_failure_body_is_told_to_clients_once_and_never_counted_as_protected()
     let status = server.hub.manager().status();
     assert_ne!(
         status.state,
-        task_protection::protection::StateLabel::Protected
+        ecs_task_protection::protection::StateLabel::Protected
     );
     assert!(status
         .last_rejection
@@ -427,7 +425,7 @@ async fn the_room_budget_bounds_what_one_sender_makes_the_server_send() {
 
 #[tokio::test]
 async fn status_shows_short_codes_and_keeps_error_details_and_arns_out() {
-    use task_protection::protection::{BackendError, ErrorKind};
+    use ecs_task_protection::protection::{BackendError, ErrorKind};
     let fake = support::FakeBackend::new();
     let secret = "User: arn:aws:sts::111122223333:assumed-role/task-role is not authorized \
                   (endpoint http://169.254.170.2/api/secret-path)";

@@ -8,49 +8,23 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
+use app_support::drain_signal::DrainSignal;
+
 use super::hub::DrainKind;
 use super::Hub;
-use crate::ecs::drain_watch::{Replacement, ReplacementKind};
-use crate::protection::ProtectionEvent;
-
-/// The operator's drain signal, SIGUSR1, listened for from start-up on (see [`on_sigusr1`]).
-pub struct DrainSignal {
-    #[cfg(unix)]
-    usr1: Option<tokio::signal::unix::Signal>,
-}
-
-/// Starts listening for SIGUSR1. Call it first thing in the runtime, before anything slow: until
-/// a handler is installed, SIGUSR1's default action ends the process, and once it is, a signal
-/// that arrives before the server is ready is kept and acted on as soon as it is.
-pub fn listen_for_sigusr1() -> DrainSignal {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let usr1 = signal(SignalKind::user_defined1())
-            .inspect_err(|e| tracing::warn!("Cannot listen for SIGUSR1 (operator drain): {e}"))
-            .ok();
-        DrainSignal { usr1 }
-    }
-    #[cfg(not(unix))]
-    DrainSignal {}
-}
+use ecs_task_protection::ecs::drain_watch::{Replacement, ReplacementKind};
+use ecs_task_protection::protection::ProtectionEvent;
 
 /// Drains on SIGUSR1 (an operator's request, e.g. `websocket drain` through
 /// `copilot svc exec`). Not reversible.
-pub fn on_sigusr1(hub: &Arc<Hub>, signal: DrainSignal) {
-    #[cfg(unix)]
-    {
-        let Some(mut usr1) = signal.usr1 else { return };
-        let hub = Arc::downgrade(hub);
-        tokio::spawn(async move {
-            while usr1.recv().await.is_some() {
-                let Some(hub) = hub.upgrade() else { return };
-                hub.begin_drain("operator request (SIGUSR1)", false);
-            }
-        });
-    }
-    #[cfg(not(unix))]
-    let _ = (hub, signal);
+pub fn on_sigusr1(hub: &Arc<Hub>, mut signal: DrainSignal) {
+    let hub = Arc::downgrade(hub);
+    tokio::spawn(async move {
+        while signal.recv().await {
+            let Some(hub) = hub.upgrade() else { return };
+            hub.begin_drain("operator request (SIGUSR1)", false);
+        }
+    });
 }
 
 /// Follows the drain watcher: drains (reversibly) while it reports a reason, stops when it
@@ -83,10 +57,7 @@ fn drain_kind(kind: ReplacementKind) -> DrainKind {
     }
 }
 
-/// How long a drain lasts at most by default (`DRAIN_DEADLINE_SECS`): 15 minutes, long enough
-/// for most game rounds and jobs to end on their own, short enough that one idle client cannot
-/// hold a deployment or a scale-in back for long.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(15 * 60);
+pub use app_support::config::DEFAULT_DRAIN_DEADLINE as DEFAULT_DEADLINE;
 
 /// Bounds every drain but a scale-in's ([`DrainKind::ScaleIn`]) to `deadline`: protection is never
 /// asked for past it (the manager's deadline), and once it passes the remaining clients are
@@ -127,7 +98,8 @@ pub fn evict_after(hub: &Arc<Hub>, deadline: Duration) {
 /// never empty still lets a deployment replace it eventually.
 pub fn after_protected_for(hub: &Arc<Hub>, limit: Duration) {
     let events = hub.manager().subscribe();
-    let since = hub.manager().status().state == crate::protection::StateLabel::Protected;
+    let since =
+        hub.manager().status().state == ecs_task_protection::protection::StateLabel::Protected;
     tokio::spawn(lifetime_limit(
         Arc::downgrade(hub),
         events,

@@ -15,8 +15,8 @@ use tokio::sync::{broadcast, watch, Notify};
 use super::backplane::{Backplane, BackplaneStatus};
 use super::throttle::{Throttle, TokenBucket};
 use super::CHAT_PREFIX;
-use crate::metrics::{self, Sample};
-use crate::protection::{
+use app_support::metrics::{self, Sample};
+use ecs_task_protection::protection::{
     ErrorKind, ProtectionEvent, ProtectionGuard, ProtectionManager, ProtectionStatus,
 };
 
@@ -358,7 +358,7 @@ impl Hub {
         }
     }
 
-    /// The server's numbers for [`crate::metrics`]: `Connections`, `HttpConnections`,
+    /// The server's numbers for [`app_support::metrics`]: `Connections`, `HttpConnections`,
     /// `ChatMessages`, `ChatDropped`, with a backplane `BackplaneConnected`, `BackplaneDropped`
     /// and `BackplaneRefused`, and the protection manager's.
     pub fn metrics(&self) -> Vec<Sample> {
@@ -432,6 +432,17 @@ impl Hub {
     }
 
     /// Records how many HTTP connections have not upgraded (the listener's count).
+    /// Where an [`HttpPool`](app_support::listener::HttpPool) reports its count of connections
+    /// that have not upgraded, for `/status` and the metrics.
+    pub fn http_connections_report(self: &Arc<Self>) -> app_support::listener::CountReport {
+        let hub = Arc::downgrade(self);
+        Arc::new(move |n| {
+            if let Some(hub) = hub.upgrade() {
+                hub.set_http_connections(n);
+            }
+        })
+    }
+
     pub(super) fn set_http_connections(&self, n: usize) {
         self.http_connections.store(n, Ordering::Relaxed);
     }

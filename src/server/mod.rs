@@ -10,10 +10,7 @@
 pub mod backplane;
 pub mod drain;
 mod hub;
-mod listener;
-mod origin;
 mod session;
-mod throttle;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,9 +23,11 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 
+use app_support::listener;
+pub use app_support::listener::{HttpLimits, HttpPool};
+pub use app_support::origin::AllowedOrigins;
+use app_support::throttle;
 pub use hub::{Drain, DrainKind, Hub, ServerState, SessionLimits, StatusDoc};
-pub use listener::{HttpLimits, HttpPool};
-pub use origin::AllowedOrigins;
 
 /// The page, embedded at compile time.
 const INDEX_HTML: &str = include_str!("../../static/index.html");
@@ -140,7 +139,7 @@ pub async fn run(
     signal: impl Future<Output = ()> + Send + 'static,
     timeout: Duration,
 ) -> std::io::Result<()> {
-    let pool = HttpPool::new(http, Some(&hub));
+    let pool = HttpPool::new(http, Some(hub.http_connections_report()));
     run_in(&pool, listener, hub, signal, timeout).await
 }
 
@@ -157,7 +156,7 @@ pub async fn run_in(
     let router = router(Arc::clone(&hub), pool.limits().allowed_origins.clone());
     let serving = {
         let pool = pool.clone();
-        crate::supervise::spawn("HTTP listener", async move {
+        ecs_task_protection::supervise::spawn("HTTP listener", async move {
             // Keep answering (503 health, refused upgrades) until the clients are closed.
             pool.serve(listener, router, async move {
                 let _ = closed_rx.await;

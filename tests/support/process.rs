@@ -220,3 +220,20 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The `queue-consumer` binary, for the tests that run it beside the server. It belongs to
+/// another package of the workspace, so Cargo gives this one no `CARGO_BIN_EXE_` for it: it is
+/// found next to this package's binaries, where `cargo test` at the workspace root builds it.
+pub fn queue_consumer_bin() -> String {
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|test| Some(test.parent()?.parent()?.join("queue-consumer")))
+        .expect("the test binary's directory");
+    assert!(
+        bin.exists(),
+        "{} is not built: run the tests from the workspace root (`cargo test`), or `cargo build \
+         -p queue-consumer` first",
+        bin.display()
+    );
+    bin.to_string_lossy().into_owned()
+}

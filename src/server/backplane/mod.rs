@@ -228,7 +228,7 @@ pub fn start(hub: &Arc<Hub>, settings: BackplaneSettings) -> TaskCounts {
         settings.url,
         settings.origin
     );
-    crate::supervise::spawn(
+    ecs_task_protection::supervise::spawn(
         "chat backplane link",
         link::run(Arc::downgrade(hub), settings, Arc::clone(&shared), receiver),
     );

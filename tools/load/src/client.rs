@@ -18,7 +18,7 @@ use crate::target::Target;
 use crate::Common;
 
 /// What the server tells every client once when ECS rejects protection.
-const NOTICE: &str = task_protection::server::REJECTED_NOTICE;
+const NOTICE: &str = websocket_server::server::REJECTED_NOTICE;
 
 type Ws = WebSocketStream<TcpStream>;
 

@@ -1,0 +1,415 @@
+//! The `queue-consumer` worker's settings, from command-line flags or environment variables
+//! alike. The settings it shares with the websocket server (protection, ECS, metrics, HTTP
+//! listeners, logging) are [`app_support::config`]'s.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use app_support::config::{non_empty, seconds, HttpArgs, LogFormat, MetricsArgs, ProtectionArgs};
+use app_support::listener::HttpLimits;
+use clap::Parser;
+use ecs_task_protection::protection::Settings;
+
+/// The `queue-consumer` worker's settings.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "queue-consumer",
+    version,
+    about = "An SQS worker that keeps its Amazon ECS task protected from scale-in while it has jobs in hand"
+)]
+pub struct WorkerConfig {
+    /// Run a command instead of taking jobs.
+    #[command(subcommand)]
+    pub command: Option<WorkerCommand>,
+
+    /// The queue's URL (`https://sqs.REGION.amazonaws.com/ACCOUNT/NAME`, or a local endpoint's).
+    #[arg(long, global = true, env = "QUEUE_URL", value_name = "QUEUE_URL",
+          value_parser = clap::builder::ValueParser::new(parse_queue_url))]
+    pub queue_url: Option<String>,
+
+    /// The queue's URL as a Copilot Worker Service receives it (used when QUEUE_URL is unset).
+    #[arg(
+        long,
+        global = true,
+        env = "COPILOT_QUEUE_URI",
+        value_name = "COPILOT_QUEUE_URI",
+        value_parser = clap::builder::ValueParser::new(parse_queue_url)
+    )]
+    pub copilot_queue_uri: Option<String>,
+
+    /// The queue's Region, when it is neither the one its URL names nor the SDK's (AWS_REGION).
+    #[arg(long, global = true, env = "QUEUE_REGION", value_name = "QUEUE_REGION",
+          value_parser = clap::builder::ValueParser::new(parse_region))]
+    pub queue_region: Option<String>,
+
+    /// Jobs that may run at once.
+    #[arg(long, env = "WORKER_CONCURRENCY", value_name = "WORKER_CONCURRENCY",
+          default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub worker_concurrency: u32,
+
+    /// Seconds a received message stays hidden from other workers; extended every third of it
+    /// while its job runs, so a crashed worker's jobs come back within this long.
+    #[arg(long, env = "VISIBILITY_TIMEOUT_SECS", value_name = "VISIBILITY_TIMEOUT_SECS",
+          default_value_t = 60, value_parser = clap::value_parser!(u64).range(3..=43_200))]
+    pub visibility_timeout_secs: u64,
+
+    /// Seconds one receive waits for messages (long polling).
+    #[arg(long, env = "RECEIVE_WAIT_SECS", value_name = "RECEIVE_WAIT_SECS",
+          default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=20))]
+    pub receive_wait_secs: u64,
+
+    /// Milliseconds a job waits for ECS to confirm protection before it starts anyway.
+    #[arg(long, env = "PROTECTION_WAIT_MS", value_name = "PROTECTION_WAIT_MS",
+          default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub protection_wait_ms: u64,
+
+    /// Seconds running jobs may go on after SIGTERM before they are returned to the queue; keep it
+    /// about 10 s below the container's stop timeout (30 s by default, at most 120 s on Fargate).
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", value_name = "SHUTDOWN_TIMEOUT_SECS",
+          default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=110))]
+    pub shutdown_timeout_secs: u64,
+
+    /// How often (seconds, jittered ±10 %) to ask ECS whether this task is being replaced (a
+    /// deployment, or a scale-in); while it is, no new jobs are taken. 0 turns the watcher off.
+    /// Needs the task metadata endpoint; off on the local backend.
+    #[arg(long, env = "DRAIN_WATCH_INTERVAL_SECS", value_name = "DRAIN_WATCH_INTERVAL_SECS",
+          default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub drain_watch_interval_secs: u64,
+
+    /// Once a deployment's (or an operator's) drain has lasted this many seconds, the jobs still
+    /// running go back to the queue and protection is released. A scale-in's drain is never cut
+    /// short. 0: never (a long job then holds a deployment back until it ends).
+    #[arg(long, env = "DRAIN_DEADLINE_SECS", value_name = "DRAIN_DEADLINE_SECS",
+          default_value_t = app_support::config::DEFAULT_DRAIN_DEADLINE.as_secs(), value_parser = clap::value_parser!(u64).range(0..=172_800))]
+    pub drain_deadline_secs: u64,
+
+    /// Port of the worker's `/healthz` and `/status` endpoint; 0 turns it off.
+    #[arg(
+        long,
+        env = "STATUS_PORT",
+        value_name = "STATUS_PORT",
+        default_value_t = 8080
+    )]
+    pub status_port: u16,
+
+    /// Address of the `/healthz` and `/status` endpoint (loopback: only the container itself, e.g.
+    /// `queue-consumer health`, reaches it).
+    #[arg(long, global = true, env = "STATUS_BIND_ADDRESS", value_name = "STATUS_BIND_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub status_bind_address: IpAddr,
+
+    /// The status and Prometheus listeners' timeouts and cap.
+    #[command(flatten)]
+    pub http: HttpArgs,
+
+    /// Protection settings and the way to reach ECS.
+    #[command(flatten)]
+    pub protection: ProtectionArgs,
+
+    /// Metrics (CloudWatch EMF, Prometheus).
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The queue consumer's commands besides taking jobs.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum WorkerCommand {
+    /// Puts jobs on the queue: each is WORK_MS milliseconds of simulated work.
+    Send {
+        /// How many jobs to send.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        count: u32,
+        /// Milliseconds of work per job.
+        work_ms: u64,
+    },
+    /// Creates a queue with a dead-letter queue (`NAME-dlq`, after 3 receives) and prints its URL,
+    /// for trying the worker against a local SQS (moto's server, LocalStack).
+    CreateQueue {
+        /// The queue's name.
+        name: String,
+    },
+    /// Exits 0 if the running worker in this container answers its health check (for ECS's
+    /// container health check in an image without a shell), 1 otherwise.
+    Health,
+    /// Asks a running worker to drain (take no new jobs, finish the ones in hand), by sending it
+    /// SIGUSR1. In an ECS container (where the worker is process 1 and the image has no shell):
+    /// `copilot svc exec --command "/usr/local/bin/queue-consumer drain"`.
+    Drain {
+        /// The worker's process id (a positive number: 0 and negative numbers would signal whole
+        /// process groups).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
+        pid: i32,
+    },
+}
+
+impl WorkerConfig {
+    /// The queue's URL: `QUEUE_URL`, else `COPILOT_QUEUE_URI`; an error says what to set.
+    pub fn queue_url(&self) -> Result<String, String> {
+        non_empty(&self.queue_url)
+            .or_else(|| non_empty(&self.copilot_queue_uri))
+            .ok_or_else(|| {
+                "no queue: set QUEUE_URL to the queue's URL (a Copilot Worker Service gets \
+                 COPILOT_QUEUE_URI instead)"
+                    .to_string()
+            })
+    }
+
+    /// The queue's Region, when given.
+    pub fn queue_region(&self) -> Option<String> {
+        non_empty(&self.queue_region)
+    }
+
+    /// The protection manager's settings (the defaults are the sample's queue consumer's).
+    pub fn protection_settings(&self) -> Settings {
+        self.protection.settings(crate::worker::PROTECTION_DEFAULTS)
+    }
+
+    /// How the worker takes and runs jobs.
+    pub fn worker_settings(&self) -> crate::worker::WorkerSettings {
+        crate::worker::WorkerSettings {
+            concurrency: self.worker_concurrency as usize,
+            visibility_timeout: Duration::from_secs(self.visibility_timeout_secs),
+            receive_wait: Duration::from_secs(self.receive_wait_secs),
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+            protection_wait: Duration::from_millis(self.protection_wait_ms),
+            drain_deadline: seconds(self.drain_deadline_secs),
+        }
+    }
+
+    /// The limits of the status and Prometheus listeners.
+    pub fn http_limits(&self) -> HttpLimits {
+        self.http
+            .limits(app_support::origin::AllowedOrigins::SameHost)
+    }
+
+    /// How often the drain watcher looks, or `None` when it is off.
+    pub fn drain_watch_interval(&self) -> Option<Duration> {
+        seconds(self.drain_watch_interval_secs)
+    }
+
+    /// Where the status endpoint listens, or `None` when it is off.
+    pub fn status_addr(&self) -> Option<SocketAddr> {
+        (self.status_port != 0).then(|| SocketAddr::new(self.status_bind_address, self.status_port))
+    }
+}
+
+/// A queue URL setting: blank counts as unset (kept blank, refused later as missing); anything
+/// else must have the shape of a queue URL.
+fn parse_queue_url(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if !value.is_empty() {
+        crate::worker::check_queue_url(value)?;
+    }
+    Ok(value.to_string())
+}
+
+/// A Region setting: blank counts as unset; anything else must have the shape of a Region.
+fn parse_region(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if !value.is_empty() {
+        crate::worker::check_region(value)?;
+    }
+    Ok(value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(args: &[&str]) -> Result<WorkerConfig, clap::Error> {
+        WorkerConfig::try_parse_from(std::iter::once("queue-consumer").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_worker_defaults_follow_the_samples_queue_consumer() {
+        let c = worker(&["--queue-url", "http://q/1/jobs"]).unwrap();
+        let p = c.protection_settings();
+        assert_eq!(
+            (p.duration_minutes, p.maintain_percent, p.refresh_percent),
+            (1, 10, 80)
+        );
+        let w = c.worker_settings();
+        assert_eq!(w.concurrency, 1);
+        assert_eq!(w.visibility_timeout, Duration::from_secs(60));
+        assert_eq!(w.receive_wait, Duration::from_secs(20));
+        assert_eq!(w.drain_deadline, Some(Duration::from_secs(900)));
+        assert_eq!(c.drain_watch_interval(), Some(Duration::from_secs(30)));
+        let c = worker(&[
+            "--drain-deadline-secs",
+            "0",
+            "--drain-watch-interval-secs",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(c.worker_settings().drain_deadline, None, "0 = never");
+        assert_eq!(c.drain_watch_interval(), None, "0 = off");
+        // A setting given wins over the binary's default.
+        let c = worker(&["--protection-duration-minutes", "5"]).unwrap();
+        assert_eq!(c.protection_settings().duration_minutes, 5);
+    }
+
+    #[test]
+    fn the_queue_comes_from_queue_url_or_copilots_variable() {
+        assert_eq!(
+            worker(&["--queue-url", "http://a/1/jobs"])
+                .unwrap()
+                .queue_url(),
+            Ok("http://a/1/jobs".into())
+        );
+        assert_eq!(
+            worker(&["--copilot-queue-uri", "http://b/1/jobs"])
+                .unwrap()
+                .queue_url(),
+            Ok("http://b/1/jobs".into())
+        );
+        assert_eq!(
+            worker(&[
+                "--queue-url",
+                "http://a/1/jobs",
+                "--copilot-queue-uri",
+                "http://b/1/jobs"
+            ])
+            .unwrap()
+            .queue_url(),
+            Ok("http://a/1/jobs".into())
+        );
+        let e = worker(&["--queue-url", " "])
+            .unwrap()
+            .queue_url()
+            .unwrap_err();
+        assert!(
+            e.contains("QUEUE_URL") && e.contains("COPILOT_QUEUE_URI"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn worker_settings_out_of_range_name_the_variable_and_the_range() {
+        for (flag, value, variable, range) in [
+            ("--worker-concurrency", "0", "WORKER_CONCURRENCY", "1..=100"),
+            (
+                "--worker-concurrency",
+                "101",
+                "WORKER_CONCURRENCY",
+                "1..=100",
+            ),
+            (
+                "--visibility-timeout-secs",
+                "43201",
+                "VISIBILITY_TIMEOUT_SECS",
+                "3..=43200",
+            ),
+            ("--receive-wait-secs", "21", "RECEIVE_WAIT_SECS", "1..=20"),
+            (
+                "--drain-deadline-secs",
+                "172801",
+                "DRAIN_DEADLINE_SECS",
+                "0..=172800",
+            ),
+            (
+                "--drain-watch-interval-secs",
+                "3601",
+                "DRAIN_WATCH_INTERVAL_SECS",
+                "0..=3600",
+            ),
+            (
+                "--shutdown-timeout-secs",
+                "0",
+                "SHUTDOWN_TIMEOUT_SECS",
+                "1..=110",
+            ),
+        ] {
+            let e = worker(&[flag, value]).unwrap_err().to_string();
+            assert!(
+                e.contains(variable) && e.contains(range),
+                "{flag} {value}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_queue_url_or_region_names_its_variable() {
+        for (flag, value, variable) in [
+            ("--queue-url", "jobs", "QUEUE_URL"),
+            (
+                "--queue-url",
+                "https://sqs.us-east-1.amazonaws.com/jobs",
+                "QUEUE_URL",
+            ),
+            (
+                "--copilot-queue-uri",
+                "arn:aws:sqs:us-east-1:123456789012:jobs",
+                "COPILOT_QUEUE_URI",
+            ),
+            ("--queue-region", "us-east", "QUEUE_REGION"),
+            (
+                "--queue-region",
+                "https://sqs.us-east-1.amazonaws.com",
+                "QUEUE_REGION",
+            ),
+        ] {
+            let e = worker(&[flag, value]).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            let e = e.to_string();
+            assert!(e.contains(variable), "{flag} {value}: {e}");
+        }
+        let c = worker(&[
+            "--queue-url",
+            " https://sqs.us-east-1.amazonaws.com/123456789012/jobs ",
+            "--queue-region",
+            "eu-west-1",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.queue_url().unwrap(),
+            "https://sqs.us-east-1.amazonaws.com/123456789012/jobs"
+        );
+        assert_eq!(c.queue_region().as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            worker(&["--queue-region", " "]).unwrap().queue_region(),
+            None
+        );
+    }
+
+    #[test]
+    fn queue_consumer_drain_accepts_only_a_positive_pid() {
+        let c = worker(&["drain"]).unwrap();
+        assert_eq!(c.command, Some(WorkerCommand::Drain { pid: 1 }));
+        for pid in ["0", "-1"] {
+            let e = worker(&["drain", &format!("--pid={pid}")]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "--pid {pid}");
+        }
+    }
+
+    #[test]
+    fn the_http_limits_are_the_same_settings_in_both_binaries() {
+        // The websocket server's half of this test is in its own config tests.
+        assert_eq!(
+            worker(&["--queue-url", "http://q/1/jobs"])
+                .unwrap()
+                .http_limits(),
+            HttpLimits::DEFAULT
+        );
+        let c = worker(&[
+            "--http-header-timeout-secs",
+            "2",
+            "--http-idle-timeout-secs",
+            "90",
+            "--max-http-connections",
+            "50",
+        ])
+        .unwrap();
+        let limits = c.http_limits();
+        assert_eq!(
+            (
+                limits.header_read_timeout,
+                limits.idle_timeout,
+                limits.max_pending
+            ),
+            (Duration::from_secs(2), Duration::from_secs(90), 50)
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! The queue consumer: an SQS worker that keeps its ECS task protected from scale-in while it has
+//! jobs in hand (and not while it only waits for work).
+//!
+//! * [`worker`]: the receive loop, jobs, visibility, deletes, draining, `/healthz` and `/status`.
+//! * [`config`]: its flags and environment variables.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod worker;

@@ -1,0 +1,208 @@
+//! The `queue-consumer` binary: reads its settings, picks a protection backend, and takes jobs
+//! off the queue until SIGTERM (draining while ECS wants the task gone, or on SIGUSR1); or, as
+//! `send`, puts jobs on the queue; or, as `health`, asks the running worker whether it is sound;
+//! or, as `drain`, asks it to drain.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use app_support::listener::HttpPool;
+use clap::Parser;
+use ecs_task_protection::ecs::{self, drain_watch::spawn_drain_watch};
+use ecs_task_protection::protection::ProtectionManager;
+use ecs_task_protection::supervise::{self, Supervisor};
+use queue_consumer::config::{WorkerCommand, WorkerConfig};
+use queue_consumer::worker::{self, Worker};
+
+fn main() -> ExitCode {
+    // First, while this is the only thread: the AWS SDK panics on a blank endpoint setting.
+    let blank = app_support::config::unset_blank_aws_endpoints();
+    // Clap prints the error (naming the variable and its allowed range) and exits with code 2.
+    let config = WorkerConfig::parse();
+    let command = config.command.clone();
+    if let Some(WorkerCommand::Drain { pid }) = command {
+        return app_support::drain_signal::send(pid);
+    }
+    if command != Some(WorkerCommand::Health) {
+        if let Err(e) = config.log_format.try_init() {
+            eprintln!("cannot set up logging: {e}");
+        }
+        for name in blank {
+            tracing::debug!("{name} is blank: read as unset");
+        }
+    }
+    let Ok(runtime) = tokio::runtime::Runtime::new()
+        .inspect_err(|e| eprintln!("cannot start the async runtime: {e}"))
+    else {
+        return ExitCode::FAILURE;
+    };
+    let outcome = match command {
+        Some(WorkerCommand::Health) => return runtime.block_on(health(&config)),
+        Some(WorkerCommand::Send { count, work_ms }) => {
+            runtime.block_on(send(&config, count, work_ms))
+        }
+        Some(WorkerCommand::CreateQueue { ref name }) => {
+            runtime.block_on(create_queue(&config, name))
+        }
+        // Answered above, before logging and the runtime.
+        Some(WorkerCommand::Drain { pid }) => return app_support::drain_signal::send(pid),
+        None => {
+            // Before anything slow: a drain asked for during start-up must not end the process.
+            let drain_signal = {
+                let _in_runtime = runtime.enter();
+                app_support::drain_signal::listen()
+            };
+            let supervisor = Supervisor::install();
+            match runtime.block_on(run(&config, &supervisor, drain_signal)) {
+                // A background task died: logged when it did, and the worker shut down in order
+                // since.
+                Ok(()) if supervisor.death().is_some() => return ExitCode::FAILURE,
+                outcome => outcome,
+            }
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(message)) => {
+            tracing::error!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// How a run ends badly: a setting to fix (exit 2, like clap's errors) or a failure (exit 1).
+enum Failure {
+    Usage(String),
+    Runtime(String),
+}
+
+async fn run(
+    config: &WorkerConfig,
+    supervisor: &Supervisor,
+    drain_signal: app_support::drain_signal::DrainSignal,
+) -> Result<(), Failure> {
+    let queue_url = config.queue_url().map_err(Failure::Usage)?;
+    let plan = config.protection.backend_plan().map_err(Failure::Usage)?;
+    let sdk_config = ecs::aws_config().await;
+    let ecs::Connection { backend, context } = ecs::connect(plan, Some(&sdk_config))
+        .await
+        .map_err(|e| Failure::Runtime(e.explain()))?;
+    let manager = ProtectionManager::start(backend, config.protection_settings())
+        .map_err(|e| Failure::Usage(format!("invalid protection settings: {e}")))?;
+    supervise::watch_reconciler(&manager);
+    let region = config.queue_region();
+    let worker = Worker::new(
+        &sdk_config,
+        &queue_url,
+        region.as_deref(),
+        manager,
+        config.worker_settings(),
+    );
+    // One pool for both listeners: header and idle timeouts, one cap on connections.
+    let pool = HttpPool::new(config.http_limits(), None);
+    if let Some(addr) = config.status_addr() {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            Failure::Runtime(format!(
+                "cannot listen on {addr} for /healthz and /status (set STATUS_PORT, 0 turns it off): {e}"
+            ))
+        })?;
+        tracing::info!("Health and status on http://{addr}/status");
+        worker::serve_status(&pool, listener, worker.clone());
+    }
+    worker.on_sigusr1(drain_signal);
+    let source: app_support::metrics::Source = {
+        let worker = worker.clone();
+        std::sync::Arc::new(move || worker.metrics())
+    };
+    app_support::metrics::start(
+        source,
+        config.metrics.emf_interval(),
+        config.metrics.prometheus_addr(),
+        &pool,
+        app_support::metrics::metric_dimensions(
+            context.clone(),
+            config.metrics.service_name(),
+            "queue-consumer",
+        ),
+    )
+    .await
+    .map_err(Failure::Runtime)?;
+    if let (Some(context), Some(interval)) = (&context, config.drain_watch_interval()) {
+        worker.follow_watcher(spawn_drain_watch(context, interval, None));
+    }
+    worker
+        .run(supervisor.shutdown_signal(app_support::shutdown::signal()))
+        .await;
+    Ok(())
+}
+
+async fn send(config: &WorkerConfig, count: u32, work_ms: u64) -> Result<(), Failure> {
+    let queue_url = config.queue_url().map_err(Failure::Usage)?;
+    let sdk_config = ecs::aws_config().await;
+    let bodies = vec![work_ms.to_string(); count as usize];
+    let region = config.queue_region();
+    let ids = worker::send_jobs(&sdk_config, &queue_url, region.as_deref(), &bodies)
+        .await
+        .map_err(|e| Failure::Runtime(format!("could not send the jobs: {e}")))?;
+    println!(
+        "Sent {} jobs of {work_ms} milliseconds to {queue_url}{}",
+        ids.len(),
+        ids.first()
+            .map(|id| format!(" (first: {id})"))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+async fn create_queue(config: &WorkerConfig, name: &str) -> Result<(), Failure> {
+    let sdk_config = ecs::aws_config().await;
+    let settings = config.worker_settings();
+    let region = config.queue_region();
+    let url = worker::create_queue(
+        &sdk_config,
+        region.as_deref(),
+        name,
+        settings.visibility_timeout,
+        3,
+    )
+    .await
+    .map_err(|e| Failure::Runtime(format!("could not create the queue: {e}")))?;
+    println!("{url}");
+    Ok(())
+}
+
+/// `queue-consumer health`: 0 when the worker's `/healthz` answers 200 within 3 s.
+async fn health(config: &WorkerConfig) -> ExitCode {
+    let Some(addr) = config.status_addr() else {
+        eprintln!("unhealthy: the status endpoint is off (STATUS_PORT=0)");
+        return ExitCode::FAILURE;
+    };
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let url = format!("http://{}/healthz", SocketAddr::new(ip, addr.port()));
+    let answer = async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()?;
+        client.get(&url).send().await
+    };
+    match answer.await {
+        Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("unhealthy: {url} answered HTTP {}", r.status().as_u16());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("unhealthy: no answer from {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
