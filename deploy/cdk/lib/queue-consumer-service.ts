@@ -1,4 +1,4 @@
-import { ArnFormat, CfnOutput, Duration, RemovalPolicy, Stack } from 'aws-cdk-lib';
+import { CfnOutput, Duration, RemovalPolicy, Stack } from 'aws-cdk-lib';
 import * as appscaling from 'aws-cdk-lib/aws-applicationautoscaling';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
@@ -7,7 +7,8 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
 import { AppConfig } from './config';
-import { acceptFinding, TASK_ARN_FINDING } from './nag';
+import { acceptFinding } from './nag';
+import { grantTaskProtectionAndDrainWatch } from './task-role';
 import { imageFromDockerfile, runtimePlatform } from './image';
 
 export interface QueueConsumerServiceProps {
@@ -61,24 +62,12 @@ export class QueueConsumerService extends Construct {
     // --- IAM: the role the worker runs as --------------------------------------------------------
     this.taskRole = new iam.Role(this, 'TaskRole', {
       assumedBy: new iam.ServicePrincipal('ecs-tasks.amazonaws.com'),
-      description: `Task role of the ${serviceName} service: its own task protection and its queue`,
+      description: `Task role of the ${serviceName} service: its own task protection and service, its service's tasks, its queue`,
     });
     // Protection while a job is in hand (through the ECS agent endpoint, which calls ECS with
-    // this role). As for the websocket: the task ID is only known at run time.
-    this.taskRole.addToPrincipalPolicy(
-      new iam.PolicyStatement({
-        sid: 'ProtectTasksInThisCluster',
-        actions: ['ecs:UpdateTaskProtection', 'ecs:GetTaskProtection'],
-        resources: [
-          stack.formatArn({
-            service: 'ecs',
-            resource: 'task',
-            resourceName: `${config.clusterName}/*`,
-            arnFormat: ArnFormat.SLASH_RESOURCE_NAME,
-          }),
-        ],
-      }),
-    );
+    // this role), and, from issue 17 on, the drain watcher's calls: the worker drains on a
+    // scale-in or a deployment as the websocket server does (lib/task-role.ts).
+    grantTaskProtectionAndDrainWatch(this.taskRole, config, serviceName);
     // The worker's three SQS calls, on this queue only. DeleteMessageBatch and
     // ChangeMessageVisibilityBatch have no IAM actions of their own: the single-message actions
     // authorize them. Written out rather than queue.grantConsumeMessages(), which also grants
@@ -196,7 +185,5 @@ export class QueueConsumerService extends Construct {
     // --- cdk-nag: findings accepted on purpose -----------------------------------------------------
     acceptFinding(taskDefinition, 'AwsSolutions-ECS2',
       'The environment holds settings and the queue URL only; no secret is passed.');
-    acceptFinding(this.taskRole, `AwsSolutions-IAM5[${TASK_ARN_FINDING(config.clusterName)}]`,
-      'A task protects itself by its task ARN, whose ID is only known at run time: task/<cluster>/* is the narrowest IAM allows.');
   }
 }

@@ -1,4 +1,4 @@
-import { ArnFormat, CfnOutput, Duration, RemovalPolicy, Stack } from 'aws-cdk-lib';
+import { CfnOutput, Duration, RemovalPolicy, Stack } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
@@ -7,7 +7,8 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import { Construct } from 'constructs';
 import { AppConfig } from './config';
-import { acceptFinding, TASK_ARN_FINDING } from './nag';
+import { acceptFinding } from './nag';
+import { grantTaskProtectionAndDrainWatch } from './task-role';
 import { imageFromDockerfile, runtimePlatform } from './image';
 
 /** The namespace and name under which the servers publish their connection count (EMF). */
@@ -43,48 +44,14 @@ export class WebSocketService extends Construct {
     const stack = Stack.of(this);
 
     // --- IAM: the role the server's code runs as -------------------------------------------------
-    // Exactly the three ECS calls the server makes (README "Backends"), nothing else. The EMF
-    // metrics go to stdout and reach CloudWatch through the awslogs driver, which uses the
-    // execution role: no cloudwatch:PutMetricData here.
+    // Exactly the ECS calls the server makes (README "Backends"; lib/task-role.ts says which call
+    // needs which statement), nothing else. The EMF metrics go to stdout and reach CloudWatch
+    // through the awslogs driver, which uses the execution role: no cloudwatch:PutMetricData here.
     this.taskRole = new iam.Role(this, 'TaskRole', {
       assumedBy: new iam.ServicePrincipal('ecs-tasks.amazonaws.com'),
-      description: `Task role of the ${serviceName} service: its own task protection and service`,
+      description: `Task role of the ${serviceName} service: its own task protection and service, its service's tasks`,
     });
-    // The task ID is only known at run time, so this allows every task of this cluster; IAM has
-    // no way to say "only the caller's own task". Both actions accept task ARNs (Service
-    // Authorization Reference for Amazon ECS). With PROTECTION_BACKEND=agent the ECS agent makes
-    // these calls with this role's credentials; with api the server makes them itself.
-    this.taskRole.addToPrincipalPolicy(
-      new iam.PolicyStatement({
-        sid: 'ProtectTasksInThisCluster',
-        actions: ['ecs:UpdateTaskProtection', 'ecs:GetTaskProtection', 'ecs:DescribeTasks'],
-        resources: [
-          stack.formatArn({
-            service: 'ecs',
-            resource: 'task',
-            resourceName: `${config.clusterName}/*`,
-            arnFormat: ArnFormat.SLASH_RESOURCE_NAME,
-          }),
-        ],
-      }),
-    );
-    // The drain watcher reads its own service every DRAIN_WATCH_INTERVAL_SECS to notice a
-    // deployment or a lower desired count. The service name is fixed (serviceName below), so
-    // the ARN is exact.
-    this.taskRole.addToPrincipalPolicy(
-      new iam.PolicyStatement({
-        sid: 'DescribeOwnService',
-        actions: ['ecs:DescribeServices'],
-        resources: [
-          stack.formatArn({
-            service: 'ecs',
-            resource: 'service',
-            resourceName: `${config.clusterName}/${serviceName}`,
-            arnFormat: ArnFormat.SLASH_RESOURCE_NAME,
-          }),
-        ],
-      }),
-    );
+    grantTaskProtectionAndDrainWatch(this.taskRole, config, serviceName);
 
     // --- Task definition ------------------------------------------------------------------------
     this.logGroup = new logs.LogGroup(this, 'Logs', {
@@ -277,7 +244,5 @@ export class WebSocketService extends Construct {
       'A public game/chat server: players connect from any IPv4 address, on 80 (and 443) only.');
     acceptFinding(taskDefinition, 'AwsSolutions-ECS2',
       'The environment holds settings only (ports, intervals, names); no secret is passed.');
-    acceptFinding(this.taskRole, `AwsSolutions-IAM5[${TASK_ARN_FINDING(config.clusterName)}]`,
-      'A task protects itself by its task ARN, whose ID is only known at run time: task/<cluster>/* is the narrowest IAM allows.');
   }
 }

@@ -16,13 +16,18 @@ describe('context', () => {
     template.hasResourceProperties('AWS::ECS::Cluster', { ClusterName: 'games' });
     template.hasResourceProperties('AWS::ECS::Service', { ServiceName: 'lobby' });
     template.hasResourceProperties('AWS::ECS::Service', { ServiceName: 'jobs' });
-    const ws = taskRoleGrants(template, 'websocket').statements.flatMap((s) => s.Resource);
-    assert.deepEqual(ws, [
-      'arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/games/*',
-      'arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:service/games/lobby',
-    ]);
-    assert.equal(taskRoleGrants(template, 'queue-consumer').statements[0].Resource[0],
-      'arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/games/*');
+    const tasks = 'arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/games/*';
+    const cluster = 'arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:cluster/games';
+    for (const [container, service] of [['websocket', 'lobby'], ['queue-consumer', 'jobs']]) {
+      const ecs = taskRoleGrants(template, container).statements.filter((s) => s.Action[0].startsWith('ecs:'));
+      assert.deepEqual(ecs.map((s) => [s.Resource, s.Condition]), [
+        [[tasks], undefined],
+        [[tasks], undefined],
+        [[tasks], undefined],
+        [['*'], { ArnEquals: { 'ecs:cluster': cluster } }],
+        [[`arn:\${AWS::Partition}:ecs:\${AWS::Region}:\${AWS::AccountId}:service/games/${service}`], undefined],
+      ], container);
+    }
     template.hasResourceProperties('AWS::ApplicationAutoScaling::ScalingPolicy', {
       TargetTrackingScalingPolicyConfiguration: Match.objectLike({
         CustomizedMetricSpecification: Match.objectLike({

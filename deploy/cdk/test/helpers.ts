@@ -78,6 +78,22 @@ export function environmentOf(template: Template, containerName: string): Record
   return env;
 }
 
+/** A policy statement's Condition with every value rendered (see render): `{ArnEquals: {key: "arn:..."}}`. */
+function renderCondition(condition: Json): Json {
+  if (condition === undefined) return undefined;
+  return Object.fromEntries(
+    Object.entries(condition).map(([operator, keys]) => [
+      operator,
+      Object.fromEntries(
+        Object.entries(keys as Record<string, Json>).map(([key, value]) => [
+          key,
+          Array.isArray(value) ? value.map(render) : render(value),
+        ]),
+      ),
+    ]),
+  );
+}
+
 /** What the task role of this container may do: every statement of every policy on the role. */
 export function taskRoleGrants(template: Template, containerName: string) {
   const { props } = taskDefinitionOf(template, containerName);
@@ -94,7 +110,7 @@ export function taskRoleGrants(template: Template, containerName: string) {
     Effect: s.Effect,
     Action: ([] as string[]).concat(s.Action).sort(),
     Resource: ([] as Json[]).concat(s.Resource).map(render),
-    Condition: s.Condition,
+    Condition: renderCondition(s.Condition),
   }));
   return {
     roleId,

@@ -17,6 +17,7 @@ import {
 } from './helpers';
 
 const TASKS = (cluster: string) => `arn:\${AWS::Partition}:ecs:\${AWS::Region}:\${AWS::AccountId}:task/${cluster}/*`;
+const CLUSTER = (cluster: string) => `arn:\${AWS::Partition}:ecs:\${AWS::Region}:\${AWS::AccountId}:cluster/${cluster}`;
 const SERVICE = (cluster: string, service: string) =>
   `arn:\${AWS::Partition}:ecs:\${AWS::Region}:\${AWS::AccountId}:service/${cluster}/${service}`;
 
@@ -35,25 +36,54 @@ function scalableTargetOf(serviceName: string) {
   return { id, props: resources()[id].Properties };
 }
 
+/**
+ * The ECS statements both task roles hold (lib/task-role.ts): protection of the task itself, and
+ * the drain watcher's reads of its own service and of that service's tasks (issue 17's fleet
+ * rule: ListTasks, DescribeTasks and GetTaskProtection on every task of the service).
+ */
+const ECS_STATEMENTS = (cluster: string, service: string) => [
+  {
+    Sid: 'ProtectOwnTask',
+    Effect: 'Allow',
+    Action: ['ecs:UpdateTaskProtection'],
+    Resource: [TASKS(cluster)],
+    Condition: undefined,
+  },
+  {
+    Sid: 'ReadTaskProtectionInThisCluster',
+    Effect: 'Allow',
+    Action: ['ecs:GetTaskProtection'],
+    Resource: [TASKS(cluster)],
+    Condition: undefined,
+  },
+  {
+    Sid: 'DescribeTasksInThisCluster',
+    Effect: 'Allow',
+    Action: ['ecs:DescribeTasks'],
+    Resource: [TASKS(cluster)],
+    Condition: undefined,
+  },
+  {
+    // ListTasks takes no task or service ARN: any resource, but only with this cluster named.
+    Sid: 'ListTasksInThisCluster',
+    Effect: 'Allow',
+    Action: ['ecs:ListTasks'],
+    Resource: ['*'],
+    Condition: { ArnEquals: { 'ecs:cluster': CLUSTER(cluster) } },
+  },
+  {
+    Sid: 'DescribeOwnService',
+    Effect: 'Allow',
+    Action: ['ecs:DescribeServices'],
+    Resource: [SERVICE(cluster, service)],
+    Condition: undefined,
+  },
+];
+
 describe('the websocket task role', () => {
-  it('may only protect and describe the cluster\'s tasks and describe its own service', () => {
+  it('may protect its task, read protection and describe the cluster\'s tasks, list them in this cluster only, and describe its own service', () => {
     const grants = taskRoleGrants(template, 'websocket');
-    assert.deepEqual(grants.statements, [
-      {
-        Sid: 'ProtectTasksInThisCluster',
-        Effect: 'Allow',
-        Action: ['ecs:DescribeTasks', 'ecs:GetTaskProtection', 'ecs:UpdateTaskProtection'],
-        Resource: [TASKS('task-protection')],
-        Condition: undefined,
-      },
-      {
-        Sid: 'DescribeOwnService',
-        Effect: 'Allow',
-        Action: ['ecs:DescribeServices'],
-        Resource: [SERVICE('task-protection', 'websocket')],
-        Condition: undefined,
-      },
-    ]);
+    assert.deepEqual(grants.statements, ECS_STATEMENTS('task-protection', 'websocket'));
   });
 
   it('has no other policy: one inline policy document, no managed policies', () => {
@@ -66,16 +96,10 @@ describe('the websocket task role', () => {
 });
 
 describe('the queue-consumer task role', () => {
-  it('may only protect the cluster\'s tasks and receive, delete and hide messages of its own queue', () => {
+  it('holds the drain watcher\'s ECS statements as the websocket does, and may only receive, delete and hide messages of its own queue', () => {
     const grants = taskRoleGrants(template, 'queue-consumer');
     assert.deepEqual(grants.statements, [
-      {
-        Sid: 'ProtectTasksInThisCluster',
-        Effect: 'Allow',
-        Action: ['ecs:GetTaskProtection', 'ecs:UpdateTaskProtection'],
-        Resource: [TASKS('task-protection')],
-        Condition: undefined,
-      },
+      ...ECS_STATEMENTS('task-protection', 'queue-consumer'),
       {
         Sid: 'ConsumeOwnQueue',
         Effect: 'Allow',
