@@ -272,7 +272,10 @@ describe('the queue-consumer service', () => {
   });
 
   it('has no load balancer and admits no inbound traffic', () => {
-    template.hasResourceProperties('AWS::ECS::Service', { ServiceName: 'queue-consumer', LoadBalancers: Match.absent() });
+    // With cdk.json's @aws-cdk/aws-ecs:removeEmptyLoadBalancers, CDK writes an empty list (so that
+    // an update removes load balancers a service had); without the flag it leaves the key out.
+    const service = Object.values(template.findResources('AWS::ECS::Service')).find((s) => s.Properties.ServiceName === 'queue-consumer');
+    assert.deepEqual(service!.Properties.LoadBalancers ?? [], []);
     const sg = logicalIdOf(template, 'AWS::EC2::SecurityGroup', (p) => p.GroupDescription.startsWith('Tasks of the queue-consumer'));
     assert.equal(resources()[sg].Properties.SecurityGroupIngress, undefined);
     const ingress = Object.values(template.findResources('AWS::EC2::SecurityGroupIngress'));
