@@ -161,10 +161,10 @@ describe('the websocket service', () => {
     assert.equal(containerOf(template, 'websocket').StopTimeout, 30);
   });
 
-  it('is one task, rolled 100 %/200 % with the circuit breaker rolling back, 30 s grace', () => {
+  it('is rolled 100 %/200 % with the circuit breaker rolling back, 30 s grace, and no DesiredCount', () => {
     template.hasResourceProperties('AWS::ECS::Service', {
       ServiceName: 'websocket',
-      DesiredCount: 1,
+      DesiredCount: Match.absent(),
       HealthCheckGracePeriodSeconds: 30,
       DeploymentConfiguration: Match.objectLike({
         MinimumHealthyPercent: 100,
@@ -185,6 +185,7 @@ describe('the websocket service', () => {
       METRICS_EMF: 'on',
       METRICS_INTERVAL_SECS: '60',
       METRICS_SERVICE_NAME: 'websocket',
+      HTTP_IDLE_TIMEOUT_SECS: '75',
     });
     assert.deepEqual(containerOf(template, 'websocket').PortMappings, [{ ContainerPort: 3000, Protocol: 'tcp' }]);
   });
@@ -282,24 +283,14 @@ describe('the queue-consumer service', () => {
     assert.ok(ingress.every((r) => render(r.Properties.GroupId) !== `\${${sg}.GroupId}`));
   });
 
-  it('scales 1-10 tasks in steps on the queue\'s visible messages: out from 10, in at 0', () => {
+  it('scales 1-10 tasks by target tracking on its backlog per task (test/scaling.test.ts has the details)', () => {
     const target = scalableTargetOf('queue-consumer');
     assert.deepEqual([target.props.MinCapacity, target.props.MaxCapacity], [1, 10]);
     const policies = Object.values(template.findResources('AWS::ApplicationAutoScaling::ScalingPolicy'))
       .map((p) => p.Properties)
       .filter((p) => p.ScalingTargetId.Ref === target.id);
-    assert.deepEqual(policies.map((p) => p.PolicyType), ['StepScaling', 'StepScaling']);
-    const alarms = Object.values(template.findResources('AWS::CloudWatch::Alarm')).map((a) => a.Properties);
-    assert.equal(alarms.length, 2);
-    for (const alarm of alarms) {
-      assert.equal(alarm.Namespace, 'AWS/SQS');
-      assert.equal(alarm.MetricName, 'ApproximateNumberOfMessagesVisible');
-      assert.deepEqual(alarm.Dimensions, [{ Name: 'QueueName', Value: { 'Fn::GetAtt': [queueId, 'QueueName'] } }]);
-    }
-    assert.deepEqual(
-      alarms.map((a) => [a.ComparisonOperator, a.Threshold]).sort(),
-      [['GreaterThanOrEqualToThreshold', 10], ['LessThanOrEqualToThreshold', 0]],
-    );
+    // With the minimum at 1 there is no scale-from-zero step policy.
+    assert.deepEqual(policies.map((p) => p.PolicyType), ['TargetTrackingScaling']);
   });
 });
 
