@@ -25,9 +25,12 @@ cfn_lint=$venv/bin/cfn-lint
 say() { printf 'check-cdk: [%3ds] %s\n' "$SECONDS" "$*"; }
 
 [[ -x $cfn_lint ]] || { say "no cfn-lint at $cfn_lint: run scripts/check-deploy.sh first (it creates the virtualenv)" >&2; exit 2; }
-command -v node >/dev/null || { say "node is needed (20 or later)" >&2; exit 2; }
+command -v node >/dev/null || { say "node is needed (22 LTS or later)" >&2; exit 2; }
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 (( node_major >= 20 )) || { say "node $(node --version) is too old: aws-cdk-lib needs 20 or later" >&2; exit 2; }
+# The app asks for Node 22 LTS (package.json "engines"): Node 20 reached its end of life in April
+# 2026 and gets no security fixes. aws-cdk-lib still runs on 20, so the check does too, and says so.
+(( node_major >= 22 )) || say "warning: node $(node --version) is past its end of life; use Node 22 LTS or later (docs/DEPLOY.md)" >&2
 
 # No AWS identity at all: prove that synthesis needs none. (The dummy account/region are AWS's
 # documentation placeholders, only there in case a lookup were ever attempted: it would fail
