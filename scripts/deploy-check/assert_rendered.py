@@ -102,10 +102,17 @@ def chat_backplane(c):
                  {"Fn::ImportValue": {"Fn::Sub": "${App}-${Env}-EnvironmentSecurityGroup"}}, None)])
 
 
+def env_value(c, name):
+    return {e.get("Name"): e.get("Value") for e in c.get("Environment", [])}.get(name)
+
+
 def websocket(t):
     c = container(t)
     chat_backplane(c)
     expect("websocket StopTimeout", c.get("StopTimeout"), 30)
+    # Above the environment ALB's idle timeout (the ALB default, 60 s: the rendered environment
+    # template sets none), so that the ALB closes idle keep-alive connections first.
+    expect("websocket HTTP_IDLE_TIMEOUT_SECS", env_value(c, "HTTP_IDLE_TIMEOUT_SECS"), "75")
     groups = list(resources_of(t, "AWS::ElasticLoadBalancingV2::TargetGroup").values())
     expect("websocket target groups", len(groups), 1)
     if groups:
