@@ -18,6 +18,8 @@
 
 mod agent;
 mod api;
+mod scheduler;
+pub mod tasks;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,10 +32,11 @@ use tokio::sync::watch;
 
 pub use agent::{Call, Fault, StandInAgent};
 pub use api::{
-    task_definition_arn, DeploymentDoc, EcsCall, EcsFault, EcsOperation, ServiceDoc, StandInEcs,
-    ACCOUNT, CLUSTER_ARN, CLUSTER_NAME, FAMILY, FIRST_DEPLOYMENT_ID, REGION, REVISION,
-    SERVICE_NAME, TASK_ARN,
+    task_access_key_id, task_definition_arn, DeploymentDoc, EcsCall, EcsFault, EcsOperation,
+    ServiceDoc, StandInEcs, TaskAgentCall, ACCOUNT, CLUSTER_ARN, CLUSTER_NAME, FAMILY,
+    FIRST_DEPLOYMENT_ID, MAX_DESIRED_COUNT, REGION, REVISION, SERVICE_NAME, TASK_ARN, TASK_ID,
 };
+pub use tasks::{task_arn, DesiredStatus, LastStatus, TaskInfo, TaskSpec};
 
 /// ECS's own limits on `ExpiresInMinutes` / `expiresInMinutes` (1..=2880, 120 when omitted). The
 /// stand-ins model ECS, so they keep ECS's numbers rather than borrowing the product's.
