@@ -18,6 +18,7 @@
 
 mod agent;
 mod api;
+mod fleet;
 mod scheduler;
 pub mod tasks;
 
@@ -36,6 +37,7 @@ pub use api::{
     ServiceDoc, StandInEcs, TaskAgentCall, ACCOUNT, CLUSTER_ARN, CLUSTER_NAME, FAMILY,
     FIRST_DEPLOYMENT_ID, MAX_DESIRED_COUNT, REGION, REVISION, SERVICE_NAME, TASK_ARN, TASK_ID,
 };
+pub use fleet::{sibling_binary, Fleet, FleetConfig, FleetError, FleetView, TaskKind, TaskLine};
 pub use tasks::{task_arn, DesiredStatus, LastStatus, TaskInfo, TaskSpec};
 
 /// ECS's own limits on `ExpiresInMinutes` / `expiresInMinutes` (1..=2880, 120 when omitted). The
