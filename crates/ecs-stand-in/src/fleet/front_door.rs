@@ -10,7 +10,7 @@
 //! answer with no healthy target) and closed; a task that refuses the connection is skipped for
 //! the next one, and `502` is answered when every one refuses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -39,6 +39,8 @@ struct State {
     routed: BTreeMap<String, u64>,
     /// Connections open now through each task.
     open: BTreeMap<String, u64>,
+    /// The task each open connection went to, by the client's address.
+    peers: HashMap<SocketAddr, String>,
 }
 
 /// The running front door. Dropping it stops accepting (open connections go on).
@@ -111,6 +113,11 @@ impl FrontDoor {
     pub fn open(&self) -> BTreeMap<String, u64> {
         lock(&self.state).open.clone()
     }
+
+    /// The task the open connection from `client` (the client's own address) went to.
+    pub fn routed_to(&self, client: SocketAddr) -> Option<String> {
+        lock(&self.state).peers.get(&client).cloned()
+    }
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>) {
@@ -142,6 +149,7 @@ fn candidates(state: &Mutex<State>) -> Vec<Target> {
 }
 
 async fn serve(mut client: TcpStream, state: Arc<Mutex<State>>) {
+    let peer = client.peer_addr().ok();
     let targets = candidates(&state);
     if targets.is_empty() {
         let _ = client
@@ -162,11 +170,17 @@ async fn serve(mut client: TcpStream, state: Arc<Mutex<State>>) {
             let mut state = lock(&state);
             *state.routed.entry(target.id.clone()).or_default() += 1;
             *state.open.entry(target.id.clone()).or_default() += 1;
+            if let Some(peer) = peer {
+                state.peers.insert(peer, target.id.clone());
+            }
         }
         let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
         let mut state = lock(&state);
         if let Some(n) = state.open.get_mut(&target.id) {
             *n = n.saturating_sub(1);
+        }
+        if let Some(peer) = peer {
+            state.peers.remove(&peer);
         }
         return;
     }
@@ -267,6 +281,10 @@ mod tests {
             conns.push(conn);
         }
         assert_eq!(names, ["a", "b", "c", "a", "b", "c"]);
+        for (conn, name) in conns.iter().zip(&names) {
+            let local = conn.get_ref().local_addr().unwrap();
+            assert_eq!(door.routed_to(local).as_deref(), Some(name.as_str()));
+        }
         assert_eq!(
             door.routed().values().copied().collect::<Vec<_>>(),
             [2, 2, 2]

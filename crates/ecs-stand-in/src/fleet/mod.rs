@@ -290,6 +290,17 @@ impl Fleet {
             .unwrap_or_default()
     }
 
+    /// The task the open front door connection from `client` (the client's own address, e.g. a
+    /// WebSocket client's local address) went to.
+    pub fn routed_to(&self, client: SocketAddr) -> Option<String> {
+        self.inner.front_door.as_ref()?.routed_to(client)
+    }
+
+    /// Task `id`'s process id, while it runs.
+    pub fn task_pid(&self, id: &str) -> Option<u32> {
+        lock(&self.inner.procs).get(id)?.process.pid()
+    }
+
     /// Sets the desired count, as `UpdateService --desired-count` does: the scheduler starts
     /// tasks, or stops the excess (unprotected tasks first, protected ones once released).
     pub fn scale(&self, count: u32) -> Result<(), FleetError> {

@@ -144,6 +144,11 @@ impl TaskProcess {
         })
     }
 
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
     /// The exit status, once the process has ended.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         if self.exited.is_none() {
