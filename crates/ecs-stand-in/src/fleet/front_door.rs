@@ -316,15 +316,23 @@ mod tests {
         assert_eq!(door.open().get("a"), Some(&1));
     }
 
+    /// What the front door itself answers a new connection with, read until it closes it.
+    async fn answer(door: &FrontDoor) -> String {
+        let mut stream = TcpStream::connect(door.addr()).await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
+            .await
+            .expect("the front door answers and closes")
+            .unwrap();
+        answer
+    }
+
     #[tokio::test]
     async fn with_no_task_registered_the_answer_is_503_and_a_refusing_task_is_skipped() {
         let door = FrontDoor::start("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
-        let mut stream = TcpStream::connect(door.addr()).await.unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.unwrap();
-        assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+        assert!(answer(&door).await.starts_with("HTTP/1.1 503 "));
 
         // A task whose port refuses connections (its process ended): the next one takes it.
         let refused = {
@@ -337,9 +345,6 @@ mod tests {
             assert_eq!(connect(&door).await.1, "b");
         }
         door.deregister("b");
-        let mut stream = TcpStream::connect(door.addr()).await.unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.unwrap();
-        assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+        assert!(answer(&door).await.starts_with("HTTP/1.1 502 "));
     }
 }
