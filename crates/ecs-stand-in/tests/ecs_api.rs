@@ -404,8 +404,9 @@ async fn each_task_has_its_own_agent_endpoint_on_its_own_protection() {
     let http = reqwest::Client::new();
     let state = |task: &str| format!("{}/task-protection/v1/state", ecs.agent_uri_for(task));
 
+    // The second task (not the table's first entry) protects itself.
     let answer = http
-        .put(state(&tasks[0]))
+        .put(state(&tasks[1]))
         .body(r#"{"ProtectionEnabled":true,"ExpiresInMinutes":3}"#)
         .send()
         .await
@@ -413,9 +414,9 @@ async fn each_task_has_its_own_agent_endpoint_on_its_own_protection() {
     assert_eq!(answer.status(), 200);
     let body: serde_json::Value = answer.json().await.unwrap();
     assert_eq!(body["protection"]["ProtectionEnabled"], true);
-    assert_eq!(body["protection"]["TaskArn"], tasks[0].as_str());
+    assert_eq!(body["protection"]["TaskArn"], tasks[1].as_str());
 
-    // The ECS API sees the same protection: task 0 protected, task 1 not.
+    // The ECS API sees the same protection: task 1 protected, task 0 not.
     let got = client(&ecs)
         .get_task_protection()
         .set_tasks(Some(tasks.clone()))
@@ -427,12 +428,22 @@ async fn each_task_has_its_own_agent_endpoint_on_its_own_protection() {
         .iter()
         .map(|p| p.protection_enabled())
         .collect();
-    assert_eq!(enabled, [true, false]);
-    assert!(ecs.task(&tasks[0]).unwrap().protected_until.is_some());
+    assert_eq!(enabled, [false, true]);
+    assert!(ecs.task(&tasks[1]).unwrap().protected_until.is_some());
+    assert!(!ecs.is_protected(), "the first task is not");
+    let read: serde_json::Value = http
+        .get(state(&tasks[0]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["protection"]["ProtectionEnabled"], false);
 
     // The agent's own parsing and answers: a bad body, a fault, an unknown task.
     let bad = http
-        .put(state(&tasks[1]))
+        .put(state(&tasks[0]))
         .body(r#"{"ProtectionEnabled":true,"Extra":1}"#)
         .send()
         .await
@@ -440,9 +451,9 @@ async fn each_task_has_its_own_agent_endpoint_on_its_own_protection() {
     assert_eq!(bad.status(), 400);
     let bad: serde_json::Value = bad.json().await.unwrap();
     assert_eq!(bad["error"]["Code"], "InvalidParameterException");
-    assert!(ecs.set_agent_fault(&tasks[1], Fault::Failure("TASK_NOT_VALID".into())));
+    assert!(ecs.set_agent_fault(&tasks[0], Fault::Failure("TASK_NOT_VALID".into())));
     let failed: serde_json::Value = http
-        .get(state(&tasks[1]))
+        .get(state(&tasks[0]))
         .send()
         .await
         .unwrap()
@@ -450,7 +461,7 @@ async fn each_task_has_its_own_agent_endpoint_on_its_own_protection() {
         .await
         .unwrap();
     assert_eq!(failed["failure"]["Reason"], "TASK_NOT_VALID");
-    assert_eq!(failed["failure"]["Arn"], tasks[1].as_str());
+    assert_eq!(failed["failure"]["Arn"], tasks[0].as_str());
     let unknown = http.get(state("nope")).send().await.unwrap();
     assert_eq!(unknown.status(), 404);
 
@@ -462,9 +473,10 @@ async fn each_task_has_its_own_agent_endpoint_on_its_own_protection() {
     assert_eq!(
         per_task,
         [
-            ("t0", "PUT", 200),
-            ("t1", "PUT", 400),
-            ("t1", "GET", 200),
+            ("t1", "PUT", 200),
+            ("t0", "GET", 200),
+            ("t0", "PUT", 400),
+            ("t0", "GET", 200),
             ("nope", "GET", 404)
         ]
     );
