@@ -77,6 +77,17 @@ impl Rig {
         rig
     }
 
+    /// Every running task's line in the fleet's view (its `/status` read).
+    async fn view_of_running(&self) -> Vec<ecs_stand_in::TaskLine> {
+        self.fleet
+            .view()
+            .await
+            .tasks
+            .into_iter()
+            .filter(|t| t.last_status == LastStatus::Running)
+            .collect()
+    }
+
     fn front_door(&self) -> SocketAddr {
         self.fleet
             .front_door()
@@ -592,6 +603,14 @@ async fn scale_to_zero_drains_every_task_and_keeps_every_player() {
         rig.join().await.is_err(),
         "a draining task takes no new player"
     );
+    // The table shows it: two players on each task, draining, protected.
+    let lines = rig.view_of_running().await;
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        assert_eq!(line.load, Some(2), "{line:?}");
+        assert!(line.draining.is_some(), "{line:?}");
+        assert!(line.protected_until.is_some(), "{line:?}");
+    }
 
     for p in players {
         p.leave().await;
@@ -670,4 +689,33 @@ async fn a_task_whose_process_dies_is_stopped_and_replaced() {
     })
     .await;
     assert!(!rig.fleet.registered().contains(&victim));
+}
+
+/// Shutting the fleet down stops every task with SIGTERM: each server shuts down in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_every_task_with_sigterm() {
+    let rig = Rig::start(2).await;
+    let tasks = rig.running();
+    let player = rig.join().await.unwrap();
+    rig.fleet.shutdown().await;
+    for t in &tasks {
+        let info = rig.task(t);
+        assert_eq!(info.last_status, LastStatus::Stopped);
+        assert_eq!(info.stopped_reason.as_deref(), Some("Fleet shutting down"));
+    }
+    let output = rig.fleet.output();
+    for t in &tasks {
+        let prefix = format!("[{}]", &t[..8]);
+        assert!(
+            output
+                .iter()
+                .any(|l| l.starts_with(&prefix) && l.contains("Shutdown complete")),
+            "task {t} did not shut down in order"
+        );
+    }
+    let ended = player.ended().unwrap_or_default();
+    assert!(
+        ended.contains("Away"),
+        "the player was closed with 1001: {ended}"
+    );
 }

@@ -427,9 +427,10 @@ impl Fleet {
 
     /// Stops every task as ECS stops a service's tasks (deregistered, SIGTERM, SIGKILL after the
     /// stop timeout, without the deregistration delay) and waits until their processes have
-    /// ended.
-    pub async fn shutdown(self) {
-        self.pause();
+    /// ended. The fleet does nothing more afterwards; its table and output stay readable.
+    pub async fn shutdown(&self) {
+        // The scheduler and the stopping steps are over: this sequence alone stops the tasks.
+        self.driver.abort();
         let ids: Vec<String> = lock(&self.inner.procs).keys().cloned().collect();
         let now = SystemTime::now();
         for id in &ids {
@@ -445,24 +446,22 @@ impl Fleet {
             }
         }
         let deadline = tokio::time::Instant::now() + self.inner.config.stop_timeout;
+        let mut killed = false;
         loop {
-            let running = {
-                let mut procs = lock(&self.inner.procs);
-                procs.retain(|_, p| p.process.exited().is_none());
-                procs.len()
-            };
-            if running == 0 {
-                return;
+            self.inner.reap();
+            if lock(&self.inner.procs).is_empty() {
+                break;
             }
-            if tokio::time::Instant::now() >= deadline {
+            if !killed && tokio::time::Instant::now() >= deadline {
                 for p in lock(&self.inner.procs).values_mut() {
                     let _ = p.process.kill();
                 }
-                tokio::time::sleep(POLL).await;
-                return;
+                killed = true;
             }
             tokio::time::sleep(POLL).await;
         }
+        // The last ones through DEPROVISIONING.
+        self.inner.reap();
     }
 }
 
@@ -619,6 +618,17 @@ impl Inner {
     /// Marks the tasks whose process has ended: STOPPED (through DEPROVISIONING), deregistered;
     /// a task that exited by itself is replaced by the scheduler's next round.
     fn reap(&self) {
+        let now = SystemTime::now();
+        {
+            // DEPROVISIONING lasts one poll: the task's resources are released.
+            let mut sim = self.ecs.sim();
+            let procs = lock(&self.procs);
+            for row in &mut sim.table.rows {
+                if row.last_status == LastStatus::Deprovisioning && !procs.contains_key(&row.id) {
+                    row.set_status(LastStatus::Stopped, now);
+                }
+            }
+        }
         let mut ended = Vec::new();
         {
             let mut procs = lock(&self.procs);
@@ -630,7 +640,6 @@ impl Inner {
                 None => true,
             });
         }
-        let now = SystemTime::now();
         for (id, status) in ended {
             if let Some(door) = &self.front_door {
                 door.deregister(&id);
@@ -655,14 +664,6 @@ impl Inner {
                 "[ecs] task {} exited{how}: {status}",
                 short_id(&id)
             ));
-        }
-        // DEPROVISIONING lasts one poll: the task's resources are released.
-        let mut sim = self.ecs.sim();
-        let procs = lock(&self.procs);
-        for row in &mut sim.table.rows {
-            if row.last_status == LastStatus::Deprovisioning && !procs.contains_key(&row.id) {
-                row.set_status(LastStatus::Stopped, now);
-            }
         }
     }
 
