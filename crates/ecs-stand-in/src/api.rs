@@ -2,7 +2,7 @@
 //! speaks ECS's `awsJson1_1` protocol well enough for the real `aws-sdk-ecs` client, records
 //! every call in order, and fails on demand.
 //!
-//! Every operation reads and writes one **task table** ([`crate::tasks`]). A stand-in made by
+//! Every operation reads and writes one **task table** ([`TaskInfo`] for each task). A stand-in made by
 //! [`StandInEcs::start`] has one task in it, [`TASK_ARN`], which the single-task methods
 //! ([`StandInEcs::is_protected`], [`StandInEcs::set_task_group`], …) act on: the table's first
 //! entry. Its service document is set by hand ([`StandInEcs::set_counts`],
@@ -107,6 +107,7 @@ pub fn task_definition_arn(revision: u32) -> String {
 
 /// The ECS operations the stand-in answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[non_exhaustive]
 pub enum EcsOperation {
     /// `UpdateTaskProtection`.
     UpdateTaskProtection,
@@ -360,6 +361,7 @@ impl ServiceEvent {
 
 /// One call to a task's agent endpoint ([`StandInEcs::agent_uri_for`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct TaskAgentCall {
     /// The task it was made for (its ID).
     pub task_id: String,
