@@ -312,8 +312,8 @@ impl Fleet {
         let desired = i32::try_from(count).unwrap_or(0);
         let previous = self.inner.ecs.desired_count();
         self.inner.ecs.set_desired_count(desired);
-        self.inner.event(format!(
-            "(service {SERVICE_NAME}) desired count changed from {previous} to {desired}."
+        self.inner.note(format!(
+            "desired count of service {SERVICE_NAME} changed from {previous} to {desired}"
         ));
         Ok(())
     }
@@ -337,8 +337,8 @@ impl Fleet {
             .ecs
             .stop_task(task)
             .map_err(FleetError::NoSuchTask)?;
-        self.inner.event(format!(
-            "(service {SERVICE_NAME}) task {} is stopping: {}.",
+        self.inner.note(format!(
+            "task {} is stopping: {}",
             info.id,
             info.stopped_reason.as_deref().unwrap_or("stopped")
         ));
@@ -495,10 +495,15 @@ async fn drive(inner: Arc<Inner>) {
 }
 
 impl Inner {
-    /// Records a service event and shows it in the output.
+    /// Records a service event (as `DescribeServices` lists them) and shows it in the output.
     fn event(&self, message: String) {
         self.output.push(format!("[ecs] {message}"));
         self.ecs.sim().push_event(message);
+    }
+
+    /// Shows what the fleet did in the output only (ECS has no service event for it).
+    fn note(&self, message: String) {
+        self.output.push(format!("[ecs] {message}"));
     }
 
     /// One scheduler round: the plan of [`scheduler::plan`] carried out.
@@ -871,6 +876,13 @@ impl Inner {
                     if let Some(p) = lock(&self.procs).get_mut(&task.id) {
                         p.stopping.registered = registered;
                         p.stopping.deactivated_at = Some(now);
+                    }
+                    if registered {
+                        self.event(format!(
+                            "(service {SERVICE_NAME}) deregistered 1 targets in (target-group \
+                             stand-in): (task {}).",
+                            task.id
+                        ));
                     }
                 }
                 Some(Step::Terminate) => {
