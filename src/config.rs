@@ -981,7 +981,9 @@ mod tests {
             Duration::from_secs(75)
         );
         assert_eq!(
-            worker(&["--queue-url", "http://q/1/jobs"]).unwrap().http_limits(),
+            worker(&["--queue-url", "http://q/1/jobs"])
+                .unwrap()
+                .http_limits(),
             HttpLimits::DEFAULT
         );
         let c = worker(&[

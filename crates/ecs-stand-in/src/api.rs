@@ -935,6 +935,25 @@ impl StandInEcs {
         arn
     }
 
+    /// A busy fleet around the stand-in's own task, for a scale-in: protects the own task for an
+    /// hour and adds `others` RUNNING tasks of the PRIMARY deployment, protected for an hour and
+    /// started before it (so the own task is the youngest). Returns the added tasks' ARNs.
+    pub fn add_busy_tasks(&self, others: usize) -> Vec<String> {
+        let in_an_hour = SystemTime::now() + Duration::from_secs(3600);
+        self.set_protected_until(Some(in_an_hour));
+        (0..others)
+            .map(|i| {
+                let started =
+                    SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000 + i as u64);
+                self.add_task(
+                    TaskSpec::new()
+                        .started_at(started)
+                        .protected_until(in_an_hour),
+                )
+            })
+            .collect()
+    }
+
     /// Moves task `task` to `status` (a stopping status also sets its desired status STOPPED);
     /// `false` if there is no such task.
     pub fn set_task_status(&self, task: &str, status: LastStatus) -> bool {
