@@ -36,14 +36,44 @@ def container(template):
     return defs[0]["ContainerDefinitions"][0] if defs else {}
 
 
-def addon_actions(service):
+def addon_statements(service):
     addons = load(f"{out}/{service}.addons.stack.yml")
-    actions = set()
-    for policy in resources_of(addons, "AWS::IAM::ManagedPolicy").values():
-        for statement in policy.get("PolicyDocument", {}).get("Statement", []):
-            action = statement.get("Action", [])
-            actions.update([action] if isinstance(action, str) else action)
-    return sorted(actions)
+    return [statement
+            for policy in resources_of(addons, "AWS::IAM::ManagedPolicy").values()
+            for statement in policy.get("PolicyDocument", {}).get("Statement", [])]
+
+
+def as_list(value):
+    return [value] if isinstance(value, str) else list(value)
+
+
+def addon_actions(service):
+    return sorted({a for s in addon_statements(service) for a in as_list(s.get("Action", []))})
+
+
+# The drain watcher's calls, the same for both services (issue 17): protection of the task itself,
+# and reads of the task's own service and of that service's tasks.
+DRAIN_WATCH_ACTIONS = ["ecs:DescribeServices", "ecs:DescribeTasks", "ecs:GetTaskProtection",
+                       "ecs:ListTasks", "ecs:UpdateTaskProtection"]
+
+
+def scoped(service):
+    """Every statement names ARNs, except ListTasks (no task or service ARN to name), which must be
+    limited to the environment's cluster by an ArnEquals condition on ecs:cluster."""
+    for statement in addon_statements(service):
+        actions = as_list(statement.get("Action", []))
+        resources = as_list(statement.get("Resource", []))
+        if actions == ["ecs:ListTasks"]:
+            expect(f"{service} ListTasks resource", resources, ["*"])
+            cluster = statement.get("Condition", {}).get("ArnEquals", {}).get("ecs:cluster")
+            if not (isinstance(cluster, dict) and "Fn::Sub" in cluster
+                    and ":cluster/${ClusterName}" in str(cluster["Fn::Sub"])):
+                findings.append(f"{service}: ListTasks is not limited to the environment's cluster "
+                                f"(ArnEquals ecs:cluster): {statement.get('Condition')!r}")
+        elif "*" in resources:
+            findings.append(f"{service}: {actions} allowed on every resource")
+        elif "ecs:ListTasks" in actions:
+            findings.append(f"{service}: ecs:ListTasks shares a statement with {actions}")
 
 
 def env_names(c):
@@ -72,10 +102,17 @@ def chat_backplane(c):
                  {"Fn::ImportValue": {"Fn::Sub": "${App}-${Env}-EnvironmentSecurityGroup"}}, None)])
 
 
+def env_value(c, name):
+    return {e.get("Name"): e.get("Value") for e in c.get("Environment", [])}.get(name)
+
+
 def websocket(t):
     c = container(t)
     chat_backplane(c)
     expect("websocket StopTimeout", c.get("StopTimeout"), 30)
+    # Above the environment ALB's idle timeout (the ALB default, 60 s: the rendered environment
+    # template sets none), so that the ALB closes idle keep-alive connections first.
+    expect("websocket HTTP_IDLE_TIMEOUT_SECS", env_value(c, "HTTP_IDLE_TIMEOUT_SECS"), "75")
     groups = list(resources_of(t, "AWS::ElasticLoadBalancingV2::TargetGroup").values())
     expect("websocket target groups", len(groups), 1)
     if groups:
@@ -84,9 +121,8 @@ def websocket(t):
         delay = {a.get("Key"): a.get("Value") for a in g.get("TargetGroupAttributes", [])}
         expect("websocket deregistration delay",
                str(delay.get("deregistration_delay.timeout_seconds")), "300")
-    expect("websocket task role actions", addon_actions("websocket"),
-           ["ecs:DescribeServices", "ecs:DescribeTasks", "ecs:GetTaskProtection",
-            "ecs:UpdateTaskProtection"])
+    expect("websocket task role actions", addon_actions("websocket"), DRAIN_WATCH_ACTIONS)
+    scoped("websocket")
 
 
 def queue_consumer(t):
@@ -103,7 +139,8 @@ def queue_consumer(t):
     if "DeadLetterQueue" not in t.get("Resources", {}):
         findings.append("queue-consumer: no dead-letter queue was rendered")
     expect("queue-consumer task role actions", addon_actions("queue-consumer"),
-           ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection", "sqs:ChangeMessageVisibility"])
+           DRAIN_WATCH_ACTIONS + ["sqs:ChangeMessageVisibility"])
+    scoped("queue-consumer")
 
 
 checks = {"websocket": websocket, "queue-consumer": queue_consumer}

@@ -3,7 +3,7 @@
 //! `protection` body, HTTP 200 with a `failure` body, or ECS's status code with an `error` body.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::State;
 use axum::http::{Method, StatusCode};
@@ -14,7 +14,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::{
-    rfc3339, Delay, Protection, Served, Shared as Common, ANY_LOOPBACK_PORT, ECS_EXPIRES_IN_MINUTES,
+    rfc3339, Delay, Journal, Protection, Served, Shared as Common, ANY_LOOPBACK_PORT,
+    ECS_EXPIRES_IN_MINUTES,
 };
 
 const TASK_ARN: &str = "arn:aws:ecs:us-east-1:123456789012:task/stand-in-cluster/0123456789abcdef";
@@ -147,85 +148,146 @@ impl StandInAgent {
 }
 
 async fn state(State(shared): State<Shared>, method: Method, body: axum::body::Bytes) -> Response {
-    let put = method == Method::PUT;
+    let fault = shared.sim().fault.clone();
+    let sim = shared.clone();
+    serve_call(
+        &shared.journal,
+        fault,
+        TASK_ARN,
+        &method,
+        &body,
+        |call| call,
+        move |change| {
+            let mut sim = sim.sim();
+            if let Some((enabled, minutes)) = change {
+                sim.protection.set(enabled, minutes);
+            }
+            Some(sim.protection.current())
+        },
+    )
+    .await
+}
+
+/// A journal entry that carries one agent [`Call`]: the call itself, or the call with the task it
+/// was made for.
+pub(crate) trait AgentRecord: Clone {
+    /// The call, to complete with its answer.
+    fn call_mut(&mut self) -> &mut Call;
+}
+
+impl AgentRecord for Call {
+    fn call_mut(&mut self) -> &mut Call {
+        self
+    }
+}
+
+/// Answers one call to the agent's task protection endpoint for the task `task_arn` as the agent
+/// does, under `fault`: records it in `journal` (wrapped by `record`) as it arrives, waits out
+/// the fault's delay, answers, and completes the record with the answer.
+///
+/// `protection` is called once the delay is over, unless a fault or a bad request answers first:
+/// with `Some((enabled, minutes))` for a valid PUT (protection on for that long, ECS's default
+/// when `None`; or off) or `None` for a GET. It returns the task's expiry after the change
+/// (`Some(None)`: not protected), or `None` when there is no such task, which is answered as
+/// the agent's `ResourceNotFoundException`.
+///
+/// [`StandInAgent`] and the per-task agent endpoints of [`crate::StandInEcs`] both answer through
+/// it, so they parse, answer and fail alike.
+pub(crate) async fn serve_call<C: AgentRecord>(
+    journal: &Journal<C>,
+    fault: Fault,
+    task_arn: &str,
+    method: &Method,
+    body: &[u8],
+    record: impl FnOnce(Call) -> C,
+    protection: impl FnOnce(Option<(bool, Option<u32>)>) -> Option<Option<SystemTime>>,
+) -> Response {
+    let put = *method == Method::PUT;
     let parsed = if put {
-        parse_put(&body)
+        parse_put(body)
     } else {
         Ok((None, None))
     };
     let (enabled, expires) = parsed.clone().unwrap_or((None, None));
-    let index = shared.journal.record(Call {
+    let index = journal.record(record(Call {
         method: method.to_string(),
         enabled,
         expires_in_minutes: expires,
         status: 0,
         ok: false,
-    });
-    let fault = shared.sim().fault.clone();
-    shared.journal.delay(fault.delay()).await;
+    }));
+    journal.delay(fault.delay()).await;
 
     let (status, body) = match (&fault, parsed) {
         (_, Err(message)) => (
             StatusCode::BAD_REQUEST,
-            error_body("InvalidParameterException", &message),
+            error_body(task_arn, "InvalidParameterException", &message),
         ),
         (Fault::Failure(reason), _) => (
             StatusCode::OK,
-            json!({"failure": {"Arn": TASK_ARN, "Detail": null, "Reason": reason}}).to_string(),
+            json!({"failure": {"Arn": task_arn, "Detail": null, "Reason": reason}}).to_string(),
         ),
         (Fault::Throttled, _) => (
             StatusCode::BAD_REQUEST,
-            error_body("ThrottlingException", "Rate exceeded"),
+            error_body(task_arn, "ThrottlingException", "Rate exceeded"),
         ),
         (Fault::AccessDenied, _) => (
             StatusCode::FORBIDDEN,
             error_body(
+                task_arn,
                 "AccessDeniedException",
                 "Task role credentials are not available",
             ),
         ),
-        (Fault::NotFound, _) => (
-            StatusCode::NOT_FOUND,
-            error_body(
-                "ResourceNotFoundException",
-                "Failed to find a task for the request",
-            ),
-        ),
+        (Fault::NotFound, _) => not_found(task_arn),
         (Fault::ServerError, _) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            error_body("ServerException", "internal error"),
+            error_body(task_arn, "ServerException", "internal error"),
         ),
         (Fault::GatewayTimeout, _) => (
             StatusCode::GATEWAY_TIMEOUT,
             error_body(
+                task_arn,
                 "RequestCanceled",
                 "Timed out calling ECS Task Protection API",
             ),
         ),
         (Fault::Malformed, _) => (StatusCode::OK, "<html>not json</html>".to_string()),
         (Fault::None | Fault::Hang | Fault::Slow(_), Ok((enabled, expires))) => {
-            let mut sim = shared.sim();
-            if put {
-                sim.protection.set(enabled == Some(true), expires);
+            let change = enabled.map(|enabled| (enabled, expires));
+            match protection(change) {
+                Some(expires_at) => (
+                    StatusCode::OK,
+                    json!({"protection": {
+                        "ExpirationDate": expires_at.map(rfc3339),
+                        "ProtectionEnabled": expires_at.is_some(),
+                        "TaskArn": task_arn,
+                    }})
+                    .to_string(),
+                ),
+                None => not_found(task_arn),
             }
-            let expires_at = sim.protection.current();
-            (
-                StatusCode::OK,
-                json!({"protection": {
-                    "ExpirationDate": expires_at.map(rfc3339),
-                    "ProtectionEnabled": expires_at.is_some(),
-                    "TaskArn": TASK_ARN,
-                }})
-                .to_string(),
-            )
         }
     };
     let ok = status == StatusCode::OK && body.starts_with("{\"protection\"");
-    shared.journal.finish(index, |call| {
+    journal.finish(index, |entry| {
+        let call = entry.call_mut();
         call.status = status.as_u16();
         call.ok = ok;
     });
     (status, [("content-type", "application/json")], body).into_response()
+}
+
+/// The agent's answer when it knows no such task.
+fn not_found(task_arn: &str) -> (StatusCode, String) {
+    (
+        StatusCode::NOT_FOUND,
+        error_body(
+            task_arn,
+            "ResourceNotFoundException",
+            "Failed to find a task for the request",
+        ),
+    )
 }
 
 /// Validates a PUT body the way the agent does: `ProtectionEnabled` required, `ExpiresInMinutes`
@@ -264,7 +326,7 @@ fn parse_put(body: &[u8]) -> Result<(Option<bool>, Option<u32>), String> {
     Ok((Some(enabled), expires))
 }
 
-fn error_body(code: &str, message: &str) -> String {
-    json!({"requestID": "00000000-0000-0000-0000-000000000000", "error": {"Arn": TASK_ARN, "Code": code, "Message": message}})
+fn error_body(task_arn: &str, code: &str, message: &str) -> String {
+    json!({"requestID": "00000000-0000-0000-0000-000000000000", "error": {"Arn": task_arn, "Code": code, "Message": message}})
         .to_string()
 }

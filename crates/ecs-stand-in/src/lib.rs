@@ -4,7 +4,12 @@
 //! * [`StandInAgent`]: the ECS container agent's task protection endpoint
 //!   (`$ECS_AGENT_URI/task-protection/v1/state`).
 //! * [`StandInEcs`]: the ECS API (`awsJson1_1`, enough for the real `aws-sdk-ecs` client) and the
-//!   task metadata v4 endpoint.
+//!   task metadata v4 endpoint, over a table of tasks ([`TaskInfo`]): one task by default, as
+//!   many as a test adds ([`TaskSpec`]) or a fleet runs, each with its own protection, metadata
+//!   and agent endpoint.
+//! * [`Fleet`]: a local ECS service of real task processes on a [`StandInEcs`] in fleet mode,
+//!   behind a front door standing in for the load balancer, scaled, deployed and stopped with
+//!   ECS's rules for scale-in protection (`cargo run -p ecs-stand-in -- fleet`).
 //!
 //! Both share one mechanism ([`Journal`]) for recording calls, holding them (a hang), and telling
 //! waiters how many have arrived, and one simulation of a task's protection ([`Protection`]).
@@ -12,12 +17,15 @@
 //! load tool, a person with `curl`) can read them.
 //!
 //! This crate is a dev-dependency of the product: a release build of the server never compiles
-//! it. `cargo run -p ecs-stand-in` starts both on loopback for experiments by hand.
+//! it. `cargo run -p ecs-stand-in` starts both stand-ins on loopback for experiments by hand.
 
 #![warn(missing_docs)]
 
 mod agent;
 mod api;
+mod fleet;
+mod scheduler;
+mod tasks;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,10 +38,12 @@ use tokio::sync::watch;
 
 pub use agent::{Call, Fault, StandInAgent};
 pub use api::{
-    task_definition_arn, DeploymentDoc, EcsCall, EcsFault, EcsOperation, ServiceDoc, StandInEcs,
-    ACCOUNT, CLUSTER_ARN, CLUSTER_NAME, FAMILY, FIRST_DEPLOYMENT_ID, REGION, REVISION,
-    SERVICE_NAME, TASK_ARN,
+    task_access_key_id, task_definition_arn, DeploymentDoc, EcsCall, EcsFault, EcsOperation,
+    ServiceDoc, StandInEcs, TaskAgentCall, ACCOUNT, CLUSTER_ARN, CLUSTER_NAME, FAMILY,
+    FIRST_DEPLOYMENT_ID, MAX_DESIRED_COUNT, REGION, REVISION, SERVICE_NAME, TASK_ARN, TASK_ID,
 };
+pub use fleet::{sibling_binary, Fleet, FleetConfig, FleetError, FleetView, TaskKind, TaskLine};
+pub use tasks::{task_arn, DesiredStatus, LastStatus, TaskInfo, TaskSpec};
 
 /// ECS's own limits on `ExpiresInMinutes` / `expiresInMinutes` (1..=2880, 120 when omitted). The
 /// stand-ins model ECS, so they keep ECS's numbers rather than borrowing the product's.

@@ -118,18 +118,104 @@ async fn a_newer_primary_deployment_is_noticed_within_one_interval_and_clears_wh
 }
 
 #[tokio::test]
-async fn a_scale_in_is_noticed_and_clears_when_it_has_finished() {
+async fn a_scale_in_that_needs_this_busy_task_is_noticed_and_clears_when_it_has_finished() {
     let ecs = StandInEcs::start().await.unwrap();
+    // Three busy tasks, this one the youngest; desired 1: ECS needs two of them gone.
+    ecs.add_busy_tasks(2);
     let mut rx = start_watch(&ecs);
     wait_describes(&ecs, 1).await;
     ecs.set_counts(1, 3);
     let reason = wait_value(&mut rx, ONE_INTERVAL, Option::is_some).await;
-    assert_eq!(reason.as_deref(), Some("scale-in: desired 1, running 3"));
+    assert_eq!(
+        reason.as_deref(),
+        Some(
+            "scale-in: desired 1, 3 tasks running or starting; ECS needs 2 of the busy tasks \
+             gone and this task is among the youngest"
+        )
+    );
+    let listed = &ecs.calls_of(EcsOperation::ListTasks)[0];
+    assert_eq!(listed.cluster.as_deref(), Some(CLUSTER_ARN));
     ecs.set_counts(1, 1);
     assert_eq!(
         wait_value(&mut rx, ONE_INTERVAL, Option::is_none).await,
         None
     );
+}
+
+#[tokio::test]
+async fn a_scale_in_that_other_tasks_satisfy_drains_nobody_and_costs_no_call_at_rest() {
+    let ecs = StandInEcs::start().await.unwrap();
+    let mut rx = start_watch(&ecs);
+    wait_describes(&ecs, 3).await;
+    // At rest, DescribeServices alone: nothing about the other tasks is asked.
+    assert_eq!(ecs.calls_of(EcsOperation::ListTasks).len(), 0);
+    assert_eq!(ecs.calls_of(EcsOperation::GetTaskProtection).len(), 0);
+
+    // This task and an older one are busy, a third is idle; desired 2: ECS stops the idle one.
+    let busy = ecs.add_busy_tasks(1);
+    let long_ago = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_100);
+    let idle = ecs.add_task(ecs_stand_in::TaskSpec::new().started_at(long_ago));
+    ecs.set_counts(2, 3);
+    let seen = describes(&ecs);
+    wait_describes(&ecs, seen + 3).await;
+    assert!(!ecs.calls_of(EcsOperation::GetTaskProtection).is_empty());
+    assert_eq!(
+        *rx.borrow_and_update(),
+        None,
+        "an idle task is there to stop"
+    );
+    // The idle one becomes busy: now one busy task must go, the youngest, this one.
+    assert!(ecs.set_task_protection(&idle, Some(std::time::SystemTime::now() + INTERVAL * 3000)));
+    let reason = wait_value(&mut rx, ONE_INTERVAL, Option::is_some)
+        .await
+        .unwrap();
+    assert!(
+        reason.contains("ECS needs 1 of the busy tasks gone"),
+        "{reason}"
+    );
+    // ECS stopped the other busy task after all (its players left): no longer needed.
+    assert!(ecs.remove_task(&busy[0]));
+    ecs.set_counts(2, 2);
+    assert_eq!(
+        wait_value(&mut rx, ONE_INTERVAL, Option::is_none).await,
+        None
+    );
+}
+
+#[tokio::test]
+async fn missing_fleet_data_starts_no_scale_in_drain_and_keeps_one_under_way() {
+    let logs = Logs::global();
+    let ecs = StandInEcs::start().await.unwrap();
+    ecs.add_busy_tasks(1);
+    ecs.set_fault_for(EcsOperation::ListTasks, EcsFault::AccessDenied);
+    let mut rx = start_watch(&ecs);
+    ecs.set_counts(0, 2);
+    let seen = describes(&ecs);
+    wait_describes(&ecs, seen + 4).await;
+    assert_eq!(
+        *rx.borrow_and_update(),
+        None,
+        "no drain without the fleet's data"
+    );
+    let mine = logs.mine();
+    assert_eq!(
+        mine.lines()
+            .filter(|l| l.contains("lacks ecs:ListTasks"))
+            .count(),
+        1,
+        "the missing action, logged once:\n{mine}"
+    );
+
+    ecs.set_fault_for(EcsOperation::ListTasks, EcsFault::None);
+    let reason = wait_value(&mut rx, ONE_INTERVAL, Option::is_some)
+        .await
+        .unwrap();
+    assert!(reason.starts_with("scale-in: desired 0"), "{reason}");
+    // GetTaskProtection fails now: the drain under way goes on.
+    ecs.set_fault_for(EcsOperation::GetTaskProtection, EcsFault::ServerError);
+    let seen = describes(&ecs);
+    wait_describes(&ecs, seen + 3).await;
+    assert_eq!(rx.borrow().as_deref(), Some(reason.as_str()));
 }
 
 #[tokio::test]
@@ -175,6 +261,7 @@ async fn an_error_keeps_the_previous_value() {
 async fn an_unavailable_metadata_endpoint_is_retried_on_the_next_round() {
     let ecs = StandInEcs::start().await.unwrap();
     ecs.set_metadata_available(false);
+    ecs.add_busy_tasks(1);
     ecs.set_counts(1, 2);
     let mut rx = start_watch(&ecs);
     tokio::time::timeout(Duration::from_secs(3), async {
@@ -187,7 +274,12 @@ async fn an_unavailable_metadata_endpoint_is_retried_on_the_next_round() {
     assert_eq!(describes(&ecs), 0);
     ecs.set_metadata_available(true);
     let reason = wait_value(&mut rx, Duration::from_secs(2), Option::is_some).await;
-    assert_eq!(reason.as_deref(), Some("scale-in: desired 1, running 2"));
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("scale-in: desired 1, 2 tasks")),
+        "{reason:?}"
+    );
 }
 
 #[tokio::test]
@@ -339,10 +431,16 @@ async fn describe_tasks_is_called_once_per_task_once_it_has_answered() {
     wait_describes(&ecs, 3).await;
     let failed = task_describes(&ecs);
     assert!(failed >= 3, "retried on the next rounds: {failed}");
-    ecs.set_counts(1, 3);
+    // A deployment is still recognised meanwhile, by the task definition.
+    ecs.begin_deployment(&ecs_stand_in::task_definition_arn(2));
     let reason = wait_value(&mut rx, ONE_INTERVAL, Option::is_some).await;
-    assert_eq!(reason.as_deref(), Some("scale-in: desired 1, running 3"));
-    ecs.set_counts(2, 2);
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("deployment in progress")),
+        "{reason:?}"
+    );
+    ecs.set_service(ServiceDoc::steady(&ecs_stand_in::task_definition_arn(1), 2));
     wait_value(&mut rx, ONE_INTERVAL, Option::is_none).await;
 
     ecs.set_fault_for(EcsOperation::DescribeTasks, EcsFault::None);

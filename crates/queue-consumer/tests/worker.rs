@@ -737,6 +737,8 @@ async fn a_scale_in_drain_lets_a_long_job_finish_past_the_drain_deadline() {
     settings.push(("DRAIN_DEADLINE_SECS", "1".into()));
     let w = worker(&queue, moto.endpoint(), &agent, &refs(&settings));
     w.output.wait_for("- Working for 5000", 1, LIMIT).await;
+    // Every task busy (ECS's table says so), this one the youngest: ECS needs it gone.
+    ecs.add_busy_tasks(2);
     ecs.set_counts(1, 3);
     w.output.wait_for("Draining: scale-in", 1, LIMIT).await;
     assert_eq!(status(&port).await["drain_reason"], "scale-in");

@@ -33,8 +33,13 @@ export interface AppConfig {
   };
   readonly queueConsumer: {
     readonly serviceName: string;
+    /** 0 is allowed: a separate policy starts the first task when messages wait and no task runs. */
     readonly minTasks: number;
     readonly maxTasks: number;
+    /** How long a message may wait in the queue before a worker takes it (Copilot's `acceptable_latency`). */
+    readonly acceptableLatencySecs: number;
+    /** How long one job takes (Copilot's `msg_processing_time` times the worker concurrency). */
+    readonly jobSecs: number;
   };
   /** The repository root: the Docker build context holding the Dockerfile. */
   readonly repoRoot: string;
@@ -55,6 +60,8 @@ export const CONTEXT_KEYS = [
   'queueConsumerServiceName',
   'queueConsumerMinTasks',
   'queueConsumerMaxTasks',
+  'queueAcceptableLatencySecs',
+  'queueJobSecs',
 ] as const;
 
 function str(node: Node, key: string): string | undefined {
@@ -69,6 +76,17 @@ function int(node: Node, key: string, fallback: number, min: number, max: number
   const value = Number(raw);
   if (!Number.isInteger(value) || value < min || value > max) {
     throw new Error(`context ${key}=${raw}: expected a whole number from ${min} to ${max}`);
+  }
+  return value;
+}
+
+/** A positive number (fractions allowed, e.g. 0.5 s), from min to max. */
+function positive(node: Node, key: string, fallback: number, min: number, max: number): number {
+  const raw = str(node, key);
+  if (raw === undefined) return fallback;
+  const value = Number(raw);
+  if (!Number.isFinite(value) || value < min || value > max) {
+    throw new Error(`context ${key}=${raw}: expected a number of seconds from ${min} to ${max}`);
   }
   return value;
 }
@@ -132,7 +150,16 @@ export function findRepoRoot(start: string = __dirname): string {
 
 /** Reads and checks the context; throws with the key's name on a bad value. */
 export function readConfig(node: Node): AppConfig {
-  const websocketMin = int(node, 'websocketMinTasks', 1, 0, 1000);
+  if (str(node, 'websocketMinTasks') !== undefined && Number(str(node, 'websocketMinTasks')) === 0) {
+    // Target tracking on Connections per task is all that scales the websocket service. With no
+    // task running nothing publishes Connections, so a service at zero would stay there: players
+    // would get 503 from the load balancer until someone raised the count by hand.
+    throw new Error(
+      'context websocketMinTasks=0: the websocket service cannot scale out from zero tasks ' +
+        '(with no task running, nothing publishes the Connections metric its scaling tracks); use 1 or more',
+    );
+  }
+  const websocketMin = int(node, 'websocketMinTasks', 1, 1, 1000);
   const queueMin = int(node, 'queueConsumerMinTasks', 1, 0, 1000);
   const config: AppConfig = {
     clusterName: name(node, 'clusterName', 'task-protection'),
@@ -151,6 +178,8 @@ export function readConfig(node: Node): AppConfig {
       serviceName: name(node, 'queueConsumerServiceName', 'queue-consumer'),
       minTasks: queueMin,
       maxTasks: int(node, 'queueConsumerMaxTasks', 10, Math.max(1, queueMin), 1000),
+      acceptableLatencySecs: positive(node, 'queueAcceptableLatencySecs', 60, 1, 86_400),
+      jobSecs: positive(node, 'queueJobSecs', 2, 0.001, 43_200),
     },
     repoRoot: findRepoRoot(),
   };

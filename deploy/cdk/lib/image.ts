@@ -15,8 +15,9 @@ export function imageFromDockerfile(config: AppConfig, target: 'websocket' | 'qu
   return ecs.ContainerImage.fromAsset(config.repoRoot, {
     file: 'Dockerfile',
     target,
-    // The Dockerfile is not architecture-specific; build for the tasks' CPU (docker buildx; on an
-    // x86 machine an arm64 build runs under QEMU emulation).
+    // Build for the tasks' CPU. The Dockerfile's builder stage runs on the machine's own platform
+    // and cross-compiles for this one, so an arm64 image builds at native speed on an x86_64
+    // machine (and the reverse): no QEMU emulation.
     platform: config.architecture === 'ARM64' ? ecrAssets.Platform.LINUX_ARM64 : ecrAssets.Platform.LINUX_AMD64,
     exclude: ['deploy', 'target', '.git', '**/node_modules', '**/cdk.out'],
   });

@@ -8,7 +8,7 @@ import { App } from 'aws-cdk-lib';
 import { Match, Template } from 'aws-cdk-lib/assertions';
 import { readConfig } from '../lib/config';
 import { TaskProtectionStack } from '../lib/task-protection-stack';
-import { containerOf, environmentOf, quietly, synth, taskDefinitionOf, taskRoleGrants } from './helpers';
+import { containerOf, environmentOf, logicalIdOf, quietly, render, synth, taskDefinitionOf, taskRoleGrants } from './helpers';
 
 describe('context', () => {
   it('clusterName and the service names reach the cluster, the services, the IAM ARNs and the metric', () => {
@@ -16,13 +16,18 @@ describe('context', () => {
     template.hasResourceProperties('AWS::ECS::Cluster', { ClusterName: 'games' });
     template.hasResourceProperties('AWS::ECS::Service', { ServiceName: 'lobby' });
     template.hasResourceProperties('AWS::ECS::Service', { ServiceName: 'jobs' });
-    const ws = taskRoleGrants(template, 'websocket').statements.flatMap((s) => s.Resource);
-    assert.deepEqual(ws, [
-      'arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/games/*',
-      'arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:service/games/lobby',
-    ]);
-    assert.equal(taskRoleGrants(template, 'queue-consumer').statements[0].Resource[0],
-      'arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/games/*');
+    const tasks = 'arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/games/*';
+    const cluster = 'arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:cluster/games';
+    for (const [container, service] of [['websocket', 'lobby'], ['queue-consumer', 'jobs']]) {
+      const ecs = taskRoleGrants(template, container).statements.filter((s) => s.Action[0].startsWith('ecs:'));
+      assert.deepEqual(ecs.map((s) => [s.Resource, s.Condition]), [
+        [[tasks], undefined],
+        [[tasks], undefined],
+        [[tasks], undefined],
+        [['*'], { ArnEquals: { 'ecs:cluster': cluster } }],
+        [[`arn:\${AWS::Partition}:ecs:\${AWS::Region}:\${AWS::AccountId}:service/games/${service}`], undefined],
+      ], container);
+    }
     template.hasResourceProperties('AWS::ApplicationAutoScaling::ScalingPolicy', {
       TargetTrackingScalingPolicyConfiguration: Match.objectLike({
         CustomizedMetricSpecification: Match.objectLike({
@@ -69,6 +74,30 @@ describe('context', () => {
     });
   });
 
+  it('certificateArn: the HTTPS listener uses the post-quantum TLS policy cdk.json\'s ELB flag asks for, else TLS 1.3/1.2', () => {
+    const certificateArn = 'arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-0000-0000-000000000000';
+    const https = (context: Record<string, unknown>) =>
+      Object.values(synth({ certificateArn, ...context }).template.findResources('AWS::ElasticLoadBalancingV2::Listener'))
+        .map((l) => l.Properties)
+        .filter((p) => p.Protocol === 'HTTPS');
+    assert.deepEqual(https({}).map((p) => p.SslPolicy), ['ELBSecurityPolicy-TLS13-1-2-Res-PQ-2025-09']);
+    assert.deepEqual(
+      https({ '@aws-cdk/aws-elasticloadbalancingv2:usePostQuantumTlsPolicy': false }).map((p) => p.SslPolicy),
+      ['ELBSecurityPolicy-TLS13-1-2-2021-06'],
+    );
+  });
+
+  it('certificateArn: the outputs are https:// for the page and wss:// for the socket; http:// and ws:// without one', () => {
+    const certificateArn = 'arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-0000-0000-000000000000';
+    const outputs = (context: Record<string, string>) => {
+      const all = synth(context).template.toJSON().Outputs;
+      return [render(all.WebSocketUrl.Value), render(all.WebSocketSocketUrl.Value)];
+    };
+    const lb = logicalIdOf(synth().template, 'AWS::ElasticLoadBalancingV2::LoadBalancer', () => true);
+    assert.deepEqual(outputs({ certificateArn }), [`https://\${${lb}.DNSName}/`, `wss://\${${lb}.DNSName}/ws`]);
+    assert.deepEqual(outputs({}), [`http://\${${lb}.DNSName}/`, `ws://\${${lb}.DNSName}/ws`]);
+  });
+
   it('taskSubnets=private puts the tasks in private subnets behind one NAT gateway, without public IPs', () => {
     const { template } = synth({ taskSubnets: 'private' });
     template.resourceCountIs('AWS::EC2::NatGateway', 1);
@@ -86,6 +115,8 @@ describe('context', () => {
       { websocketMaxTasks: 'lots' },
       { connectionsPerTask: '0' },
       { websocketMinTasks: '5', websocketMaxTasks: '2' },
+      { queueJobSecs: '0' },
+      { queueAcceptableLatencySecs: 'soon' },
       { architecture: 'sparc' },
       { taskSubnets: 'isolated' },
       { clusterName: 'no spaces' },
@@ -95,6 +126,16 @@ describe('context', () => {
       const key = Object.keys(context).pop()!;
       assert.throws(() => readConfig(new App({ context }).node), new RegExp(key.replace(/Name$/, '')), JSON.stringify(context));
     }
+  });
+});
+
+describe('context websocketMinTasks', () => {
+  it('refuses 0, saying that the service could not scale out again from zero tasks', () => {
+    assert.throws(
+      () => readConfig(new App({ context: { websocketMinTasks: '0' } }).node),
+      /websocketMinTasks=0: the websocket service cannot scale out from zero tasks \(with no task running, nothing publishes the Connections metric/,
+    );
+    assert.equal(readConfig(new App({ context: { websocketMinTasks: '1' } }).node).websocket.minTasks, 1);
   });
 });
 

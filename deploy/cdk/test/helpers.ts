@@ -14,17 +14,29 @@ export interface Synthesized {
   readonly outdir: string;
 }
 
-/** Builds the app's stack as bin/app.ts does, with the given context, in a temporary cdk.out. */
-export function buildStack(context: Record<string, string> = {}, options: { nag?: boolean } = {}) {
+/**
+ * The "context" of cdk.json: the feature flags `cdk synth` applies (the CLI passes them to the
+ * app; a test's App does not read cdk.json by itself). Tests run with them so that they see the
+ * template `cdk synth` writes, e.g. the post-quantum TLS policy the ELB flag asks for.
+ */
+export const CDK_JSON_CONTEXT: Record<string, unknown> = JSON.parse(
+  fs.readFileSync(path.join(__dirname, '..', '..', 'cdk.json'), 'utf8'),
+).context;
+
+/**
+ * Builds the app's stack as bin/app.ts does, with cdk.json's context and then the given context
+ * on top, in a temporary cdk.out.
+ */
+export function buildStack(context: Record<string, unknown> = {}, options: { nag?: boolean } = {}) {
   const outdir = fs.mkdtempSync(path.join(os.tmpdir(), 'cdk-test-'));
-  const app = new App({ outdir, context });
+  const app = new App({ outdir, context: { ...CDK_JSON_CONTEXT, ...context } });
   const stack = new TaskProtectionStack(app, 'TaskProtectionStack', { config: readConfig(app.node) });
   if (options.nag) Validations.of(app).addPlugins(new AwsSolutionsChecks(app, { verbose: true }));
   return { app, stack, outdir };
 }
 
 /** Builds and synthesizes the stack; the Template is what `cdk synth` would write. */
-export function synth(context: Record<string, string> = {}): Synthesized {
+export function synth(context: Record<string, unknown> = {}): Synthesized {
   const { app, stack, outdir } = buildStack(context);
   const template = Template.fromStack(stack);
   return { app, stack, template, outdir };
@@ -78,6 +90,22 @@ export function environmentOf(template: Template, containerName: string): Record
   return env;
 }
 
+/** A policy statement's Condition with every value rendered (see render): `{ArnEquals: {key: "arn:..."}}`. */
+function renderCondition(condition: Json): Json {
+  if (condition === undefined) return undefined;
+  return Object.fromEntries(
+    Object.entries(condition).map(([operator, keys]) => [
+      operator,
+      Object.fromEntries(
+        Object.entries(keys as Record<string, Json>).map(([key, value]) => [
+          key,
+          Array.isArray(value) ? value.map(render) : render(value),
+        ]),
+      ),
+    ]),
+  );
+}
+
 /** What the task role of this container may do: every statement of every policy on the role. */
 export function taskRoleGrants(template: Template, containerName: string) {
   const { props } = taskDefinitionOf(template, containerName);
@@ -94,7 +122,7 @@ export function taskRoleGrants(template: Template, containerName: string) {
     Effect: s.Effect,
     Action: ([] as string[]).concat(s.Action).sort(),
     Resource: ([] as Json[]).concat(s.Resource).map(render),
-    Condition: s.Condition,
+    Condition: renderCondition(s.Condition),
   }));
   return {
     roleId,

@@ -20,6 +20,7 @@ describe('cdk-nag AwsSolutionsChecks', () => {
     {},
     { taskSubnets: 'private', certificateArn: 'arn:aws:acm:us-east-1:123456789012:certificate/x' },
     { chatBackplane: 'true' },
+    { queueConsumerMinTasks: '0' }, // the scale-from-zero step policy and its alarm
   ];
   for (const context of contexts) {
     it(`finds no unacknowledged error or warning (context ${JSON.stringify(context)})`, () => {
