@@ -54,10 +54,14 @@ async fn run(
     supervisor: Supervisor,
 ) -> Result<(), String> {
     let plan = config.protection.backend_plan()?;
+    let local = plan == ecs::BackendPlan::Local;
     let ecs::Connection { backend, context } =
         ecs::connect(plan, None).await.map_err(|e| e.explain())?;
     let manager = ProtectionManager::start(backend, config.protection_settings())
         .map_err(|e| format!("invalid protection settings: {e}"))?;
+    if local {
+        app_support::config::log_local_hint();
+    }
     supervise::watch_reconciler(&manager);
     let hub = Hub::new(
         manager,

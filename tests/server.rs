@@ -86,6 +86,56 @@ async fn the_page_status_and_health_are_served() {
 }
 
 #[tokio::test]
+async fn the_page_is_gzip_compressed_for_browsers_that_ask_and_plain_for_others() {
+    use std::io::Read;
+    let server = local_server().await;
+    let client = reqwest::Client::new();
+    let plain = client.get(server.http_url("/")).send().await.unwrap();
+    assert_eq!(plain.headers().get("content-encoding"), None);
+    let page = plain.text().await.unwrap();
+    assert!(page.contains("<title>"), "the page");
+
+    let zipped = client
+        .get(server.http_url("/"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(zipped.status(), 200);
+    assert_eq!(
+        zipped
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.as_bytes()),
+        Some(&b"gzip"[..])
+    );
+    assert_eq!(
+        zipped.headers().get("cache-control").map(|v| v.as_bytes()),
+        Some(&b"no-cache"[..])
+    );
+    let bytes = zipped.bytes().await.unwrap();
+    assert!(
+        bytes.len() * 2 < page.len(),
+        "{} bytes compressed, {} plain",
+        bytes.len(),
+        page.len()
+    );
+    let mut unzipped = String::new();
+    flate2::read::GzDecoder::new(&bytes[..])
+        .read_to_string(&mut unzipped)
+        .unwrap();
+    assert_eq!(unzipped, page);
+    // The status document is not compressed (the page's polling stays cheap to serve).
+    let status = client
+        .get(server.http_url("/status"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.headers().get("content-encoding"), None);
+}
+
+#[tokio::test]
 async fn protection_is_acquired_at_the_first_client_and_released_after_the_last() {
     let agent = StandInAgent::start().await.unwrap();
     let server = TestServer::start(

@@ -204,6 +204,16 @@ pub struct Hub {
     backplane: OnceLock<Backplane>,
 }
 
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("connections", &self.connections())
+            .field("max_connections", &self.max_connections())
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Hub {
     /// A hub whose connection count drives `manager`.
     pub fn new(

@@ -153,6 +153,12 @@ impl ProtectionArgs {
     }
 }
 
+/// Logs, when the backend is the local simulation, which settings choose ECS (they are the
+/// applications', not the library's).
+pub fn log_local_hint() {
+    tracing::info!("Set ECS_AGENT_URI or PROTECTION_BACKEND to use ECS");
+}
+
 /// On or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Switch {

@@ -113,6 +113,14 @@ pub struct HttpPool {
     limits: Arc<HttpLimits>,
 }
 
+impl std::fmt::Debug for HttpPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpPool")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
 impl HttpPool {
     /// A pool with these limits. With `report`, each change of its count of connections that
     /// have not upgraded is reported (the server's `/status` and metrics show it as

@@ -88,12 +88,16 @@ async fn run(
 ) -> Result<(), Failure> {
     let queue_url = config.queue_url().map_err(Failure::Usage)?;
     let plan = config.protection.backend_plan().map_err(Failure::Usage)?;
+    let local = plan == ecs::BackendPlan::Local;
     let sdk_config = ecs::aws_config().await;
     let ecs::Connection { backend, context } = ecs::connect(plan, Some(&sdk_config))
         .await
         .map_err(|e| Failure::Runtime(e.explain()))?;
     let manager = ProtectionManager::start(backend, config.protection_settings())
         .map_err(|e| Failure::Usage(format!("invalid protection settings: {e}")))?;
+    if local {
+        app_support::config::log_local_hint();
+    }
     supervise::watch_reconciler(&manager);
     let region = config.queue_region();
     let worker = Worker::new(

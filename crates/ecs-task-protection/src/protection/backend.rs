@@ -32,6 +32,7 @@ pub struct BackendError {
 
 /// The class of a [`BackendError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// ECS answered, but with a `failure` for the task (for example `TASK_NOT_VALID` for a task
     /// that is not part of a service). An HTTP 200 from the agent can carry this.
@@ -121,8 +122,8 @@ impl BackendError {
     pub fn hint(&self) -> Option<&'static str> {
         match self.kind {
             ErrorKind::AccessDenied => Some(
-                "the task role needs ecs:UpdateTaskProtection and ecs:GetTaskProtection \
-                 (see copilot/websocket/addons/task-protection.yml)",
+                "the task role needs ecs:UpdateTaskProtection and ecs:GetTaskProtection on the \
+                 task (task/CLUSTER/*)",
             ),
             ErrorKind::Blocked => Some(
                 "DEPLOYMENT_BLOCKED means the service has more protected tasks than its desired \
@@ -134,10 +135,10 @@ impl BackendError {
                 "only tasks that belong to an ECS service can be protected; a standalone task \
                  (run-task) cannot",
             ),
-            ErrorKind::InvalidRequest => {
-                Some("check PROTECTION_DURATION_MINUTES and the cluster / task ARN settings")
-            }
-            ErrorKind::Config => Some("check the PROTECTION_BACKEND settings"),
+            ErrorKind::InvalidRequest => Some(
+                "check the protection duration (1 to 2880 minutes) and the task's cluster and ARN",
+            ),
+            ErrorKind::Config => Some("check how the backend was set up"),
             _ => None,
         }
     }

@@ -41,9 +41,7 @@ impl ProtectionBackend for LocalBackend {
     }
 
     fn describe(&self) -> String {
-        "local (in-process simulation; no ECS calls are made. Set ECS_AGENT_URI or \
-         PROTECTION_BACKEND to use ECS)"
-            .to_string()
+        "local (in-process simulation; no ECS calls are made)".to_string()
     }
 
     async fn set_protection(

@@ -23,6 +23,7 @@ pub const RECONCILER: &str = "task protection reconciler";
 
 /// The protection state as the manager last knew it, readable at any time.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct ProtectionStatus {
     /// The backend's name (`agent`, `api`, `local`).
     pub backend: &'static str,
@@ -179,9 +180,17 @@ impl std::fmt::Debug for ProtectionGuard {
 }
 
 impl ProtectionManager {
-    /// Starts the manager's reconciler on the current tokio runtime.
+    /// Starts the manager's reconciler on the current tokio runtime, after reading the task's
+    /// current protection (so a restarted process learns that its task is still protected).
     ///
-    /// Fails if a setting is out of range.
+    /// # Errors
+    ///
+    /// A setting out of its range ([`Settings::validate`]).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime (it spawns the reconciler). Call it from async code, or inside
+    /// `Runtime::enter`.
     pub fn start(
         backend: Arc<dyn ProtectionBackend>,
         settings: Settings,
@@ -259,6 +268,10 @@ impl ProtectionManager {
     /// Like the Node.js sample's `acquire()`: takes a claim and waits until ECS confirms
     /// protection. Unlike the sample, it returns an error as soon as ECS rejects the attempt,
     /// instead of never settling. Either way the claim stays until [`release`](Self::release).
+    ///
+    /// # Errors
+    ///
+    /// The first rejection after the call ([`AcquireError`]), or the reconciler's death.
     pub async fn acquire(&self) -> Result<(), AcquireError> {
         let rx = self.inner.status.subscribe();
         let seen = rx.borrow().rejections;
@@ -273,6 +286,10 @@ impl ProtectionManager {
     /// holder of a [`guard`](Self::guard) that wants to start its work only once the task is
     /// protected: bound the wait with a timeout of your own, since a rejection is retried in the
     /// background and the guard keeps its claim either way.
+    ///
+    /// # Errors
+    ///
+    /// The first rejection after the call ([`AcquireError`]), or the reconciler's death.
     pub async fn protected(&self) -> Result<(), AcquireError> {
         let rx = self.inner.status.subscribe();
         let seen = rx.borrow().rejections;
@@ -356,7 +373,11 @@ impl ProtectionManager {
     }
 
     /// Stops the reconciler and releases protection (regardless of claims: the process is going
-    /// away), waiting at most for one call. Returns the release call's error, if any.
+    /// away), waiting at most for one call.
+    ///
+    /// # Errors
+    ///
+    /// The release call's error, if it failed, or the reconciler's death.
     pub async fn shutdown(&self) -> Result<(), BackendError> {
         if let Some(tx) = lock(&self.stop).take() {
             let _ = tx.send(());

@@ -154,6 +154,14 @@ pub struct Worker {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Worker {
     /// A worker for the queue at `queue_url` (in `region` when given, else the region the URL
     /// names, else `sdk_config`'s), whose jobs hold protection through `manager`. Must be called

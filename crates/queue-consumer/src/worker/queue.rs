@@ -78,7 +78,8 @@ fn sqs_words(kind: ErrorKind) -> &'static str {
         ErrorKind::Config => "SQS client misconfigured",
         // ECS's own answers (a `failure` body, DEPLOYMENT_BLOCKED) and the reconciler's death:
         // never classified for SQS.
-        ErrorKind::Failure | ErrorKind::Blocked | ErrorKind::Panicked => "SQS error",
+        // never classified for SQS; and kinds the library may add.
+        _ => "SQS error",
     }
 }
 
