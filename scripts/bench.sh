@@ -38,7 +38,7 @@ if [ "$MAX_HOLD" -gt 19000 ]; then MAX_HOLD=19000; fi
 
 echo "== tree: $(git rev-parse --short HEAD 2>/dev/null) with $(git status --porcelain -- src Cargo.toml 2>/dev/null | wc -l) changed file(s) under src/ and Cargo.toml"
 echo "== build (release)"
-cargo build --release -p load -p ecs-task-protection --bin load --bin websocket --bin queue-consumer || exit 1
+cargo build --release -p load -p websocket-server -p queue-consumer --bin load --bin websocket --bin queue-consumer || exit 1
 
 mkdir -p "$OUT"
 wanted=("$@")

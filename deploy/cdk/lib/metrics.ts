@@ -47,7 +47,7 @@ export function alarmName(config: AppConfig, serviceName: string, what: string):
 /**
  * ProtectionRejections per task per minute at which a task is failing to protect itself for a
  * reason other than DEPLOYMENT_BLOCKED. The protection manager retries a failed call after 1, 2, 4,
- * 8, then 15 s, each times a random 0.5-1 (src/protection/policy.rs): at least 4 tries a minute,
+ * 8, then 15 s, each times a random 0.5-1 (crates/ecs-task-protection/src/protection/policy.rs): at least 4 tries a minute,
  * 5.3 on average, and 5 or more in about 19 minutes of 20. DEPLOYMENT_BLOCKED, which is expected
  * while a deployment replaces protected tasks (more protected tasks than the desired count), is
  * retried every 30 s times 0.5-1.5, at least 15 s apart: at most 4 a minute, 2 on average.

@@ -185,7 +185,7 @@ export class QueueConsumerService extends Construct {
     // (METRICS_INTERVAL_SECS = 60) in which every metric has one sample, so the one-minute
     // SampleCount of any of them is the number of tasks that reported that minute. JobsInHand is
     // the one used: a gauge the worker writes in every line from its first minute, under the
-    // dimensions ClusterName and ServiceName (src/metrics.rs, src/worker/mod.rs). A line that lands
+    // dimensions ClusterName and ServiceName (crates/app-support/src/metrics.rs, crates/queue-consumer/src/worker/mod.rs). A line that lands
     // just across a minute boundary makes one minute read a task more or less; target tracking
     // acts only on several minutes in a row (3 above the target to scale out, 15 below it to
     // scale in), so one such minute changes nothing.

@@ -2,7 +2,7 @@
 //! `BENCHMARKS.md` come from here.
 //!
 //! ```text
-//! cargo build --release -p load -p ecs-task-protection --bin load --bin websocket --bin queue-consumer
+//! cargo build --release -p load -p websocket-server -p queue-consumer --bin load --bin websocket --bin queue-consumer
 //! target/release/load hold --clients 10000
 //! target/release/load storm --clients 1000
 //! target/release/load churn --cycles 200
