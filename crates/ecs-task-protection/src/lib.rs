@@ -105,3 +105,5 @@ pub mod ecs;
 pub mod layer;
 pub mod protection;
 pub mod supervise;
+#[cfg(feature = "sqs")]
+pub mod worker;
