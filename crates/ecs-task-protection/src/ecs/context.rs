@@ -55,7 +55,7 @@ impl EcsContext {
     }
 
     /// A context set up from the environment, the way the binaries run in ECS: the AWS settings
-    /// of [`aws_config`], the settings' endpoint URL (when given) for the ECS API only, and the
+    /// of [`aws_config()`], the settings' endpoint URL (when given) for the ECS API only, and the
     /// task from `cluster` + `task_arn` when both are given, or else from the task metadata
     /// endpoint, read on first use.
     pub async fn from_env(settings: EcsSettings) -> Result<Self, BackendError> {
@@ -65,7 +65,7 @@ impl EcsContext {
     /// Like [`from_env`](Self::from_env), starting from `loader` instead of
     /// `aws_config::defaults(BehaviorVersion::latest())`: a caller (or a test) can set the
     /// credentials provider or anything else the loader offers. The region chain, HTTP client
-    /// and retry settings of [`aws_config`] are applied on top.
+    /// and retry settings of [`aws_config()`] are applied on top.
     pub async fn from_loader(
         loader: aws_config::ConfigLoader,
         settings: EcsSettings,
@@ -192,7 +192,7 @@ pub struct Connection {
 }
 
 /// Builds the backend `plan` names. An ECS context shares `sdk_config` when one is given, and
-/// loads [`aws_config`] otherwise (only if the plan needs AWS). An error says what to fix.
+/// loads [`aws_config()`] otherwise (only if the plan needs AWS). An error says what to fix.
 pub async fn connect(
     plan: BackendPlan,
     sdk_config: Option<&SdkConfig>,

@@ -21,7 +21,7 @@
 //! * the service runs or starts more tasks than it wants (a scale-in; during a deployment, of this
 //!   task's own PRIMARY deployment) and ECS cannot reach its desired count without this task:
 //!   the other tasks are busy too, and this one is among those every task picks to go
-//!   ([`fleet`](super::fleet) has the rule). Only then does the watcher ask about the service's
+//!   (a pure rule, unit-tested case by case). Only then does the watcher ask about the service's
 //!   tasks: `ListTasks` (desired status RUNNING), `DescribeTasks` once per task (`startedAt`,
 //!   `startedBy`) and `GetTaskProtection` (100 tasks a call). When any of these fails, or does not
 //!   say whether every task is protected, no scale-in drain starts (one already under way goes

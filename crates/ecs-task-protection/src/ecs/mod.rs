@@ -1,12 +1,14 @@
 //! Everything that speaks to Amazon ECS: the task's identity, the two backends (the agent endpoint
 //! and the ECS API), and the drain watcher that asks whether ECS wants the task gone.
 //!
-//! * [`EcsContext`]: one SDK client and the task's identity, built once and shared by the API
-//!   backend and the drain watcher.
-//! * [`agent`], [`api`]: the [`ProtectionBackend`]s that reach ECS.
-//! * [`identity`]: who the task is (cluster, task ARN, service), from the task metadata endpoint.
-//! * [`drain_watch`]: is this task being replaced?
-//! * [`connect`]: builds the backend (and the context) a [`BackendPlan`] names.
+//! * [`agent`] (feature `agent`): the backend that reaches ECS through the container agent.
+//! * `api`, `identity`, `EcsContext`, `connect` (feature `api`): the ECS API backend; who the
+//!   task is (cluster, task ARN, service), from the task metadata endpoint; one SDK client and the
+//!   task's identity, built once and shared by the API backend and the drain watcher; and the
+//!   backend a `BackendPlan` names, built.
+//! * `drain_watch` (feature `drain`): is this task being replaced?
+//!
+//! Each backend implements [`ProtectionBackend`](crate::protection::ProtectionBackend).
 
 pub mod agent;
 #[cfg(feature = "api")]

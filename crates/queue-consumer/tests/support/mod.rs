@@ -17,4 +17,5 @@ pub mod prometheus;
 #[path = "../../../../tests/support/proxy.rs"]
 pub mod proxy;
 
+#[allow(unused_imports)]
 pub use prometheus::{prometheus_text, prometheus_value};
