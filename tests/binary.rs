@@ -363,22 +363,7 @@ async fn health_answers_while_idle_sockets_exhaust_the_file_descriptors() {
                 .unwrap(),
         );
     }
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    for _ in 0..3 {
-        let health = client
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-            .expect("health answered under fd pressure");
-        assert_eq!(health.status(), 200);
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status();
-    let _ = child.0.wait();
+    health_answers_three_times_then_term(port, &mut child, "under fd pressure").await;
     let log: Vec<String> = lines.iter().collect();
     let warnings = log.iter().filter(|l| l.contains("Cannot accept")).count();
     assert!(
@@ -942,6 +927,13 @@ async fn health_answers_while_idle_sockets_on_the_metrics_port_exhaust_the_file_
         lines.iter().any(|l| l.contains("Too many open files")),
         "the server did not run out of file descriptors: {lines:#?}"
     );
+    health_answers_three_times_then_term(port, &mut child, "while the metrics port is flooded")
+        .await;
+}
+
+/// Asks the server on `port` for `/healthz` three times (each must answer 200 within 5 s: `when`
+/// says under what), then stops it with SIGTERM and waits for it.
+async fn health_answers_three_times_then_term(port: u16, child: &mut KillOnDrop, when: &str) {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -951,7 +943,7 @@ async fn health_answers_while_idle_sockets_on_the_metrics_port_exhaust_the_file_
             .get(format!("http://127.0.0.1:{port}/healthz"))
             .send()
             .await
-            .expect("health answered while the metrics port is flooded");
+            .unwrap_or_else(|e| panic!("health not answered {when}: {e}"));
         assert_eq!(health.status(), 200);
     }
     let _ = Command::new("kill")
