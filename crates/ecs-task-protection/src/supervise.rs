@@ -84,6 +84,14 @@ pub struct Supervisor {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("death", &self.death())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Supervisor {
     /// Makes this the process's supervisor: from now on, critical tasks that end are reported to
     /// it (replacing any supervisor installed before).

@@ -191,6 +191,15 @@ pub struct Connection {
     pub context: Option<EcsContext>,
 }
 
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("backend", &self.backend.describe())
+            .field("context", &self.context)
+            .finish()
+    }
+}
+
 /// Builds the backend `plan` names. An ECS context shares `sdk_config` when one is given, and
 /// loads [`aws_config()`] otherwise (only if the plan needs AWS). An error says what to fix.
 pub async fn connect(
