@@ -6,6 +6,7 @@
 //! * [`config`]: its command-line flags and environment variables, and what they turn into.
 
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 pub mod config;
 pub mod server;

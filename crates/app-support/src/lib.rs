@@ -12,6 +12,7 @@
 //! * [`drain_signal`]: SIGUSR1, an operator's request to drain.
 
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 pub mod config;
 pub mod drain_signal;

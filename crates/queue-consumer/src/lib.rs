@@ -5,6 +5,7 @@
 //! * [`config`]: its flags and environment variables.
 
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 pub mod config;
 pub mod worker;

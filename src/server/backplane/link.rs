@@ -53,7 +53,7 @@ const MAX_REMOVED: usize = 1000;
 
 /// Why the link lost (or could not reach) the backplane.
 #[derive(Debug, thiserror::Error)]
-pub enum LinkError {
+pub(super) enum LinkError {
     /// The client's error: refused, reset, authentication, TLS, a command's error.
     #[error("{0}")]
     Redis(#[from] redis::RedisError),
