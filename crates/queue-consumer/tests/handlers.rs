@@ -80,7 +80,9 @@ impl TempDir {
         self.0.join(name)
     }
 
-    /// Writes an executable script.
+    /// Writes an executable script. Run it as `sh SCRIPT`: executing a file just written can fail
+    /// with ETXTBSY while another test's thread forks (its child holds the file open for writing
+    /// until it execs), which has nothing to do with the handler.
     fn script(&self, name: &str, text: &str) -> PathBuf {
         let path = self.path(name);
         let mut file = std::fs::File::create(&path).unwrap();
@@ -161,7 +163,7 @@ async fn exit_0_is_done_with_the_body_on_stdin_and_the_job_in_the_environment() 
     let dir = TempDir::new("done");
     let script = dir.script("job.sh", REPORTING_JOB);
     let handler = command(
-        &[script.to_str().unwrap(), dir.0.to_str().unwrap()],
+        &["sh", script.to_str().unwrap(), dir.0.to_str().unwrap()],
         Duration::from_secs(5),
     );
     let body = "{\"text\": \"two words\"}\nand a second line, no newline at the end";
@@ -277,7 +279,7 @@ while :; do sleep 0.05; done
 "#,
     );
     let handler = Arc::new(command(
-        &[script.to_str().unwrap(), dir.0.to_str().unwrap()],
+        &["sh", script.to_str().unwrap(), dir.0.to_str().unwrap()],
         Duration::from_secs(10),
     ));
     let (cancel, cancelled) = watch::channel(None);
@@ -322,7 +324,7 @@ wait
     );
     let kill_after = Duration::from_millis(500);
     let handler = Arc::new(command(
-        &[script.to_str().unwrap(), dir.0.to_str().unwrap()],
+        &["sh", script.to_str().unwrap(), dir.0.to_str().unwrap()],
         kill_after,
     ));
     let (cancel, cancelled) = watch::channel(None);
@@ -363,7 +365,7 @@ wait
 "#,
     );
     let handler = Arc::new(command(
-        &[script.to_str().unwrap(), dir.0.to_str().unwrap()],
+        &["sh", script.to_str().unwrap(), dir.0.to_str().unwrap()],
         Duration::from_secs(60),
     ));
     let running = tokio::spawn({
@@ -427,8 +429,8 @@ async fn the_example_python_job_runs_under_the_command_handler() {
         log_lines("example-job-1 - stdout: 3 words (message example-job-1, attempt 2 in group g)")
             .len(),
         1,
-        "{}",
-        logs()
+        "{:?}",
+        log_lines("example-job-1")
     );
     let why = failed(handler.handle(Job::new("not json", "example-job-2")).await);
     assert_eq!(why, "exited with status 1");
