@@ -464,6 +464,7 @@ async fn answer(
         b"busy, no retry-after" => (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response(),
         b"boom" => (StatusCode::INTERNAL_SERVER_ERROR, "Traceback: boom").into_response(),
         b"hang" => std::future::pending().await,
+        b"big" => (StatusCode::OK, "x".repeat(256 * 1024)).into_response(),
         _ => (StatusCode::OK, "done").into_response(),
     })
 }
@@ -616,17 +617,21 @@ async fn jobs_reuse_one_connection() {
         let job = Job::new(format!("job {n}"), format!("http-reuse-{n}"));
         assert_eq!(handler.handle(job).await, Outcome::Done);
     }
-    // Errors keep the connection too (their bodies are read to the end).
+    // Errors and long answers keep the connection too: their bodies are read to the end.
     let _ = handler.handle(Job::new("boom", "http-reuse-boom")).await;
     assert_eq!(
-        handler.handle(Job::new("x", "http-reuse-6")).await,
+        handler.handle(Job::new("big", "http-reuse-big")).await,
         Outcome::Done
     );
-    assert_eq!(endpoint.requests.lock().unwrap().len(), 7);
+    assert_eq!(
+        handler.handle(Job::new("x", "http-reuse-7")).await,
+        Outcome::Done
+    );
+    assert_eq!(endpoint.requests.lock().unwrap().len(), 8);
     assert_eq!(
         endpoint.connections.load(Ordering::SeqCst),
         1,
-        "7 jobs, 1 TCP connection"
+        "8 jobs, 1 TCP connection"
     );
 }
 
