@@ -440,16 +440,19 @@ async fn the_example_python_job_runs_under_the_command_handler() {
 // ---------------------------------------------------------------------------------------------
 // The HTTP handler.
 
+/// What an endpoint was sent: each request's headers and body.
+type Requests = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
+
 /// A local endpoint that answers by the body, records what it was sent, and counts the TCP
 /// connections it accepted.
 struct Endpoint {
     url: JobUrl,
-    requests: Arc<Mutex<Vec<(HeaderMap, Bytes)>>>,
+    requests: Requests,
     connections: Arc<AtomicUsize>,
 }
 
 async fn answer(
-    State(requests): State<Arc<Mutex<Vec<(HeaderMap, Bytes)>>>>,
+    State(requests): State<Requests>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Infallible> {
