@@ -9,7 +9,9 @@
 
 use std::fmt;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -105,6 +107,57 @@ impl JobCommand {
     pub fn args(&self) -> &[String] {
         &self.args
     }
+
+    /// Where the program is, checked as the worker would start it: a name without a `/` is looked
+    /// up in `PATH`, anything else is a path (relative to the working directory); either must be
+    /// an executable file. Worth calling at start-up: a program that cannot start fails every job,
+    /// and each message then ends in the dead-letter queue.
+    ///
+    /// # Errors
+    ///
+    /// Not found, or not executable, in words that say which.
+    pub fn find_program(&self) -> Result<PathBuf, String> {
+        let program = Path::new(&self.program);
+        if self.program.contains('/') {
+            return match executable(program) {
+                Ok(()) => Ok(program.to_path_buf()),
+                Err(why) => Err(format!("{}: {why}", self.program)),
+            };
+        }
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut seen = None;
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(program);
+            match executable(&candidate) {
+                Ok(()) => return Ok(candidate),
+                Err(why) if candidate.exists() => {
+                    seen = Some(format!("{}: {why}", candidate.display()))
+                }
+                Err(_) => {}
+            }
+        }
+        Err(seen.unwrap_or_else(|| {
+            format!(
+                "{} is not on PATH ({}); no shell is involved: give its path, or a program on PATH",
+                self.program,
+                path.to_string_lossy()
+            )
+        }))
+    }
+}
+
+/// Whether `path` is a file this process may execute.
+fn executable(path: &Path) -> Result<(), &'static str> {
+    let metadata = std::fs::metadata(path).map_err(|_| "not found")?;
+    if !metadata.is_file() {
+        return Err("not a file");
+    }
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| "not a path")?;
+    // SAFETY: access only reads the NUL-terminated path.
+    if unsafe { libc::access(c_path.as_ptr(), libc::X_OK) } != 0 {
+        return Err("not executable (permission denied)");
+    }
+    Ok(())
 }
 
 impl fmt::Display for JobCommand {
@@ -467,6 +520,38 @@ mod tests {
             JobCommand::parse(r#"["python3", 3]"#),
             Err(JobCommandError::Json(_))
         ));
+    }
+
+    #[test]
+    fn the_program_is_found_on_path_or_as_a_path_and_must_be_executable() {
+        let sh = JobCommand::parse("sh -c true")
+            .unwrap()
+            .find_program()
+            .unwrap();
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{}", sh.display());
+        let e = JobCommand::parse("no-such-program-here x")
+            .unwrap()
+            .find_program()
+            .unwrap_err();
+        assert!(
+            e.starts_with("no-such-program-here is not on PATH ("),
+            "{e}"
+        );
+        let e = JobCommand::parse("/no/such/job")
+            .unwrap()
+            .find_program()
+            .unwrap_err();
+        assert_eq!(e, "/no/such/job: not found");
+        let e = JobCommand::parse("/").unwrap().find_program().unwrap_err();
+        assert_eq!(e, "/: not a file");
+        // A file without the execute bit (this crate's manifest).
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let e = JobCommand::from_words(vec![manifest.into()])
+            .unwrap()
+            .find_program()
+            .unwrap_err();
+        // Root too: access(X_OK) wants an execute bit on a file, whoever asks.
+        assert!(e.ends_with("not executable (permission denied)"), "{e}");
     }
 
     #[test]

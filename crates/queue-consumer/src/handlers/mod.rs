@@ -29,6 +29,23 @@ pub enum JobMode {
     Url(JobUrl),
 }
 
+impl JobMode {
+    /// Checks at start-up what can be checked before the first job: a command's program must be
+    /// found and executable (see [`JobCommand::find_program`]). An error is for exit code 2.
+    ///
+    /// # Errors
+    ///
+    /// The program cannot be started, naming the setting.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Self::Command(command) => command.find_program().map(drop).map_err(|why| {
+                format!("JOB_COMMAND (or `queue-consumer run`) cannot start: {why}")
+            }),
+            Self::Demo | Self::Url(_) => Ok(()),
+        }
+    }
+}
+
 impl fmt::Display for JobMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -46,5 +63,23 @@ pub(crate) fn cancel_words(reason: CancelReason) -> &'static str {
         CancelReason::DrainDeadline => "cancelled at the drain deadline",
         CancelReason::Timeout => "cancelled: the job timed out",
         _ => "cancelled",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_that_cannot_start_is_refused_at_start_up_naming_the_setting() {
+        let missing = JobMode::Command(JobCommand::parse("no-such-program-here").unwrap());
+        let e = missing.check().unwrap_err();
+        assert!(
+            e.starts_with("JOB_COMMAND (or `queue-consumer run`) cannot start: no-such-program-here is not on PATH"),
+            "{e}"
+        );
+        let sh = JobMode::Command(JobCommand::parse("sh -c true").unwrap());
+        assert_eq!(sh.check(), Ok(()));
+        assert_eq!(JobMode::Demo.check(), Ok(()));
     }
 }
