@@ -10,6 +10,8 @@ use app_support::listener::HttpLimits;
 use clap::Parser;
 use ecs_task_protection::protection::Settings;
 
+use crate::handlers::{JobCommand, JobMode, JobUrl};
+
 /// The `queue-consumer` worker's settings.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -109,6 +111,20 @@ pub struct WorkerConfig {
     #[command(flatten)]
     pub metrics: MetricsArgs,
 
+    /// A program to run for each message, without a shell: a JSON array (`["python3", "job.py"]`)
+    /// or words separated by spaces, with no quoting (`python3 job.py`). The body goes on its
+    /// stdin; exit status 0 deletes the message. Blank counts as unset. Not with JOB_URL.
+    #[arg(long, env = "JOB_COMMAND", value_name = "JOB_COMMAND",
+          value_parser = clap::builder::ValueParser::new(parse_job_command))]
+    pub job_command: Option<String>,
+
+    /// An `http://` endpoint to POST each message body to (e.g. `http://localhost:8000/jobs`, the
+    /// application's container beside the worker); a 2xx answer deletes the message. Blank counts
+    /// as unset. Not with JOB_COMMAND.
+    #[arg(long, env = "JOB_URL", value_name = "JOB_URL",
+          value_parser = clap::builder::ValueParser::new(parse_job_url))]
+    pub job_url: Option<String>,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -143,6 +159,14 @@ pub enum WorkerCommand {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
         pid: i32,
     },
+    /// Takes jobs like the worker does, running this command for each one (as JOB_COMMAND, whose
+    /// words it gives without JSON): `queue-consumer run -- python3 job.py`.
+    Run {
+        /// The program and its arguments.
+        #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true,
+              value_name = "COMMAND")]
+        command: Vec<String>,
+    },
 }
 
 impl WorkerConfig {
@@ -155,6 +179,41 @@ impl WorkerConfig {
                  COPILOT_QUEUE_URI instead)"
                     .to_string()
             })
+    }
+
+    /// How jobs are run: `queue-consumer run -- CMD ARGS…` or `JOB_COMMAND` (a command per
+    /// message), `JOB_URL` (a POST per message), else the demo job. An error (for exit code 2)
+    /// names the settings that cannot go together.
+    pub fn job_mode(&self) -> Result<JobMode, String> {
+        let run = match &self.command {
+            Some(WorkerCommand::Run { command }) => Some(
+                JobCommand::from_words(command.clone())
+                    .map_err(|e| format!("invalid command for `queue-consumer run`: {e}"))?,
+            ),
+            _ => None,
+        };
+        let command = non_empty(&self.job_command)
+            .map(|v| JobCommand::parse(&v).map_err(|e| format!("invalid JOB_COMMAND: {e}")))
+            .transpose()?;
+        let url = non_empty(&self.job_url)
+            .map(|v| JobUrl::parse(&v).map_err(|e| format!("invalid JOB_URL: {e}")))
+            .transpose()?;
+        match (run, command, url) {
+            (_, Some(_), Some(_)) => Err("JOB_COMMAND and JOB_URL are both set: jobs are run one \
+                 way, a command per message or a POST per message; unset one of them"
+                .into()),
+            (Some(_), _, Some(_)) => Err("`queue-consumer run` runs a command per message, but \
+                 JOB_URL is set too: unset JOB_URL, or drop `run`"
+                .into()),
+            (Some(_), Some(_), None) => Err("`queue-consumer run` and JOB_COMMAND both name a \
+                 command to run: unset JOB_COMMAND, or drop `run`"
+                .into()),
+            (Some(command), None, None) | (None, Some(command), None) => {
+                Ok(JobMode::Command(command))
+            }
+            (None, None, Some(url)) => Ok(JobMode::Url(url)),
+            (None, None, None) => Ok(JobMode::Demo),
+        }
     }
 
     /// The queue's Region, when given.
@@ -211,6 +270,24 @@ fn parse_region(value: &str) -> Result<String, String> {
     let value = value.trim();
     if !value.is_empty() {
         crate::worker::check_region(value)?;
+    }
+    Ok(value.to_string())
+}
+
+/// A `JOB_COMMAND` setting: blank counts as unset; anything else must be a command.
+fn parse_job_command(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if !value.is_empty() {
+        JobCommand::parse(value).map_err(|e| e.to_string())?;
+    }
+    Ok(value.to_string())
+}
+
+/// A `JOB_URL` setting: blank counts as unset; anything else must be an `http://` URL.
+fn parse_job_url(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if !value.is_empty() {
+        JobUrl::parse(value).map_err(|e| e.to_string())?;
     }
     Ok(value.to_string())
 }
@@ -411,5 +488,126 @@ mod tests {
             ),
             (Duration::from_secs(2), Duration::from_secs(90), 50)
         );
+    }
+
+    #[test]
+    fn job_command_and_job_url_pick_the_job_mode() {
+        let c = worker(&["--job-command", r#"["python3", "-u", "job.py"]"#]).unwrap();
+        assert_eq!(
+            c.job_mode(),
+            Ok(JobMode::Command(
+                JobCommand::parse("python3 -u job.py").unwrap()
+            ))
+        );
+        let c = worker(&["--job-url", "http://localhost:8000/jobs"]).unwrap();
+        assert_eq!(
+            c.job_mode(),
+            Ok(JobMode::Url(
+                JobUrl::parse("http://localhost:8000/jobs").unwrap()
+            ))
+        );
+        assert_eq!(worker(&[]).unwrap().job_mode(), Ok(JobMode::Demo));
+        // Blank counts as unset, as for the other settings.
+        let c = worker(&["--job-command", " ", "--job-url", ""]).unwrap();
+        assert_eq!(c.job_mode(), Ok(JobMode::Demo));
+        let c = worker(&["--job-command", "", "--job-url", "http://app/jobs"]).unwrap();
+        assert!(matches!(c.job_mode(), Ok(JobMode::Url(_))));
+    }
+
+    #[test]
+    fn queue_consumer_run_takes_the_command_after_it_as_it_is() {
+        for args in [
+            &[
+                "run",
+                "--",
+                "python3",
+                "-u",
+                "job.py",
+                "--flag",
+                "two words",
+            ][..],
+            &["run", "python3", "-u", "job.py", "--flag", "two words"][..],
+        ] {
+            let c = worker(args).unwrap();
+            let Ok(JobMode::Command(command)) = c.job_mode() else {
+                panic!("{args:?}: {:?}", c.job_mode())
+            };
+            assert_eq!(command.program(), "python3", "{args:?}");
+            assert_eq!(
+                command.args(),
+                ["-u", "job.py", "--flag", "two words"],
+                "{args:?}"
+            );
+        }
+        // The worker's settings still apply, before `run` or from the environment.
+        let c = worker(&["--worker-concurrency", "4", "run", "--", "job"]).unwrap();
+        assert_eq!(c.worker_settings().concurrency, 4);
+        let e = worker(&["run"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "run needs a command");
+        let e = worker(&["run", "--", ""]).unwrap().job_mode().unwrap_err();
+        assert!(
+            e.contains("queue-consumer run") && e.contains("no program"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_job_command_or_job_url_names_its_variable() {
+        for (flag, value, variable, what) in [
+            ("--job-command", "[]", "JOB_COMMAND", "no program"),
+            (
+                "--job-command",
+                r#"["python3", 3]"#,
+                "JOB_COMMAND",
+                "JSON array",
+            ),
+            (
+                "--job-command",
+                "python3 'my job.py'",
+                "JOB_COMMAND",
+                "no quoting",
+            ),
+            (
+                "--job-url",
+                "https://app/jobs",
+                "JOB_URL",
+                "https:// is not supported",
+            ),
+            ("--job-url", "localhost:8000/jobs", "JOB_URL", "not HTTP"),
+            ("--job-url", "jobs", "JOB_URL", "not a URL"),
+        ] {
+            let e = worker(&[flag, value]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{flag} {value}");
+            let e = e.to_string();
+            assert!(
+                e.contains(variable) && e.contains(what),
+                "{flag} {value}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn two_ways_of_running_jobs_at_once_are_refused_naming_both() {
+        let url = ["--job-url", "http://localhost:8000/jobs"];
+        for (args, names) in [
+            (
+                vec!["--job-command", "python3 job.py", url[0], url[1]],
+                ["JOB_COMMAND", "JOB_URL"],
+            ),
+            (
+                vec![url[0], url[1], "run", "--", "python3", "job.py"],
+                ["queue-consumer run", "JOB_URL"],
+            ),
+            (
+                vec!["--job-command", "python3 job.py", "run", "--", "job"],
+                ["queue-consumer run", "JOB_COMMAND"],
+            ),
+        ] {
+            let e = worker(&args).unwrap().job_mode().unwrap_err();
+            assert!(
+                e.contains(names[0]) && e.contains(names[1]),
+                "{args:?}: {e}"
+            );
+        }
     }
 }

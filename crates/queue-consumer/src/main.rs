@@ -47,6 +47,10 @@ fn main() -> ExitCode {
         }
         // Answered above, before logging and the runtime.
         Some(WorkerCommand::Drain { pid }) => return app_support::drain_signal::send(pid),
+        // The job handlers (crate::handlers) are wired in with the worker core that calls them.
+        Some(WorkerCommand::Run { .. }) => Err(Failure::Usage(
+            "`queue-consumer run` is not wired into this worker yet".into(),
+        )),
         None => {
             // Before anything slow: a drain asked for during start-up must not end the process.
             let drain_signal = {
