@@ -167,6 +167,10 @@ impl Worker {
     /// Follows the drain watcher ([`spawn_drain_watch`](crate::ecs::drain_watch::spawn_drain_watch)):
     /// drains while it reports a replacement, and takes jobs again when it reports none. A
     /// deployment's drain is bounded by the drain deadline; a scale-in's is not.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
     pub fn follow_watcher(&self, mut replacements: watch::Receiver<Option<Replacement>>) {
         let shared = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
