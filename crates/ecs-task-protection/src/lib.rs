@@ -15,6 +15,9 @@
 //!   backends, the task's identity, and the drain watcher.
 //! * `layer` (feature `tower`): a tower layer that holds protection while an HTTP request is in
 //!   flight.
+//! * `worker` (feature `sqs`): an SQS queue worker built around a job handler (an async function
+//!   of a job answering done, retry after a delay, or failed), protected while it has jobs in
+//!   hand, draining with the watcher, FIFO groups in order.
 //! * [`supervise`]: how a program learns that one of the crate's background tasks died.
 //!
 //! No feature is on by default: the core needs only tokio. Turn on what you use:
@@ -25,6 +28,7 @@
 //! | `api` | [`EcsApiBackend`](ecs::api::EcsApiBackend), the task identity, [`connect`](ecs::connect) | aws-sdk-ecs (rustls on ring) |
 //! | `drain` | [`spawn_drain_watch`](ecs::drain_watch::spawn_drain_watch) | (as `api`) |
 //! | `tower` | [`ProtectionLayer`](layer::ProtectionLayer) | tower-layer, tower-service, http-body |
+//! | `sqs` | [`Worker`](worker::Worker), [`Handler`](worker::Handler) | (as `drain`) aws-sdk-sqs |
 //!
 //! # Protect while busy
 //!

@@ -214,7 +214,7 @@ pub(crate) async fn guarded<F: Future>(task: &'static str, future: F) -> Result<
 }
 
 /// The message a panic carried (`panic!("…")`), or a placeholder.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = panic.downcast_ref::<String>() {

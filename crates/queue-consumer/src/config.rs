@@ -85,6 +85,12 @@ pub struct WorkerConfig {
           default_value_t = app_support::config::DEFAULT_DRAIN_DEADLINE.as_secs(), value_parser = clap::value_parser!(u64).range(0..=172_800))]
     pub drain_deadline_secs: u64,
 
+    /// Seconds one job may run before it is cancelled and its message retried after a back-off
+    /// (counted as timed out). 0: no limit of the worker's own (SQS's 12 hours still apply).
+    #[arg(long, env = "JOB_TIMEOUT_SECS", value_name = "JOB_TIMEOUT_SECS",
+          default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=43_200))]
+    pub job_timeout_secs: u64,
+
     /// Port of the worker's `/healthz` and `/status` endpoint; 0 turns it off.
     #[arg(
         long,
@@ -228,14 +234,14 @@ impl WorkerConfig {
 
     /// How the worker takes and runs jobs.
     pub fn worker_settings(&self) -> crate::worker::WorkerSettings {
-        crate::worker::WorkerSettings {
-            concurrency: self.worker_concurrency as usize,
-            visibility_timeout: Duration::from_secs(self.visibility_timeout_secs),
-            receive_wait: Duration::from_secs(self.receive_wait_secs),
-            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
-            protection_wait: Duration::from_millis(self.protection_wait_ms),
-            drain_deadline: seconds(self.drain_deadline_secs),
-        }
+        crate::worker::WorkerSettings::DEFAULT
+            .with_concurrency(self.worker_concurrency as usize)
+            .with_visibility_timeout(Duration::from_secs(self.visibility_timeout_secs))
+            .with_receive_wait(Duration::from_secs(self.receive_wait_secs))
+            .with_shutdown_timeout(Duration::from_secs(self.shutdown_timeout_secs))
+            .with_protection_wait(Duration::from_millis(self.protection_wait_ms))
+            .with_drain_deadline(seconds(self.drain_deadline_secs))
+            .with_job_timeout(seconds(self.job_timeout_secs))
     }
 
     /// The limits of the status and Prometheus listeners.
@@ -313,6 +319,8 @@ mod tests {
         assert_eq!(w.visibility_timeout, Duration::from_secs(60));
         assert_eq!(w.receive_wait, Duration::from_secs(20));
         assert_eq!(w.drain_deadline, Some(Duration::from_secs(900)));
+        assert_eq!(w.job_timeout, None, "no job timeout unless set");
+        assert_eq!(w.validate(), Ok(()));
         assert_eq!(c.drain_watch_interval(), Some(Duration::from_secs(30)));
         let c = worker(&[
             "--drain-deadline-secs",
@@ -326,6 +334,17 @@ mod tests {
         // A setting given wins over the binary's default.
         let c = worker(&["--protection-duration-minutes", "5"]).unwrap();
         assert_eq!(c.protection_settings().duration_minutes, 5);
+    }
+
+    #[test]
+    fn job_timeout_secs_is_the_library_workers_job_timeout_and_0_is_none() {
+        let c = worker(&["--job-timeout-secs", "300"]).unwrap();
+        assert_eq!(
+            c.worker_settings().job_timeout,
+            Some(Duration::from_secs(300))
+        );
+        let c = worker(&["--job-timeout-secs", "0"]).unwrap();
+        assert_eq!(c.worker_settings().job_timeout, None);
     }
 
     #[test]
@@ -397,6 +416,12 @@ mod tests {
                 "0",
                 "SHUTDOWN_TIMEOUT_SECS",
                 "1..=110",
+            ),
+            (
+                "--job-timeout-secs",
+                "43201",
+                "JOB_TIMEOUT_SECS",
+                "0..=43200",
             ),
         ] {
             let e = worker(&[flag, value]).unwrap_err().to_string();

@@ -13,7 +13,7 @@ use ecs_task_protection::ecs::{self, drain_watch::spawn_drain_watch};
 use ecs_task_protection::protection::ProtectionManager;
 use ecs_task_protection::supervise::{self, Supervisor};
 use queue_consumer::config::{WorkerCommand, WorkerConfig};
-use queue_consumer::worker::{self, Worker};
+use queue_consumer::worker::{self, DemoJob, Worker};
 
 fn main() -> ExitCode {
     // First, while this is the only thread: the AWS SDK panics on a blank endpoint setting.
@@ -103,14 +103,16 @@ async fn run(
         app_support::config::log_local_hint();
     }
     supervise::watch_reconciler(&manager);
-    let region = config.queue_region();
-    let worker = Worker::new(
-        &sdk_config,
-        &queue_url,
-        region.as_deref(),
-        manager,
-        config.worker_settings(),
-    );
+    let settings = config.worker_settings();
+    let mut builder = Worker::builder(&sdk_config, &queue_url)
+        .handler(DemoJob::new(settings.visibility_timeout))
+        .settings(settings);
+    if let Some(region) = config.queue_region() {
+        builder = builder.region(region);
+    }
+    let worker = builder
+        .build(manager)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
     // One pool for both listeners: header and idle timeouts, one cap on connections.
     let pool = HttpPool::new(config.http_limits(), None);
     if let Some(addr) = config.status_addr() {
@@ -122,10 +124,10 @@ async fn run(
         tracing::info!("Health and status on http://{addr}/status");
         worker::serve_status(&pool, listener, worker.clone());
     }
-    worker.on_sigusr1(drain_signal);
+    worker::on_sigusr1(&worker, drain_signal);
     let source: app_support::metrics::Source = {
         let worker = worker.clone();
-        std::sync::Arc::new(move || worker.metrics())
+        std::sync::Arc::new(move || worker::metrics(&worker))
     };
     app_support::metrics::start(
         source,

@@ -56,6 +56,8 @@ async fn a_deployment_lets_the_old_workers_job_finish_takes_no_new_one_and_stops
     let mut config = FleetConfig::new(env!("CARGO_BIN_EXE_queue-consumer"), 1)
         .env("QUEUE_URL", queue.clone())
         .env("AWS_ENDPOINT_URL_SQS", moto.endpoint())
+        // moto keeps queues per Region: the test made this one in us-east-1, and the fleet's
+        // tasks run in eu-west-1.
         .env("QUEUE_REGION", "us-east-1")
         .env("WORKER_CONCURRENCY", "1")
         .env("RECEIVE_WAIT_SECS", "1")

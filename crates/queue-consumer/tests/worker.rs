@@ -298,6 +298,59 @@ async fn an_unreadable_body_is_never_deleted_and_ends_in_the_dead_letter_queue()
 }
 
 #[tokio::test]
+async fn a_json_job_with_fields_besides_work_ms_is_a_job_not_a_dead_letter() {
+    let Some(moto) = Moto::start("unknown_json_fields").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let (queue, dlq) = moto.queue("traced", 60, Some(1)).await;
+    let dlq = dlq.expect("dead-letter queue");
+    let id = moto
+        .send(&queue, r#"{"work_ms":200,"trace_id":"abc"}"#)
+        .await;
+    let w = worker(&queue, moto.endpoint(), &agent, &[]);
+    w.output.wait_for("- Done", 1, LIMIT).await;
+    wait_depth(&moto, &queue, (0, 0)).await;
+    assert_eq!(ids_with(&w, "- Done").get(&id), Some(&1));
+    assert_eq!(w.output.count("- Working for 200 milliseconds"), 1);
+    assert_eq!(
+        w.output.count("- Cannot run it"),
+        0,
+        "{}",
+        w.output.tail(10)
+    );
+    assert_eq!(moto.depth(&dlq).await, (0, 0), "nothing dead-lettered");
+    assert_eq!(stop(w).await, Some(0));
+}
+
+#[tokio::test]
+async fn job_timeout_secs_cancels_a_long_job_and_leaves_its_message_for_a_retry() {
+    let Some(moto) = Moto::start("job_timeout_secs").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let (queue, _) = moto.queue("timeout", 60, None).await;
+    let id = moto.send(&queue, "60000").await;
+    let port = support::free_port().to_string();
+    let w = worker(
+        &queue,
+        moto.endpoint(),
+        &agent,
+        &[("JOB_TIMEOUT_SECS", "1"), ("STATUS_PORT", &port)],
+    );
+    w.output.wait_for("- Timed out after", 1, LIMIT).await;
+    // Retried after the back-off (2 s), and timed out again: never deleted.
+    w.output.wait_for("- Timed out after", 2, LIMIT).await;
+    assert_eq!(ids_with(&w, "- Received").get(&id), Some(&2));
+    assert_eq!(w.output.count("- Done"), 0);
+    let doc = status(&port).await;
+    assert_eq!(doc["timed_out"], 2, "{doc}");
+    assert_eq!(doc["done"], 0, "{doc}");
+    assert_eq!(moto.depth(&queue).await.0 + moto.depth(&queue).await.1, 1);
+    assert_eq!(stop(w).await, Some(0));
+}
+
+#[tokio::test]
 async fn sqs_failing_for_a_while_is_logged_once_and_the_worker_resumes_by_itself() {
     let Some(moto) = Moto::start("sqs_outage").await else {
         return;

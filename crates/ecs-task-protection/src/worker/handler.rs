@@ -10,6 +10,10 @@
 //!   after a delay that grows with its receive count) until the queue's redrive policy moves it
 //!   to the dead-letter queue. A handler that panics has failed the same way.
 //!
+//! A handler may also [`check`](Handler::check) a message before the worker takes protection for
+//! it: a body that cannot be a job is refused at once, like a failure but without protecting the
+//! task or waiting for anything.
+//!
 //! While a handler runs, its task stays protected from scale-in and its message stays hidden from
 //! other workers. [`Job::cancelled`] resolves when the job should stop: the worker is shutting
 //! down, a drain deadline passed, or the job's own timeout expired; the message then goes back to
@@ -92,6 +96,22 @@ impl Job {
         self
     }
 
+    /// A job as the worker received it.
+    pub(super) fn received(
+        message: &super::queue::Received,
+        cancel: watch::Receiver<Option<CancelReason>>,
+    ) -> Self {
+        Self {
+            body: message.body.clone(),
+            message_id: message.id.clone(),
+            receive_count: message.receive_count,
+            attributes: message.attributes.clone(),
+            group_id: message.group_id.clone(),
+            sent_at: message.sent_at,
+            cancel,
+        }
+    }
+
     /// The message body.
     pub fn body(&self) -> &str {
         &self.body
@@ -168,6 +188,21 @@ pub enum Outcome {
 pub trait Handler: Send + Sync + 'static {
     /// Runs the job and says what became of it.
     async fn handle(&self, job: Job) -> Outcome;
+
+    /// A quick look at a message as it is received, before the worker takes protection for it
+    /// or waits for anything: `Err(reason)` when it cannot be a job (say, an unreadable body).
+    /// The message is then treated like a [`Outcome::Failed`] job (logged with its message ID,
+    /// not deleted, visible again after a back-off, until the redrive policy takes it), without
+    /// protecting the task and without calling [`handle`](Handler::handle). It must not block.
+    /// Accepts everything unless implemented.
+    ///
+    /// # Errors
+    ///
+    /// Why the message is not a job.
+    fn check(&self, job: &Job) -> Result<(), String> {
+        let _ = job;
+        Ok(())
+    }
 }
 
 #[async_trait]

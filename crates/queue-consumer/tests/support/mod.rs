@@ -17,5 +17,6 @@ pub mod prometheus;
 #[path = "../../../../tests/support/proxy.rs"]
 pub mod proxy;
 
+// Not every test file that includes this module uses them.
 #[allow(unused_imports)]
 pub use prometheus::{prometheus_text, prometheus_value};

@@ -1,10 +1,11 @@
 //! The job queue, spoken to through `aws-sdk-sqs`: long-poll receives, visibility changes and
 //! deletes in batches of up to 10, and sends. SDK errors become [`SqsError`]s whose kind says
 //! what happened, whose message names the IAM action, and whose wording names SQS (not ECS, whose
-//! errors share the same classification). Also the shape of a queue URL and of a Region, checked
-//! at start-up.
+//! errors share the same classification). A queue whose URL ends `.fifo` is a FIFO queue: its
+//! receives also ask for each message's group.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
 
 use aws_config::SdkConfig;
 use aws_sdk_sqs::config::timeout::TimeoutConfig;
@@ -17,8 +18,10 @@ use aws_sdk_sqs::types::{
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 
-use ecs_task_protection::ecs::classify_sdk_error;
-use ecs_task_protection::protection::{BackendError, ErrorKind};
+use tokio::time::Instant;
+
+use crate::ecs::classify_sdk_error;
+use crate::protection::{BackendError, ErrorKind};
 
 /// An SQS call that failed: what kind of failure ([`ErrorKind`], shared with the ECS calls), and
 /// a message naming the IAM action. Displayed in SQS's words: `queue not found: sqs:DeleteMessage:
@@ -107,6 +110,15 @@ pub(crate) struct Received {
     pub(crate) body: String,
     /// How many times SQS has handed this message out, this time included.
     pub(crate) receive_count: u32,
+    /// Its message group, on a FIFO queue.
+    pub(crate) group_id: Option<String>,
+    /// When it was sent (`SentTimestamp`), when SQS says.
+    pub(crate) sent_at: Option<SystemTime>,
+    /// Its string and number message attributes, by name.
+    pub(crate) attributes: HashMap<String, String>,
+    /// When the receive that brought it was asked for: its visibility timeout runs from about
+    /// then, and SQS hides it for at most 12 hours from then.
+    pub(crate) received_at: Instant,
 }
 
 /// The queue, with a client set up for it.
@@ -114,6 +126,7 @@ pub(crate) struct Received {
 pub(crate) struct Queue {
     client: aws_sdk_sqs::Client,
     url: String,
+    fifo: bool,
 }
 
 impl Queue {
@@ -133,6 +146,7 @@ impl Queue {
         Self {
             client: aws_sdk_sqs::Client::from_conf(config.build()),
             url: url.to_string(),
+            fifo: is_fifo(url),
         }
     }
 
@@ -141,15 +155,22 @@ impl Queue {
         &self.url
     }
 
+    /// Whether it is a FIFO queue (its name ends `.fifo`).
+    pub(crate) fn is_fifo(&self) -> bool {
+        self.fifo
+    }
+
     /// Long-polls for up to `max` messages (1..=10) for up to `wait`, hiding each from other
-    /// workers for `visibility`.
+    /// workers for `visibility`. Asks for each message's receive count, sent time and message
+    /// attributes, and on a FIFO queue its group.
     pub(crate) async fn receive(
         &self,
         max: usize,
         wait: Duration,
         visibility: Duration,
     ) -> Result<Vec<Received>, SqsError> {
-        let output = self
+        let received_at = Instant::now();
+        let mut request = self
             .client
             .receive_message()
             .queue_url(&self.url)
@@ -157,6 +178,13 @@ impl Queue {
             .wait_time_seconds(secs_i32(wait.min(SQS_MAX_WAIT)))
             .visibility_timeout(secs_i32(visibility))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_attribute_names("All");
+        if self.fifo {
+            request =
+                request.message_system_attribute_names(MessageSystemAttributeName::MessageGroupId);
+        }
+        let output = request
             .send()
             .await
             .map_err(|e| classify(&e, "sqs:ReceiveMessage"))?;
@@ -164,16 +192,37 @@ impl Queue {
             .messages()
             .iter()
             .filter_map(|m| {
-                let receive_count = m
-                    .attributes()
-                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                let system = |name: MessageSystemAttributeName| {
+                    m.attributes().and_then(|a| a.get(&name)).cloned()
+                };
+                let receive_count = system(MessageSystemAttributeName::ApproximateReceiveCount)
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(1);
+                let sent_at = system(MessageSystemAttributeName::SentTimestamp)
+                    .and_then(|ms| ms.parse::<u64>().ok())
+                    .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+                let group_id = self
+                    .fifo
+                    .then(|| system(MessageSystemAttributeName::MessageGroupId))
+                    .flatten();
+                // String and number attributes; binary ones have no text to show.
+                let attributes = m
+                    .message_attributes()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(name, value)| {
+                        Some((name.clone(), value.string_value()?.to_string()))
+                    })
+                    .collect();
                 Some(Received {
                     id: m.message_id()?.to_string(),
                     receipt: m.receipt_handle()?.to_string(),
                     body: m.body().unwrap_or_default().to_string(),
                     receive_count,
+                    group_id,
+                    sent_at,
+                    attributes,
+                    received_at,
                 })
             })
             .collect())
@@ -288,58 +337,9 @@ impl Queue {
     }
 }
 
-/// Creates queue `name` in `sdk_config`'s Region (or `region`), hiding received messages for
-/// `visibility`, with a dead-letter queue `<name>-dlq` that takes a message after
-/// `dead_letter_after` receives; returns the queue's URL. For local experiments (a queue that
-/// exists with the same settings is fine); in AWS, the deployment creates the queue.
-pub async fn create(
-    sdk_config: &SdkConfig,
-    region: Option<&str>,
-    name: &str,
-    visibility: Duration,
-    dead_letter_after: u32,
-) -> Result<String, SqsError> {
-    use aws_sdk_sqs::types::QueueAttributeName;
-    let mut config = aws_sdk_sqs::config::Builder::from(sdk_config);
-    if let Some(region) = region {
-        config = config.region(Region::new(region.to_string()));
-    }
-    let client = aws_sdk_sqs::Client::from_conf(config.build());
-    let created = |e| classify(&e, "sqs:CreateQueue");
-    let dlq = client
-        .create_queue()
-        .queue_name(format!("{name}-dlq"))
-        .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
-        .send()
-        .await
-        .map_err(created)?;
-    let dlq_url = dlq.queue_url().unwrap_or_default();
-    let dlq_arn = client
-        .get_queue_attributes()
-        .queue_url(dlq_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .map_err(|e| classify(&e, "sqs:GetQueueAttributes"))?
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .ok_or_else(|| SqsError::new(ErrorKind::Malformed, "the dead-letter queue has no ARN"))?;
-    let redrive = serde_json::json!({
-        "deadLetterTargetArn": dlq_arn,
-        "maxReceiveCount": dead_letter_after.to_string(),
-    });
-    let queue = client
-        .create_queue()
-        .queue_name(name)
-        .attributes(
-            QueueAttributeName::VisibilityTimeout,
-            visibility.as_secs().to_string(),
-        )
-        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
-        .send()
-        .await
-        .map_err(created)?;
-    Ok(queue.queue_url().unwrap_or_default().to_string())
+/// Whether the queue at `url` is a FIFO queue: its name ends `.fifo`.
+pub(crate) fn is_fifo(url: &str) -> bool {
+    url.trim_end_matches('/').ends_with(".fifo")
 }
 
 /// `n` entries' outcomes from a batch answer's failures (entry ids are the indexes sent).
@@ -373,90 +373,6 @@ pub(crate) fn region_of(url: &str) -> Option<String> {
         .or(before_queue)
         .filter(looks_like_region)
         .map(|l| l.to_string())
-}
-
-/// What a queue URL looks like, for error messages.
-const QUEUE_URL_SHAPE: &str = "https://sqs.REGION.amazonaws.com/ACCOUNT/NAME";
-
-/// Checks that `url` has the shape of a queue URL: `https://HOST[:PORT]/…/NAME` (`http` for a
-/// local endpoint), NAME a queue name (1 to 80 letters, digits, `-` and `_`, ending `.fifo` for a
-/// FIFO queue), no query or fragment; on AWS's own hosts (`amazonaws.com`, `amazonaws.com.cn`)
-/// the path is exactly `/ACCOUNT/NAME` with a 12-digit account ID. The error says what is wrong.
-pub(crate) fn check_queue_url(url: &str) -> Result<(), String> {
-    if url.starts_with("arn:") {
-        return Err(format!(
-            "this is an ARN, not a queue URL (one looks like {QUEUE_URL_SHAPE})"
-        ));
-    }
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| format!("not a URL ({e}); a queue URL looks like {QUEUE_URL_SHAPE}"))?;
-    if !matches!(parsed.scheme(), "https" | "http") {
-        return Err(format!(
-            "the scheme must be https (or http for a local endpoint), not {:?}",
-            parsed.scheme()
-        ));
-    }
-    let host = parsed
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| format!("no host; a queue URL looks like {QUEUE_URL_SHAPE}"))?;
-    if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err("a queue URL has no query or fragment".to_string());
-    }
-    let segments: Vec<&str> = parsed.path().split('/').filter(|s| !s.is_empty()).collect();
-    let Some(name) = segments.last() else {
-        return Err(format!(
-            "no queue name after the host; a queue URL looks like {QUEUE_URL_SHAPE}"
-        ));
-    };
-    if !is_queue_name(name) {
-        return Err(format!(
-            "{name:?} is not a queue name (1 to 80 letters, digits, - and _, ending .fifo for a \
-             FIFO queue)"
-        ));
-    }
-    let on_aws = host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn");
-    let account = |s: &str| s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit());
-    if on_aws && !(segments.len() == 2 && account(segments[0])) {
-        return Err(format!(
-            "the path of an AWS queue URL is /ACCOUNT/NAME with a 12-digit account ID \
-             ({QUEUE_URL_SHAPE})"
-        ));
-    }
-    Ok(())
-}
-
-/// Whether `name` is a valid SQS queue name.
-fn is_queue_name(name: &str) -> bool {
-    let base = name.strip_suffix(".fifo").unwrap_or(name);
-    (1..=80).contains(&name.len())
-        && !base.is_empty()
-        && base
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// Checks that `region` has the shape of an AWS Region name: lowercase words and a number joined
-/// by `-`, such as `us-east-1`, `us-gov-west-1` or `ap-southeast-2`.
-pub(crate) fn check_region(region: &str) -> Result<(), String> {
-    let parts: Vec<&str> = region.split('-').collect();
-    let word = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
-    let ok = match parts.split_last() {
-        Some((number, words)) => {
-            words.len() >= 2
-                && words.iter().all(word)
-                && (1..=2).contains(&number.len())
-                && number.bytes().all(|b| b.is_ascii_digit())
-        }
-        None => false,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{region:?} is not a Region name (such as us-east-1 or eu-west-2)"
-        ))
-    }
 }
 
 fn secs_i32(d: Duration) -> i32 {
@@ -503,6 +419,18 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_whose_name_ends_fifo_is_a_fifo_queue() {
+        assert!(is_fifo(
+            "https://sqs.us-east-1.amazonaws.com/123456789012/jobs.fifo"
+        ));
+        assert!(is_fifo("http://127.0.0.1:4566/123456789012/jobs.fifo/"));
+        assert!(!is_fifo(
+            "https://sqs.us-east-1.amazonaws.com/123456789012/jobs"
+        ));
+        assert!(!is_fifo("http://127.0.0.1:4566/123456789012/fifo"));
+    }
+
+    #[test]
     fn batch_failures_land_on_their_entries() {
         let out = per_entry(
             3,
@@ -512,79 +440,6 @@ mod tests {
             out,
             vec![Ok(()), Err("ReceiptHandleIsInvalid: x".to_string()), Ok(())]
         );
-    }
-
-    #[test]
-    fn a_queue_url_must_have_the_shape_of_one() {
-        for good in [
-            "https://sqs.eu-west-1.amazonaws.com/123456789012/jobs",
-            "https://sqs.us-east-1.amazonaws.com/123456789012/jobs.fifo",
-            "https://sqs.cn-north-1.amazonaws.com.cn/123456789012/my_jobs-2",
-            "https://vpce-0abc-xyz.sqs.us-east-2.vpce.amazonaws.com/123456789012/jobs",
-            "http://127.0.0.1:4566/123456789012/jobs",
-            "http://localhost:9324/queue/jobs",
-            "http://localhost:9324/jobs",
-        ] {
-            assert_eq!(check_queue_url(good), Ok(()), "{good}");
-        }
-        for (bad, says) in [
-            ("jobs", "not a URL"),
-            ("sqs.us-east-1.amazonaws.com/123456789012/jobs", "not a URL"),
-            ("arn:aws:sqs:us-east-1:123456789012:jobs", "ARN"),
-            ("ftp://host/123456789012/jobs", "scheme"),
-            ("https://sqs.us-east-1.amazonaws.com", "no queue name"),
-            ("https://sqs.us-east-1.amazonaws.com/", "no queue name"),
-            ("https://sqs.us-east-1.amazonaws.com/jobs", "12-digit"),
-            ("https://sqs.us-east-1.amazonaws.com/1234/jobs", "12-digit"),
-            (
-                "https://sqs.us-east-1.amazonaws.com/123456789012/a/jobs",
-                "12-digit",
-            ),
-            (
-                "https://sqs.us-east-1.amazonaws.com/123456789012/jo%20bs",
-                "not a queue name",
-            ),
-            (
-                "https://sqs.us-east-1.amazonaws.com/123456789012/jobs?x=1",
-                "query",
-            ),
-            ("http://localhost:9324/.fifo", "not a queue name"),
-        ] {
-            let e = check_queue_url(bad).unwrap_err();
-            assert!(e.contains(says), "{bad}: {e}");
-        }
-        let long = format!("http://localhost/{}", "a".repeat(81));
-        assert!(check_queue_url(&long).is_err());
-    }
-
-    #[test]
-    fn a_region_must_have_the_shape_of_one() {
-        for good in [
-            "us-east-1",
-            "us-gov-west-1",
-            "ap-southeast-2",
-            "cn-northwest-1",
-            "us-isob-east-1",
-            "eusc-de-east-1",
-        ] {
-            assert_eq!(check_region(good), Ok(()), "{good}");
-        }
-        for bad in [
-            "",
-            "us",
-            "useast1",
-            "us-east",
-            "US-EAST-1",
-            "us-east-1a",
-            "us_east_1",
-            "us--1",
-            "us-east-123",
-            " us-east-1",
-            "eu-west-1.",
-        ] {
-            let e = check_region(bad).unwrap_err();
-            assert!(e.contains("Region"), "{bad:?}: {e}");
-        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::queue::{Queue, SqsError, SQS_BATCH};
-use ecs_task_protection::protection::{retry_delay, ErrorKind};
+use crate::protection::{retry_delay, ErrorKind};
 
 /// One held message.
 #[derive(Debug, Clone)]
@@ -87,11 +87,11 @@ impl Leases {
             deletes: tx,
             failing_for_good: Mutex::new(None),
         });
-        ecs_task_protection::supervise::spawn(
+        crate::supervise::spawn(
             "visibility keeper",
             keep(Arc::downgrade(&leases), abandon.clone()),
         );
-        ecs_task_protection::supervise::spawn(
+        crate::supervise::spawn(
             "delete loop",
             delete_loop(Arc::downgrade(&leases), rx, abandon),
         );
@@ -219,8 +219,7 @@ impl Leases {
 fn permanent_hint(error: &SqsError) -> &'static str {
     match error.kind() {
         ErrorKind::NotFound => {
-            ". Hint: the queue is gone or QUEUE_URL (or COPILOT_QUEUE_URI) and QUEUE_REGION name \
-             another one"
+            ". Hint: the queue is gone, or the worker's queue URL (and Region) name another one"
         }
         ErrorKind::AccessDenied => ". Hint: the task role needs sqs:DeleteMessage on the queue",
         _ => "",

@@ -1,5 +1,6 @@
-//! Draining the worker: what starts and ends a drain (the drain watcher's view of ECS, an
-//! operator's SIGUSR1), the rules of which drain wins, and the drain deadline.
+//! Draining the worker: what starts and ends a drain (the drain watcher's view of ECS, or the
+//! program's own request, such as an operator's signal), the rules of which drain wins, and the
+//! drain deadline.
 //!
 //! While the worker drains it takes no new jobs (a long poll in progress is cancelled; messages
 //! received but not started go back to the queue at once), lets the jobs in hand finish, and
@@ -16,13 +17,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Shared, Worker};
-use app_support::drain_signal::DrainSignal;
-use ecs_task_protection::ecs::drain_watch::{Replacement, ReplacementKind};
+use crate::ecs::drain_watch::{Replacement, ReplacementKind};
 
 /// What kind of drain it is: whether it ends by itself, and whether the drain deadline applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DrainKind {
-    /// An operator's request (SIGUSR1): ends only with the process; bounded by the deadline.
+#[non_exhaustive]
+pub enum DrainKind {
+    /// An operator's request (a signal, say): ends only with the process ([`Worker::end_drain`]
+    /// does not end it); bounded by the deadline.
     Final,
     /// A deployment the drain watcher saw: ends when the watcher no longer sees it (the
     /// deployment finished elsewhere or was rolled back); bounded by the deadline.
@@ -162,9 +164,13 @@ pub(super) fn end(s: &Shared) {
 }
 
 impl Worker {
-    /// Follows the drain watcher ([`spawn_drain_watch`](ecs_task_protection::ecs::drain_watch::spawn_drain_watch)):
+    /// Follows the drain watcher ([`spawn_drain_watch`](crate::ecs::drain_watch::spawn_drain_watch)):
     /// drains while it reports a replacement, and takes jobs again when it reports none. A
     /// deployment's drain is bounded by the drain deadline; a scale-in's is not.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
     pub fn follow_watcher(&self, mut replacements: watch::Receiver<Option<Replacement>>) {
         let shared = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
@@ -184,16 +190,19 @@ impl Worker {
         });
     }
 
-    /// Drains on SIGUSR1 (an operator's request, e.g. `queue-consumer drain` through `copilot
-    /// svc exec`). Not reversible.
-    pub fn on_sigusr1(&self, mut signal: DrainSignal) {
-        let shared = Arc::downgrade(&self.shared);
-        tokio::spawn(async move {
-            while signal.recv().await {
-                let Some(s) = shared.upgrade() else { return };
-                begin(&s, "operator request (SIGUSR1)", DrainKind::Final);
-            }
-        });
+    /// Drains for `reason` (`<cause>` or `<cause>: <details>`; `/status` shows the cause only):
+    /// takes no new jobs (a long poll in progress is cancelled, messages received but not started
+    /// go back to the queue at once), lets the jobs in hand finish, and releases protection as the
+    /// last one ends. A drain of `kind` [`DrainKind::Final`] (an operator's request) wins over any
+    /// other and never ends; another kind replaces the drain in progress unless it is the same
+    /// kind.
+    pub fn begin_drain(&self, reason: &str, kind: DrainKind) {
+        begin(&self.shared, reason, kind);
+    }
+
+    /// Ends a drain that is not [`DrainKind::Final`]: the worker takes jobs again.
+    pub fn end_drain(&self) {
+        end(&self.shared);
     }
 }
 
