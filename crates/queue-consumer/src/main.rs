@@ -12,7 +12,10 @@ use clap::Parser;
 use ecs_task_protection::ecs::{self, drain_watch::spawn_drain_watch};
 use ecs_task_protection::protection::ProtectionManager;
 use ecs_task_protection::supervise::{self, Supervisor};
+use ecs_task_protection::worker::Handler;
 use queue_consumer::config::{WorkerCommand, WorkerConfig};
+use queue_consumer::handlers::http::DEFAULT_REQUEST_TIMEOUT;
+use queue_consumer::handlers::{CommandHandler, HttpHandler, JobMode};
 use queue_consumer::worker::{self, DemoJob, Worker};
 
 fn main() -> ExitCode {
@@ -47,11 +50,8 @@ fn main() -> ExitCode {
         }
         // Answered above, before logging and the runtime.
         Some(WorkerCommand::Drain { pid }) => return app_support::drain_signal::send(pid),
-        // The job handlers (crate::handlers) are wired in with the worker core that calls them.
-        Some(WorkerCommand::Run { .. }) => Err(Failure::Usage(
-            "`queue-consumer run` is not wired into this worker yet".into(),
-        )),
-        None => {
+        // `run -- CMD ARGS…`: the worker, with that command as its job (see `job_mode`).
+        Some(WorkerCommand::Run { .. }) | None => {
             // Before anything slow: a drain asked for during start-up must not end the process.
             let drain_signal = {
                 let _in_runtime = runtime.enter();
@@ -91,6 +91,8 @@ async fn run(
     drain_signal: app_support::drain_signal::DrainSignal,
 ) -> Result<(), Failure> {
     let queue_url = config.queue_url().map_err(Failure::Usage)?;
+    let mode = config.job_mode().map_err(Failure::Usage)?;
+    mode.check().map_err(Failure::Usage)?;
     let plan = config.protection.backend_plan().map_err(Failure::Usage)?;
     let local = plan == ecs::BackendPlan::Local;
     let sdk_config = ecs::aws_config().await;
@@ -104,8 +106,10 @@ async fn run(
     }
     supervise::watch_reconciler(&manager);
     let settings = config.worker_settings();
+    let handler = handler_for(&mode, &settings).map_err(Failure::Runtime)?;
+    tracing::info!("Jobs: {mode}");
     let mut builder = Worker::builder(&sdk_config, &queue_url)
-        .handler(DemoJob::new(settings.visibility_timeout))
+        .shared_handler(handler)
         .settings(settings);
     if let Some(region) = config.queue_region() {
         builder = builder.region(region);
@@ -215,4 +219,31 @@ async fn health(config: &WorkerConfig) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The handler `mode` asks for. A command's child gets SIGTERM when the worker begins shutting
+/// down and SIGKILL when the shutdown timeout has passed; a child whose job is cancelled otherwise
+/// (its timeout, a drain deadline) gets SIGTERM, then SIGKILL within the worker's cancel grace. A
+/// POST waits for the job's timeout, when there is one.
+fn handler_for(
+    mode: &JobMode,
+    settings: &worker::WorkerSettings,
+) -> Result<std::sync::Arc<dyn Handler>, String> {
+    Ok(match mode {
+        JobMode::Demo => std::sync::Arc::new(DemoJob::new(settings.visibility_timeout)),
+        JobMode::Command(command) => {
+            let kill_after = settings
+                .cancel_grace
+                .saturating_sub(Duration::from_millis(500));
+            std::sync::Arc::new(CommandHandler::new(command.clone(), kill_after))
+        }
+        JobMode::Url(url) => {
+            let timeout = settings.job_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+            std::sync::Arc::new(
+                HttpHandler::new(url.clone(), timeout)
+                    .map_err(|e| format!("cannot set up the HTTP client for JOB_URL: {e}"))?,
+            )
+        }
+        _ => return Err(format!("{mode} is not supported by this build")),
+    })
 }

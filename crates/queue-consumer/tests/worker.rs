@@ -1026,3 +1026,245 @@ async fn a_malformed_queue_url_or_region_exits_2_naming_the_variable() {
         );
     }
 }
+
+/// A script in a temporary directory, run as `sh SCRIPT` (a script just written can fail to exec
+/// with ETXTBSY while another test thread forks).
+fn script(dir: &support::process::TempDir, name: &str, text: &str) -> String {
+    let path = dir.0.join(name);
+    std::fs::write(&path, text).unwrap();
+    serde_json::json!(["/bin/sh", path.to_string_lossy()]).to_string()
+}
+
+#[tokio::test]
+async fn job_command_runs_each_job_once_with_its_message_id_and_body_while_the_task_is_protected() {
+    let Some(moto) = Moto::start("job_command").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let (queue, _) = moto.queue("command-jobs", 60, None).await;
+    let dir = support::process::TempDir::new("job-command").unwrap();
+    let out = dir.0.join("done");
+    std::fs::create_dir(&out).unwrap();
+    // Records each job as a file named after JOB_MESSAGE_ID holding the body and the receive
+    // count, and fails if a file is there already (a job run twice).
+    let command = script(
+        &dir,
+        "job.sh",
+        &format!(
+            "f={}/$JOB_MESSAGE_ID\n[ -e \"$f\" ] && exit 9\nbody=$(cat)\n\
+             echo \"$body $JOB_RECEIVE_COUNT ${{JOB_GROUP_ID-none}}\" > \"$f\"\n\
+             echo \"did $body\"\n",
+            out.display()
+        ),
+    );
+    let mut sent = BTreeMap::new();
+    for i in 0..20 {
+        sent.insert(moto.send(&queue, &format!("job-{i}")).await, i);
+    }
+    let w = worker(
+        &queue,
+        moto.endpoint(),
+        &agent,
+        &[
+            ("JOB_COMMAND", &command),
+            ("WORKER_CONCURRENCY", "4"),
+            ("PATH", "/usr/bin:/bin"),
+        ],
+    );
+    w.output.wait_for("- Done", 20, LIMIT).await;
+    wait_depth(&moto, &queue, (0, 0)).await;
+    let ran: BTreeMap<String, String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let text = std::fs::read_to_string(e.path()).unwrap();
+            (e.file_name().to_string_lossy().into_owned(), text)
+        })
+        .collect();
+    assert_eq!(ran.len(), 20, "one file per job: {ran:?}");
+    for (id, i) in &sent {
+        assert_eq!(
+            ran.get(id).map(String::as_str),
+            Some(format!("job-{i} 1 none\n").as_str()),
+            "JOB_MESSAGE_ID is the SQS message ID, the body came on stdin"
+        );
+    }
+    assert!(ids_with(&w, "- Done").values().all(|n| *n == 1));
+    assert_eq!(
+        w.output.count("- stdout: did job-"),
+        20,
+        "the child's output is logged"
+    );
+    assert_eq!(
+        protect_calls(&agent),
+        1,
+        "one busy period, one protect call"
+    );
+    assert_eq!(stop(w).await, Some(0));
+}
+
+#[tokio::test]
+async fn a_failing_job_command_is_never_deleted_and_ends_in_the_dead_letter_queue() {
+    let Some(moto) = Moto::start("job_command_fails").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let (queue, dlq) = moto.queue("command-fails", 60, Some(2)).await;
+    let dlq = dlq.expect("dead-letter queue");
+    let dir = support::process::TempDir::new("job-command-fails").unwrap();
+    let command = script(&dir, "fail.sh", "cat >/dev/null\necho no >&2\nexit 3\n");
+    let id = moto.send(&queue, "doomed").await;
+    let w = worker(
+        &queue,
+        moto.endpoint(),
+        &agent,
+        &[("JOB_COMMAND", &command), ("PATH", "/usr/bin:/bin")],
+    );
+    w.output.wait_for("exited with status 3", 2, LIMIT).await;
+    let start = std::time::Instant::now();
+    let moved = loop {
+        let got = moto.receive(&dlq, Duration::from_secs(1), 1).await;
+        if let Some(m) = got.first() {
+            break m.clone();
+        }
+        assert!(
+            start.elapsed() < LIMIT * 2,
+            "not in the dead-letter queue:\n{}",
+            w.output.tail(20)
+        );
+    };
+    assert_eq!(moved, (id, "doomed".to_string()));
+    assert_eq!(w.output.count("- Done"), 0, "never deleted");
+    assert!(w.output.count("- stderr: no") >= 2);
+    assert_eq!(stop(w).await, Some(0));
+}
+
+#[tokio::test]
+async fn sigterm_reaches_the_job_commands_child_and_its_message_comes_back() {
+    let Some(moto) = Moto::start("job_command_sigterm").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let (queue, _) = moto.queue("command-sigterm", 60, None).await;
+    let dir = support::process::TempDir::new("job-command-sigterm").unwrap();
+    let marker = dir.0.join("got-sigterm");
+    // Writes a file on SIGTERM and exits 143, as a well-behaved job does.
+    let command = script(
+        &dir,
+        "long.sh",
+        &format!(
+            "trap 'echo term > {}; exit 143' TERM\ncat >/dev/null\necho started\n\
+             i=0; while [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n",
+            marker.display()
+        ),
+    );
+    moto.send(&queue, "long").await;
+    let w = worker(
+        &queue,
+        moto.endpoint(),
+        &agent,
+        &[
+            ("JOB_COMMAND", &command),
+            ("SHUTDOWN_TIMEOUT_SECS", "10"),
+            ("PATH", "/usr/bin:/bin"),
+        ],
+    );
+    w.output.wait_for("- stdout: started", 1, LIMIT).await;
+    support::eventually("protected while the command runs", || agent.is_protected()).await;
+    // At the worker's SIGTERM, not at the end of its 10 s shutdown timeout.
+    let mut w = w;
+    w.signal("TERM").expect("SIGTERM");
+    let asked = std::time::Instant::now();
+    while !marker.exists() {
+        assert!(
+            asked.elapsed() < Duration::from_secs(3),
+            "the child got no SIGTERM within 3 s of the worker's:\n{}",
+            w.output.tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = w.wait_exit(Duration::from_secs(15)).await.expect("exit");
+    assert_eq!(status.code(), Some(0));
+    // The job did not finish: its message is visible again, at once.
+    wait_depth(&moto, &queue, (1, 0)).await;
+    assert!(!agent.is_protected(), "protection released on the way out");
+}
+
+#[tokio::test]
+async fn job_url_deletes_on_2xx_and_a_503_with_retry_after_comes_back_after_it() {
+    use std::sync::{Arc, Mutex};
+    let Some(moto) = Moto::start("job_url").await else {
+        return;
+    };
+    let agent = StandInAgent::start().await.unwrap();
+    let (queue, _) = moto.queue("url-jobs", 60, None).await;
+    // The app: 200 for "fine"; for "busy", 503 with Retry-After: 1 the first time, then 200.
+    // Records (when, message id, receive count, body) of every POST.
+    type Seen = Arc<Mutex<Vec<(std::time::Instant, String, String, String)>>>;
+    let seen: Seen = Arc::default();
+    let app = {
+        let seen = Arc::clone(&seen);
+        axum::Router::new().route(
+            "/jobs",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    let header = |n: &str| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string()
+                    };
+                    let mut seen = seen.lock().unwrap();
+                    let busy_before = seen.iter().any(|(_, _, _, b)| b == "busy");
+                    seen.push((
+                        std::time::Instant::now(),
+                        header("x-message-id"),
+                        header("x-receive-count"),
+                        body.clone(),
+                    ));
+                    if body == "busy" && !busy_before {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            [("retry-after", "1")],
+                            "later",
+                        )
+                    } else {
+                        (axum::http::StatusCode::OK, [("retry-after", "0")], "ok")
+                    }
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jobs", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let fine = moto.send(&queue, "fine").await;
+    let busy = moto.send(&queue, "busy").await;
+    let w = worker(&queue, moto.endpoint(), &agent, &[("JOB_URL", &url)]);
+    w.output.wait_for("- Done", 2, LIMIT).await;
+    wait_depth(&moto, &queue, (0, 0)).await;
+    let seen = seen.lock().unwrap().clone();
+    let of = |id: &str| {
+        seen.iter()
+            .filter(|s| s.1 == id)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of(&fine).len(), 1, "2xx deleted it: {seen:?}");
+    let busy_posts = of(&busy);
+    assert_eq!(busy_posts.len(), 2, "503 once, then 200: {seen:?}");
+    assert_eq!(
+        (busy_posts[0].2.as_str(), busy_posts[1].2.as_str()),
+        ("1", "2"),
+        "X-Receive-Count"
+    );
+    let waited = busy_posts[1].0 - busy_posts[0].0;
+    assert!(
+        waited >= Duration::from_millis(900),
+        "came back after Retry-After, not at once: {waited:?}"
+    );
+    assert_eq!(stop(w).await, Some(0));
+}

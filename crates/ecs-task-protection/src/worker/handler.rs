@@ -48,6 +48,7 @@ pub struct Job {
     group_id: Option<String>,
     sent_at: Option<SystemTime>,
     cancel: watch::Receiver<Option<CancelReason>>,
+    stopping: watch::Receiver<bool>,
 }
 
 impl Job {
@@ -63,6 +64,7 @@ impl Job {
             group_id: None,
             sent_at: None,
             cancel: watch::channel(None).1,
+            stopping: watch::channel(false).1,
         }
     }
 
@@ -100,6 +102,7 @@ impl Job {
     pub(super) fn received(
         message: &super::queue::Received,
         cancel: watch::Receiver<Option<CancelReason>>,
+        stopping: watch::Receiver<bool>,
     ) -> Self {
         Self {
             body: message.body.clone(),
@@ -109,6 +112,30 @@ impl Job {
             group_id: message.group_id.clone(),
             sent_at: message.sent_at,
             cancel,
+            stopping,
+        }
+    }
+
+    /// With a stopping signal: the worker is stopping once `stopping` holds `true`.
+    pub fn with_stopping(mut self, stopping: watch::Receiver<bool>) -> Self {
+        self.stopping = stopping;
+        self
+    }
+
+    /// Whether the worker has begun shutting down (see [`stopping`](Self::stopping)).
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Resolves once the worker begins shutting down (SIGTERM), never before. The job may still
+    /// finish: it is [`cancelled`](Self::cancelled) only when the shutdown timeout has passed. A
+    /// job that can stop early and cleanly (checkpoint, or pass the signal on, as the command
+    /// handler does with SIGTERM to its child) should.
+    pub async fn stopping(&self) {
+        let mut stopping = self.stopping.clone();
+        if stopping.wait_for(|s| *s).await.is_err() {
+            // The sender is gone without a shutdown: never.
+            std::future::pending::<()>().await;
         }
     }
 

@@ -65,7 +65,7 @@ pub(super) fn start(s: &Arc<Shared>, received: Received, slot: OwnedSemaphorePer
     Counters::add(&s.counters.received);
     let ticket = InHand::new(s);
     let (cancel, cancelled) = watch::channel(None);
-    let job = Job::received(&received, cancelled);
+    let job = Job::received(&received, cancelled, s.stopping.subscribe());
     let checked = check(s, &job);
     let turn = received
         .group_id

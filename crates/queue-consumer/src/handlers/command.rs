@@ -281,12 +281,25 @@ impl Handler for CommandHandler {
                 .take()
                 .map(|err| tokio::spawn(log_lines(id.clone(), Stream::Stderr, err))),
         ];
-        let outcome = tokio::select! {
-            status = child.0.wait() => match status {
-                Ok(status) => exit_outcome(status),
-                Err(e) => Outcome::Failed(format!("could not wait for {}: {e}", self.command.program)),
-            },
-            reason = job.cancelled() => Outcome::Failed(child.stop(reason, self.kill_after).await),
+        // At the worker's SIGTERM the child gets SIGTERM too and may finish; once the shutdown
+        // timeout has passed (the job is cancelled), it is killed.
+        let mut told_to_stop = false;
+        let outcome = loop {
+            tokio::select! {
+                status = child.0.wait() => break match status {
+                    Ok(status) => exit_outcome(status),
+                    Err(e) => Outcome::Failed(format!("could not wait for {}: {e}", self.command.program)),
+                },
+                _ = job.stopping(), if !told_to_stop => {
+                    told_to_stop = true;
+                    tracing::info!("{id} - Worker stopping: SIGTERM to the job's process group");
+                    child.signal_group(libc::SIGTERM);
+                }
+                reason = job.cancelled() => {
+                    let kill_after = if told_to_stop { Duration::ZERO } else { self.kill_after };
+                    break Outcome::Failed(child.stop(reason, kill_after).await);
+                }
+            }
         };
         if let Some(stdin) = stdin {
             stdin.abort();
