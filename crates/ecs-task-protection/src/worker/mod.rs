@@ -140,7 +140,7 @@ pub use async_trait::async_trait;
 pub use drain::DrainKind;
 pub use handler::{CancelReason, Handler, Job, Outcome};
 pub use health::Unhealthy;
-pub use queue::{QueueInfo, SqsError};
+pub use queue::{check_group_id, QueueInfo, SqsError};
 pub use settings::WorkerSettings;
 pub use stats::Timing;
 

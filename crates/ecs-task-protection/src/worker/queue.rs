@@ -154,7 +154,7 @@ const SQS_MAX_ID: usize = 128;
 
 /// Checks a FIFO message group ID as SQS would: 1 to 128 characters, letters, digits and
 /// punctuation (``!"#$%&'()*+,-./:;<=>?@[\]^_`{|}~``), no spaces.
-pub(crate) fn check_group_id(group: &str) -> Result<(), String> {
+pub fn check_group_id(group: &str) -> Result<(), String> {
     if group.is_empty() || group.len() > SQS_MAX_ID {
         return Err(format!(
             "a message group ID is 1 to {SQS_MAX_ID} characters, not {}",
