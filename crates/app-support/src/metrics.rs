@@ -182,7 +182,11 @@ impl EmfWriter {
                 Kind::Summary { count } => {
                     let sum = self.added(sample.name, sample.value);
                     let before = self.last_counts.insert(sample.name, count).unwrap_or(0);
-                    let observed = if count >= before { count - before } else { count };
+                    let observed = if count >= before {
+                        count - before
+                    } else {
+                        count
+                    };
                     if observed == 0 {
                         // Nothing observed this interval: no data point, rather than a 0 s mean.
                         continue;
@@ -237,7 +241,10 @@ pub fn prometheus_text(samples: &[Sample]) -> String {
                 format!("{PROMETHEUS_PREFIX}{}_total", s.prometheus_name),
                 "counter",
             ),
-            Kind::Summary { .. } => (format!("{PROMETHEUS_PREFIX}{}", s.prometheus_name), "summary"),
+            Kind::Summary { .. } => (
+                format!("{PROMETHEUS_PREFIX}{}", s.prometheus_name),
+                "summary",
+            ),
         };
         let _ = writeln!(out, "# HELP {name} {}", s.help);
         let _ = writeln!(out, "# TYPE {name} {kind}");

@@ -388,7 +388,12 @@ async fn failed_is_retried_with_back_off_then_dead_lettered_and_never_deleted() 
     let status = w.worker.status();
     // One message, failed on both its deliveries: counted once (messages, not receives).
     assert_eq!(
-        (status.received, status.redelivered, status.failed, status.done),
+        (
+            status.received,
+            status.redelivered,
+            status.failed,
+            status.done
+        ),
         (1, 1, 1, 0),
         "never deleted"
     );

@@ -141,10 +141,7 @@ fn parse_prometheus(text: &str) -> (BTreeMap<String, f64>, BTreeMap<String, Stri
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (family, kind) = rest.split_once(' ').expect("# TYPE NAME KIND");
-            assert!(
-                ["counter", "gauge", "summary"].contains(&kind),
-                "{line}"
-            );
+            assert!(["counter", "gauge", "summary"].contains(&kind), "{line}");
             types.insert(family.to_string(), kind.to_string());
             continue;
         }
@@ -168,8 +165,7 @@ fn parse_prometheus(text: &str) -> (BTreeMap<String, f64>, BTreeMap<String, Stri
 }
 
 #[tokio::test]
-async fn a_queue_that_does_not_exist_stops_start_up_with_exit_2_naming_queue_url_and_the_action()
-{
+async fn a_queue_that_does_not_exist_stops_start_up_with_exit_2_naming_queue_url_and_the_action() {
     let Some(moto) = Moto::start("missing_queue_exits_2").await else {
         return;
     };
@@ -197,7 +193,11 @@ async fn a_queue_that_does_not_exist_stops_start_up_with_exit_2_naming_queue_url
             assert!(said.contains(needle), "{variable}: {needle:?} in:\n{said}");
         }
         assert_eq!(proc.output.count("Taking jobs from"), 0, "{said}");
-        assert_eq!(proc.output.count("task not found"), 0, "worded as SQS's: {said}");
+        assert_eq!(
+            proc.output.count("task not found"),
+            0,
+            "worded as SQS's: {said}"
+        );
     }
 }
 
@@ -224,8 +224,8 @@ async fn a_queue_the_task_role_may_not_read_stops_start_up_with_exit_2_naming_th
 }
 
 #[tokio::test]
-async fn a_queue_deleted_while_running_turns_healthz_503_after_the_window_and_200_once_it_is_back(
-) {
+async fn a_queue_deleted_while_running_turns_healthz_503_after_the_window_and_200_once_it_is_back()
+{
     let Some(moto) = Moto::start("deleted_queue_health").await else {
         return;
     };
@@ -278,13 +278,16 @@ async fn a_queue_deleted_while_running_turns_healthz_503_after_the_window_and_20
     w.output
         .wait_for("Receiving from the queue works again", 1, LIMIT)
         .await;
-    assert_eq!(status(&port).await["unhealthy_reason"], serde_json::Value::Null);
+    assert_eq!(
+        status(&port).await["unhealthy_reason"],
+        serde_json::Value::Null
+    );
     assert_eq!(stop(w).await, Some(0));
 }
 
 #[tokio::test]
-async fn eight_bad_messages_received_three_times_each_count_as_eight_in_status_emf_and_prometheus(
-) {
+async fn eight_bad_messages_received_three_times_each_count_as_eight_in_status_emf_and_prometheus()
+{
     let Some(moto) = Moto::start("eight_bad_messages").await else {
         return;
     };
@@ -325,7 +328,10 @@ async fn eight_bad_messages_received_three_times_each_count_as_eight_in_status_e
     assert_eq!(doc["invalid"], 8, "{doc}");
     assert_eq!(doc["received"], 8, "{doc}");
     assert_eq!(doc["redelivered"], 16, "{doc}");
-    assert_eq!((doc["done"].clone(), doc["failed"].clone()), (0.into(), 0.into()));
+    assert_eq!(
+        (doc["done"].clone(), doc["failed"].clone()),
+        (0.into(), 0.into())
+    );
     // Every line written after the last refusal has the totals.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let lines = emf_lines(&w);
@@ -335,7 +341,10 @@ async fn eight_bad_messages_received_three_times_each_count_as_eight_in_status_e
     let (samples, _) = parse_prometheus(&support::prometheus_text(&prometheus).await);
     assert_eq!(samples["ecs_task_protection_jobs_invalid_total"], 8.0);
     assert_eq!(samples["ecs_task_protection_messages_received_total"], 8.0);
-    assert_eq!(samples["ecs_task_protection_messages_redelivered_total"], 16.0);
+    assert_eq!(
+        samples["ecs_task_protection_messages_redelivered_total"],
+        16.0
+    );
     assert_eq!(stop(w).await, Some(0));
 }
 
@@ -445,7 +454,10 @@ async fn the_metric_outputs_carry_every_outcome_counter_the_errors_and_the_durat
         assert_eq!(p(name), want, "{name}");
     }
     assert!(p("job_duration_seconds_count") >= 4.0);
-    assert!(p("job_duration_seconds_sum") >= 1.2, "3 × 0.1 s and 1 s at least");
+    assert!(
+        p("job_duration_seconds_sum") >= 1.2,
+        "3 × 0.1 s and 1 s at least"
+    );
     assert_eq!(
         types["ecs_task_protection_job_duration_seconds"], "summary",
         "{types:?}"
@@ -461,7 +473,13 @@ async fn create_queue_fifo_with_max_receive_count_and_send_group_id_make_and_fil
     let agent = StandInAgent::start().await.unwrap();
     let (code, queue, err) = run(
         command(moto.endpoint()),
-        &["create-queue", "--fifo", "--max-receive-count", "5", "orders"],
+        &[
+            "create-queue",
+            "--fifo",
+            "--max-receive-count",
+            "5",
+            "orders",
+        ],
     );
     assert_eq!(code, Some(0), "{err}");
     assert!(queue.ends_with("/orders.fifo"), "{queue}");
@@ -481,7 +499,10 @@ async fn create_queue_fifo_with_max_receive_count_and_send_group_id_make_and_fil
     };
     let attrs = attributes(queue.clone()).await;
     assert_eq!(attrs[&QueueAttributeName::FifoQueue], "true");
-    assert_eq!(attrs[&QueueAttributeName::ContentBasedDeduplication], "true");
+    assert_eq!(
+        attrs[&QueueAttributeName::ContentBasedDeduplication],
+        "true"
+    );
     let redrive: serde_json::Value =
         serde_json::from_str(&attrs[&QueueAttributeName::RedrivePolicy]).unwrap();
     assert_eq!(
@@ -497,12 +518,18 @@ async fn create_queue_fifo_with_max_receive_count_and_send_group_id_make_and_fil
         "{redrive}"
     );
     let dlq = queue.replace("/orders.fifo", "/orders-dlq.fifo");
-    assert_eq!(attributes(dlq).await[&QueueAttributeName::FifoQueue], "true");
+    assert_eq!(
+        attributes(dlq).await[&QueueAttributeName::FifoQueue],
+        "true"
+    );
 
     // Identical bodies are three jobs, not one: each message has a deduplication ID of its own.
     let mut send = command(moto.endpoint());
     send.env("QUEUE_URL", &queue);
-    let (code, out, err) = run(send, &["send", "--group-id", "customer-7", "--count", "3", "200"]);
+    let (code, out, err) = run(
+        send,
+        &["send", "--group-id", "customer-7", "--count", "3", "200"],
+    );
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("Sent 3 jobs of 200 milliseconds"), "{out}");
     assert!(out.contains("customer-7"), "{out}");
@@ -512,10 +539,18 @@ async fn create_queue_fifo_with_max_receive_count_and_send_group_id_make_and_fil
     send.env("QUEUE_URL", &queue);
     let (code, _, err) = run(send, &["send", "200"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("--group-id") && err.contains("QUEUE_URL"), "{err}");
+    assert!(
+        err.contains("--group-id") && err.contains("QUEUE_URL"),
+        "{err}"
+    );
 
     // The worker takes them: the queue's redrive policy is logged, the group's jobs run in order.
-    let w = worker(&queue, moto.endpoint(), &agent, &[("WORKER_CONCURRENCY", "3")]);
+    let w = worker(
+        &queue,
+        moto.endpoint(),
+        &agent,
+        &[("WORKER_CONCURRENCY", "3")],
+    );
     w.output
         .wait_for(
             "Queue: a FIFO queue; its redrive policy moves a message to the dead-letter queue after 5 receives",
@@ -538,7 +573,10 @@ async fn create_queue_fifo_with_max_receive_count_and_send_group_id_make_and_fil
     );
     assert_eq!(code, Some(0), "{err}");
     let attrs = attributes(standard).await;
-    assert!(!attrs.contains_key(&QueueAttributeName::FifoQueue) || attrs[&QueueAttributeName::FifoQueue] == "false");
+    assert!(
+        !attrs.contains_key(&QueueAttributeName::FifoQueue)
+            || attrs[&QueueAttributeName::FifoQueue] == "false"
+    );
     assert!(
         attrs[&QueueAttributeName::RedrivePolicy].contains('7'),
         "{attrs:?}"

@@ -129,7 +129,10 @@ mod tests {
             draining: true,
             ..sound(now)
         };
-        assert_eq!(assess(&v, now, WAIT, WINDOW), Err(Unhealthy::DeletesFailing));
+        assert_eq!(
+            assess(&v, now, WAIT, WINDOW),
+            Err(Unhealthy::DeletesFailing)
+        );
     }
 
     #[test]
@@ -139,7 +142,11 @@ mod tests {
             failing_since: Some(start),
             ..sound(start)
         };
-        assert_eq!(assess(&v, start, WAIT, WINDOW), Ok(()), "one failure is not a streak");
+        assert_eq!(
+            assess(&v, start, WAIT, WINDOW),
+            Ok(()),
+            "one failure is not a streak"
+        );
         let v_late = HealthView {
             last_poll: start + WINDOW - secs(2),
             ..v
@@ -164,7 +171,10 @@ mod tests {
             failing_since: None,
             ..v_late
         };
-        assert_eq!(assess(&healed, start + WINDOW * 10 - WAIT, WAIT, WINDOW * 10), Ok(()));
+        assert_eq!(
+            assess(&healed, start + WINDOW * 10 - WAIT, WAIT, WINDOW * 10),
+            Ok(())
+        );
     }
 
     #[test]

@@ -62,7 +62,8 @@ struct Message {
 /// Starts the job task of a message just received, with its slot. Called in the order the
 /// messages came, so that each takes its turn in its FIFO group in that order.
 pub(super) fn start(s: &Arc<Shared>, received: Received, slot: OwnedSemaphorePermit) {
-    s.counters.delivered(received.receive_count, age(received.sent_at));
+    s.counters
+        .delivered(received.receive_count, age(received.sent_at));
     let ticket = InHand::new(s);
     let (cancel, cancelled) = watch::channel(None);
     let job = Job::received(&received, cancelled);

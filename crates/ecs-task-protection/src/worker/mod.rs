@@ -583,14 +583,22 @@ pub async fn send_jobs_in_group(
     group_id: &str,
     bodies: &[String],
 ) -> Result<Vec<String>, SqsError> {
-    queue::check_group_id(group_id).map_err(|e| {
-        SqsError::new(crate::protection::ErrorKind::InvalidRequest, e)
-    })?;
-    send(&Queue::new(sdk_config, queue_url, region), bodies, Some(group_id)).await
+    queue::check_group_id(group_id)
+        .map_err(|e| SqsError::new(crate::protection::ErrorKind::InvalidRequest, e))?;
+    send(
+        &Queue::new(sdk_config, queue_url, region),
+        bodies,
+        Some(group_id),
+    )
+    .await
 }
 
 /// Sends `bodies` to `queue` 10 to a call, in `group` when given.
-async fn send(queue: &Queue, bodies: &[String], group: Option<&str>) -> Result<Vec<String>, SqsError> {
+async fn send(
+    queue: &Queue,
+    bodies: &[String],
+    group: Option<&str>,
+) -> Result<Vec<String>, SqsError> {
     let mut ids = Vec::with_capacity(bodies.len());
     for chunk in bodies.chunks(SQS_BATCH) {
         ids.extend(queue.send(chunk, group).await?);
@@ -738,7 +746,7 @@ fn receive_hint(error: &SqsError) -> &'static str {
     use crate::protection::ErrorKind;
     match error.kind() {
         ErrorKind::AccessDenied => {
-            ". Hint: the task role needs sqs:ReceiveMessage, sqs:DeleteMessage and sqs:ChangeMessageVisibility on the queue"
+            ". Hint: the task role needs sqs:ReceiveMessage, sqs:DeleteMessage, sqs:ChangeMessageVisibility and sqs:GetQueueAttributes on the queue"
         }
         ErrorKind::NotFound => ". Hint: check the worker's queue URL and its Region",
         _ => "",

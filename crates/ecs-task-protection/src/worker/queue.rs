@@ -124,7 +124,8 @@ impl QueueInfo {
     /// Reads the attributes SQS answered (`GetQueueAttributes`, `All`).
     pub(crate) fn from_attributes(attributes: &HashMap<QueueAttributeName, String>) -> Self {
         let get = |name: QueueAttributeName| attributes.get(&name).map(String::as_str);
-        let yes = |name: QueueAttributeName| get(name).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let yes =
+            |name: QueueAttributeName| get(name).is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let redrive = get(QueueAttributeName::RedrivePolicy)
             .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok());
         let max_receive_count = redrive.as_ref().and_then(|p| {
@@ -561,12 +562,18 @@ mod tests {
         let info = QueueInfo::from_attributes(&attrs(&[
             (QueueAttributeName::FifoQueue, "true"),
             (QueueAttributeName::ContentBasedDeduplication, "true"),
-            (QueueAttributeName::RedrivePolicy, r#"{"maxReceiveCount":3}"#),
+            (
+                QueueAttributeName::RedrivePolicy,
+                r#"{"maxReceiveCount":3}"#,
+            ),
         ]));
         assert!(info.fifo && info.content_based_deduplication);
         assert_eq!(info.max_receive_count, Some(3), "a number is read too");
         let none = QueueInfo::from_attributes(&HashMap::new());
-        assert_eq!((none.max_receive_count, none.dead_letter_queue), (None, None));
+        assert_eq!(
+            (none.max_receive_count, none.dead_letter_queue),
+            (None, None)
+        );
     }
 
     #[test]
@@ -577,7 +584,11 @@ mod tests {
         for bad in ["", "two words", "é", &"x".repeat(129), "tab\there"] {
             assert!(check_group_id(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(check_group_id(r"back\slash"), Ok(()), "a backslash is punctuation");
+        assert_eq!(
+            check_group_id(r"back\slash"),
+            Ok(()),
+            "a backslash is punctuation"
+        );
         let (a, b) = (dedup_id(), dedup_id());
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);

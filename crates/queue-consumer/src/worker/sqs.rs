@@ -138,7 +138,11 @@ pub async fn check_queue(worker: &Worker, variable: &str) -> Result<(), String> 
     let url = worker.status().queue;
     match worker.check_queue().await {
         Ok(info) => {
-            let kind = if info.fifo { "a FIFO queue" } else { "a standard queue" };
+            let kind = if info.fifo {
+                "a FIFO queue"
+            } else {
+                "a standard queue"
+            };
             match info.max_receive_count {
                 Some(n) => tracing::info!(
                     "Queue: {kind}; its redrive policy moves a message to the dead-letter queue \
@@ -163,7 +167,9 @@ pub async fn check_queue(worker: &Worker, variable: &str) -> Result<(), String> 
                     .to_string(),
                 _ => String::new(),
             };
-            Err(format!("cannot use the queue in {variable} ({url}): {e}{hint}"))
+            Err(format!(
+                "cannot use the queue in {variable} ({url}): {e}{hint}"
+            ))
         }
         Err(e) => {
             tracing::warn!(

@@ -31,7 +31,11 @@ pub fn serve_status(
 async fn health(State(worker): State<Worker>) -> Response {
     match worker.health() {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")).into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        )
+            .into_response(),
     }
 }
 
