@@ -193,6 +193,7 @@ async fn a_queue_that_does_not_exist_stops_start_up_with_exit_2_naming_queue_url
             assert!(said.contains(needle), "{variable}: {needle:?} in:\n{said}");
         }
         assert_eq!(proc.output.count("Taking jobs from"), 0, "{said}");
+        assert_eq!(proc.output.count(".."), 0, "one period at a time: {said}");
         assert_eq!(
             proc.output.count("task not found"),
             0,

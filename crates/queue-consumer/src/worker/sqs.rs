@@ -167,8 +167,11 @@ pub async fn check_queue(worker: &Worker, variable: &str) -> Result<(), String> 
                     .to_string(),
                 _ => String::new(),
             };
+            // SQS's own message may end with a period; the hint brings its own.
+            let said = e.to_string();
+            let said = said.trim_end_matches('.');
             Err(format!(
-                "cannot use the queue in {variable} ({url}): {e}{hint}"
+                "cannot use the queue in {variable} ({url}): {said}{hint}"
             ))
         }
         Err(e) => {
