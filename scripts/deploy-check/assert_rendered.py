@@ -139,7 +139,7 @@ def queue_consumer(t):
     if "DeadLetterQueue" not in t.get("Resources", {}):
         findings.append("queue-consumer: no dead-letter queue was rendered")
     expect("queue-consumer task role actions", addon_actions("queue-consumer"),
-           DRAIN_WATCH_ACTIONS + ["sqs:ChangeMessageVisibility"])
+           DRAIN_WATCH_ACTIONS + ["sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"])
     scoped("queue-consumer")
 
 

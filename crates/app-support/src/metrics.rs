@@ -4,9 +4,12 @@
 //!   stdout. The `awslogs` log driver ships it to CloudWatch Logs, which turns it into metrics in
 //!   the `ECSTaskProtection` namespace with the dimensions `ClusterName` and `ServiceName`: no
 //!   agent and no IAM permission needed. Counters are written as what they added during the
-//!   interval (CloudWatch sums them), gauges as their value now. This is what the CDK app scales
-//!   the WebSocket service on (`Connections`, averaged over the service's tasks).
-//! * **Prometheus** text (`GET /metrics`), for users outside AWS: counters as running totals. Its
+//!   interval (CloudWatch sums them), gauges as their value now, summaries (durations) as their
+//!   mean over the interval in seconds (left out of a line when the interval observed none).
+//!   This is what the CDK app scales the WebSocket service on (`Connections`, averaged over the
+//!   service's tasks).
+//! * **Prometheus** text (`GET /metrics`), for users outside AWS: counters as running totals,
+//!   summaries as a running `_sum` and `_count` (no quantiles: cheap to keep and to scrape). Its
 //!   listener is bounded like the server's own (header and idle timeouts, and the cap on
 //!   connections, shared with the process's other listeners).
 //!
@@ -29,13 +32,19 @@ pub const NAMESPACE: &str = "ECSTaskProtection";
 /// The prefix of every Prometheus metric name.
 pub const PROMETHEUS_PREFIX: &str = "ecs_task_protection_";
 
-/// Whether a metric is a level or a running total.
+/// Whether a metric is a level, a running total, or durations observed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// A level at the moment it is read (connections now).
     Gauge,
     /// A total since start-up that only grows (calls made).
     Counter,
+    /// Durations observed since start-up: `count` of them, whose sum in seconds is the sample's
+    /// value (job durations).
+    Summary {
+        /// How many durations the sum is of.
+        count: u64,
+    },
 }
 
 /// One number, read now.
@@ -44,13 +53,13 @@ pub struct Sample {
     /// The CloudWatch metric name (`Connections`).
     pub name: &'static str,
     /// The Prometheus name, without the prefix and, for counters, without `_total`
-    /// (`connections`).
+    /// (`connections`); for summaries, with the unit (`job_duration_seconds`).
     pub prometheus_name: &'static str,
     /// One line of help text (Prometheus `# HELP`).
     pub help: &'static str,
-    /// Gauge or counter.
+    /// Gauge, counter or summary.
     pub kind: Kind,
-    /// The value.
+    /// The value (a summary's sum, in seconds).
     pub value: f64,
 }
 
@@ -84,6 +93,23 @@ impl Sample {
             help,
             kind: Kind::Counter,
             value: value as f64,
+        }
+    }
+
+    /// A summary: `count` durations observed since start-up, adding up to `sum_seconds`.
+    pub fn summary(
+        name: &'static str,
+        prometheus_name: &'static str,
+        help: &'static str,
+        sum_seconds: f64,
+        count: u64,
+    ) -> Self {
+        Self {
+            name,
+            prometheus_name,
+            help,
+            kind: Kind::Summary { count },
+            value: sum_seconds,
         }
     }
 }
@@ -123,11 +149,13 @@ impl Dimensions {
     }
 }
 
-/// Turns samples into EMF lines, remembering the counters' last totals to write what they added.
+/// Turns samples into EMF lines, remembering the counters' and summaries' last totals to write
+/// what they added.
 #[derive(Debug)]
 pub struct EmfWriter {
     dimensions: Dimensions,
     last: HashMap<&'static str, f64>,
+    last_counts: HashMap<&'static str, u64>,
 }
 
 impl EmfWriter {
@@ -136,6 +164,7 @@ impl EmfWriter {
         Self {
             dimensions,
             last: HashMap::new(),
+            last_counts: HashMap::new(),
         }
     }
 
@@ -147,19 +176,25 @@ impl EmfWriter {
         let mut definitions = Vec::with_capacity(samples.len());
         let mut doc = Map::new();
         for sample in samples {
-            let value = match sample.kind {
-                Kind::Gauge => sample.value,
-                Kind::Counter => {
-                    let before = self.last.insert(sample.name, sample.value).unwrap_or(0.0);
-                    // A counter that went down (it cannot, short of a restart) counts afresh.
-                    if sample.value >= before {
-                        sample.value - before
+            let (value, unit) = match sample.kind {
+                Kind::Gauge => (sample.value, "Count"),
+                Kind::Counter => (self.added(sample.name, sample.value), "Count"),
+                Kind::Summary { count } => {
+                    let sum = self.added(sample.name, sample.value);
+                    let before = self.last_counts.insert(sample.name, count).unwrap_or(0);
+                    let observed = if count >= before {
+                        count - before
                     } else {
-                        sample.value
+                        count
+                    };
+                    if observed == 0 {
+                        // Nothing observed this interval: no data point, rather than a 0 s mean.
+                        continue;
                     }
+                    (sum / observed as f64, "Seconds")
                 }
             };
-            definitions.push(json!({ "Name": sample.name, "Unit": "Count" }));
+            definitions.push(json!({ "Name": sample.name, "Unit": unit }));
             doc.insert(sample.name.to_string(), json!(value));
         }
         doc.insert(
@@ -183,6 +218,17 @@ impl EmfWriter {
         );
         Value::Object(doc).to_string()
     }
+
+    /// What the running total `name` added since the last line (its whole value the first time,
+    /// or after it went down, which it cannot short of a restart).
+    fn added(&mut self, name: &'static str, total: f64) -> f64 {
+        let before = self.last.insert(name, total).unwrap_or(0.0);
+        if total >= before {
+            total - before
+        } else {
+            total
+        }
+    }
 }
 
 /// The Prometheus text exposition of `samples` (format 0.0.4).
@@ -195,10 +241,22 @@ pub fn prometheus_text(samples: &[Sample]) -> String {
                 format!("{PROMETHEUS_PREFIX}{}_total", s.prometheus_name),
                 "counter",
             ),
+            Kind::Summary { .. } => (
+                format!("{PROMETHEUS_PREFIX}{}", s.prometheus_name),
+                "summary",
+            ),
         };
         let _ = writeln!(out, "# HELP {name} {}", s.help);
         let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {}", s.value);
+        match s.kind {
+            Kind::Summary { count } => {
+                let _ = writeln!(out, "{name}_sum {}", s.value);
+                let _ = writeln!(out, "{name}_count {count}");
+            }
+            _ => {
+                let _ = writeln!(out, "{name} {}", s.value);
+            }
+        }
     }
     out
 }
@@ -378,6 +436,52 @@ mod tests {
         let second: Value = serde_json::from_str(&w.line(&samples(1.0, 7), at)).unwrap();
         assert_eq!(second["Connections"], 1.0);
         assert_eq!(second["ProtectionCalls"], 2.0, "what the counter added");
+    }
+
+    #[test]
+    fn a_summary_is_the_intervals_mean_in_seconds_in_emf_and_absent_when_nothing_was_observed() {
+        let mut w = EmfWriter::new(Dimensions::new(Some("worker"), None, None, "x"));
+        let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let jobs = |sum: f64, count: u64| {
+            vec![Sample::summary(
+                "JobDuration",
+                "job_duration_seconds",
+                "How long jobs ran",
+                sum,
+                count,
+            )]
+        };
+        let first: Value = serde_json::from_str(&w.line(&jobs(3.0, 2), at)).unwrap();
+        assert_eq!(first["JobDuration"], 1.5, "3 s over 2 jobs");
+        assert_eq!(
+            first["_aws"]["CloudWatchMetrics"][0]["Metrics"][0],
+            json!({"Name": "JobDuration", "Unit": "Seconds"})
+        );
+        // The next interval ran 2 jobs of 0.5 s: its own mean, not the running one.
+        let second: Value = serde_json::from_str(&w.line(&jobs(4.0, 4), at)).unwrap();
+        assert_eq!(second["JobDuration"], 0.5);
+        // No job in the interval: no data point at all.
+        let third: Value = serde_json::from_str(&w.line(&jobs(4.0, 4), at)).unwrap();
+        assert!(third.get("JobDuration").is_none(), "{third}");
+        assert_eq!(third["_aws"]["CloudWatchMetrics"][0]["Metrics"], json!([]));
+    }
+
+    #[test]
+    fn a_summary_is_a_sum_and_a_count_in_prometheus_text() {
+        let text = prometheus_text(&[Sample::summary(
+            "JobDuration",
+            "job_duration_seconds",
+            "How long jobs ran",
+            2.5,
+            4,
+        )]);
+        assert_eq!(
+            text,
+            "# HELP ecs_task_protection_job_duration_seconds How long jobs ran\n\
+             # TYPE ecs_task_protection_job_duration_seconds summary\n\
+             ecs_task_protection_job_duration_seconds_sum 2.5\n\
+             ecs_task_protection_job_duration_seconds_count 4\n"
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! its timeout, at the shutdown timeout and at the drain deadline and its message goes back
 //! whatever the handler answers, a handler that ignores its cancellation is let go, the job sees
 //! its message's attributes, and on a FIFO queue a group's messages run one at a time, in order,
-//! even across a failure, while two groups run in parallel.
+//! even across a failure, while two groups run in parallel. `check_queue` reads the redrive
+//! policy and calls a missing queue a permanent error; `send_jobs_in_group` fills a FIFO queue
+//! with identical bodies as distinct jobs.
 #![cfg(unix)]
 
 mod sqs_support;
@@ -384,7 +386,17 @@ async fn failed_is_retried_with_back_off_then_dead_lettered_and_never_deleted() 
         "retried after the 2 s back-off, not at once: {gap:?}"
     );
     let status = w.worker.status();
-    assert_eq!((status.failed, status.done), (2, 0), "never deleted");
+    // One message, failed on both its deliveries: counted once (messages, not receives).
+    assert_eq!(
+        (
+            status.received,
+            status.redelivered,
+            status.failed,
+            status.done
+        ),
+        (1, 1, 1, 0),
+        "never deleted"
+    );
     w.stop().await;
 }
 
@@ -779,4 +791,87 @@ async fn two_fifo_groups_run_in_parallel() {
         "four 1.5 s jobs in two groups took {elapsed:?}: not in parallel"
     );
     w.stop().await;
+}
+
+/// A worker on `queue` that is never run: for [`Worker::check_queue`].
+fn idle_worker(moto: &Moto, queue: &str) -> Worker {
+    let manager = ProtectionManager::start(
+        Arc::new(ecs_task_protection::protection::local::LocalBackend::new()),
+        PROTECTION_DEFAULTS,
+    )
+    .unwrap();
+    Worker::builder(&sdk_config(moto.endpoint()), queue)
+        .handler(|_job: Job| async { Outcome::Done })
+        .settings(settings())
+        .build(manager)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_queue_reads_the_redrive_policy_and_calls_a_missing_queue_a_permanent_sqs_error() {
+    let Some(moto) = Moto::start("check_queue").await else {
+        return;
+    };
+    let (queue, _) = moto.queue("checked", 60, Some(4)).await;
+    let info = idle_worker(&moto, &queue).check_queue().await.unwrap();
+    assert_eq!(info.max_receive_count, Some(4));
+    assert!(info
+        .dead_letter_queue
+        .as_deref()
+        .is_some_and(|arn| arn.ends_with(":checked-dlq")));
+    assert!(!info.fifo);
+    let (plain, _) = moto.queue("no-redrive", 60, None).await;
+    let info = idle_worker(&moto, &plain).check_queue().await.unwrap();
+    assert_eq!(info.max_receive_count, None, "no dead-letter queue");
+
+    let missing = format!("{}/123456789012/nowhere", moto.endpoint());
+    let e = idle_worker(&moto, &missing)
+        .check_queue()
+        .await
+        .unwrap_err();
+    assert!(e.is_permanent(), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("queue not found: sqs:GetQueueAttributes"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_jobs_in_group_fills_a_fifo_queue_with_identical_bodies_as_distinct_jobs() {
+    let Some(moto) = Moto::start("send_in_group").await else {
+        return;
+    };
+    let sqs = moto.sqs();
+    let queue = sqs
+        .create_queue()
+        .queue_name("ordered.fifo")
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .attributes(QueueAttributeName::ContentBasedDeduplication, "true")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let sdk = sdk_config(moto.endpoint());
+    let bodies = vec!["same".to_string(); 12];
+    // Without a group a FIFO queue is refused before any call.
+    let e = ecs_task_protection::worker::send_jobs(&sdk, &queue, None, &bodies)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("send_jobs_in_group"), "{e}");
+    let e = ecs_task_protection::worker::send_jobs_in_group(&sdk, &queue, None, "a b", &bodies)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("message group ID"), "{e}");
+    assert_eq!(moto.depth(&queue).await, (0, 0));
+    // 12 identical bodies in two batches: 12 messages, despite content-based deduplication.
+    let ids = ecs_task_protection::worker::send_jobs_in_group(&sdk, &queue, None, "g-1", &bodies)
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 12);
+    assert_eq!(moto.depth(&queue).await, (12, 0));
+    let info = idle_worker(&moto, &queue).check_queue().await.unwrap();
+    assert!(info.fifo && info.content_based_deduplication);
 }

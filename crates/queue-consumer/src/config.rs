@@ -91,6 +91,13 @@ pub struct WorkerConfig {
           default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=43_200))]
     pub job_timeout_secs: u64,
 
+    /// Seconds receives may fail in a row before `/healthz` answers 503 (so that ECS replaces the
+    /// task, and a deployment whose tasks cannot take jobs rolls back); also how long past a long
+    /// poll the worker may go without starting a receive while it has a free slot.
+    #[arg(long, env = "UNHEALTHY_AFTER_SECS", value_name = "UNHEALTHY_AFTER_SECS",
+          default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub unhealthy_after_secs: u64,
+
     /// Port of the worker's `/healthz` and `/status` endpoint; 0 turns it off.
     #[arg(
         long,
@@ -144,12 +151,26 @@ pub enum WorkerCommand {
         /// How many jobs to send.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         count: u32,
+        /// The message group the jobs go to, in the order sent: required by a FIFO queue (whose
+        /// name ends `.fifo`). Each job gets a deduplication ID of its own, so identical jobs are
+        /// all taken. 1 to 128 letters, digits and punctuation.
+        #[arg(long, value_name = "GROUP_ID",
+              value_parser = clap::builder::ValueParser::new(parse_group_id))]
+        group_id: Option<String>,
         /// Milliseconds of work per job.
         work_ms: u64,
     },
-    /// Creates a queue with a dead-letter queue (`NAME-dlq`, after 3 receives) and prints its URL,
-    /// for trying the worker against a local SQS (moto's server, LocalStack).
+    /// Creates a queue with a dead-letter queue (`NAME-dlq`) and prints its URL, for trying the
+    /// worker against a local SQS (moto's server, LocalStack).
     CreateQueue {
+        /// A FIFO queue (`NAME.fifo`, with the dead-letter queue `NAME-dlq.fifo`), with
+        /// content-based deduplication on; a NAME ending `.fifo` makes one too.
+        #[arg(long)]
+        fifo: bool,
+        /// After how many receives without a delete a message moves to the dead-letter queue.
+        #[arg(long, value_name = "N", default_value_t = 3,
+              value_parser = clap::value_parser!(u32).range(1..=1000))]
+        max_receive_count: u32,
         /// The queue's name.
         name: String,
     },
@@ -185,6 +206,16 @@ impl WorkerConfig {
                  COPILOT_QUEUE_URI instead)"
                     .to_string()
             })
+    }
+
+    /// The setting the queue's URL comes from, for messages: `QUEUE_URL`, or `COPILOT_QUEUE_URI`
+    /// when only that is set.
+    pub fn queue_variable(&self) -> &'static str {
+        if non_empty(&self.queue_url).is_none() && non_empty(&self.copilot_queue_uri).is_some() {
+            "COPILOT_QUEUE_URI"
+        } else {
+            "QUEUE_URL"
+        }
     }
 
     /// How jobs are run: `queue-consumer run -- CMD ARGS…` or `JOB_COMMAND` (a command per
@@ -242,6 +273,7 @@ impl WorkerConfig {
             .with_protection_wait(Duration::from_millis(self.protection_wait_ms))
             .with_drain_deadline(seconds(self.drain_deadline_secs))
             .with_job_timeout(seconds(self.job_timeout_secs))
+            .with_unhealthy_after(Duration::from_secs(self.unhealthy_after_secs))
     }
 
     /// The limits of the status and Prometheus listeners.
@@ -277,6 +309,12 @@ fn parse_region(value: &str) -> Result<String, String> {
     if !value.is_empty() {
         crate::worker::check_region(value)?;
     }
+    Ok(value.to_string())
+}
+
+/// A message group ID (`send --group-id`): what SQS takes.
+fn parse_group_id(value: &str) -> Result<String, String> {
+    ecs_task_protection::worker::check_group_id(value)?;
     Ok(value.to_string())
 }
 
@@ -320,6 +358,7 @@ mod tests {
         assert_eq!(w.receive_wait, Duration::from_secs(20));
         assert_eq!(w.drain_deadline, Some(Duration::from_secs(900)));
         assert_eq!(w.job_timeout, None, "no job timeout unless set");
+        assert_eq!(w.unhealthy_after, Duration::from_secs(60));
         assert_eq!(w.validate(), Ok(()));
         assert_eq!(c.drain_watch_interval(), Some(Duration::from_secs(30)));
         let c = worker(&[
@@ -423,6 +462,18 @@ mod tests {
                 "JOB_TIMEOUT_SECS",
                 "0..=43200",
             ),
+            (
+                "--unhealthy-after-secs",
+                "0",
+                "UNHEALTHY_AFTER_SECS",
+                "1..=3600",
+            ),
+            (
+                "--unhealthy-after-secs",
+                "3601",
+                "UNHEALTHY_AFTER_SECS",
+                "1..=3600",
+            ),
         ] {
             let e = worker(&[flag, value]).unwrap_err().to_string();
             assert!(
@@ -474,6 +525,69 @@ mod tests {
             worker(&["--queue-region", " "]).unwrap().queue_region(),
             None
         );
+    }
+
+    #[test]
+    fn unhealthy_after_secs_is_the_library_workers_health_window() {
+        let c = worker(&["--unhealthy-after-secs", "5"]).unwrap();
+        assert_eq!(c.worker_settings().unhealthy_after, Duration::from_secs(5));
+        assert_eq!(c.worker_settings().validate(), Ok(()));
+    }
+
+    #[test]
+    fn the_queue_variable_is_the_one_that_was_set() {
+        assert_eq!(worker(&[]).unwrap().queue_variable(), "QUEUE_URL");
+        let c = worker(&["--copilot-queue-uri", "http://b/1/jobs"]).unwrap();
+        assert_eq!(c.queue_variable(), "COPILOT_QUEUE_URI");
+        let c = worker(&[
+            "--queue-url",
+            "http://a/1/jobs",
+            "--copilot-queue-uri",
+            "http://b/1/jobs",
+        ])
+        .unwrap();
+        assert_eq!(c.queue_variable(), "QUEUE_URL");
+    }
+
+    #[test]
+    fn send_takes_a_group_id_sqs_would_take_and_create_queue_fifo_and_max_receive_count() {
+        let c = worker(&["send", "--group-id", "tenant-1", "--count", "3", "250"]).unwrap();
+        assert_eq!(
+            c.command,
+            Some(WorkerCommand::Send {
+                count: 3,
+                group_id: Some("tenant-1".into()),
+                work_ms: 250
+            })
+        );
+        for bad in ["", "two words", &"g".repeat(129)] {
+            let e = worker(&["send", "--group-id", bad, "250"]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+            assert!(e.to_string().contains("--group-id"), "{bad:?}: {e}");
+        }
+        let c = worker(&["create-queue", "jobs"]).unwrap();
+        assert_eq!(
+            c.command,
+            Some(WorkerCommand::CreateQueue {
+                fifo: false,
+                max_receive_count: 3,
+                name: "jobs".into()
+            })
+        );
+        let c = worker(&["create-queue", "--fifo", "--max-receive-count", "5", "jobs"]).unwrap();
+        assert_eq!(
+            c.command,
+            Some(WorkerCommand::CreateQueue {
+                fifo: true,
+                max_receive_count: 5,
+                name: "jobs".into()
+            })
+        );
+        for n in ["0", "1001"] {
+            let e = worker(&["create-queue", "--max-receive-count", n, "jobs"]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{n}");
+            assert!(e.to_string().contains("1..=1000"), "{n}: {e}");
+        }
     }
 
     #[test]

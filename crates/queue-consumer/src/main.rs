@@ -42,12 +42,16 @@ fn main() -> ExitCode {
     };
     let outcome = match command {
         Some(WorkerCommand::Health) => return runtime.block_on(health(&config)),
-        Some(WorkerCommand::Send { count, work_ms }) => {
-            runtime.block_on(send(&config, count, work_ms))
-        }
-        Some(WorkerCommand::CreateQueue { ref name }) => {
-            runtime.block_on(create_queue(&config, name))
-        }
+        Some(WorkerCommand::Send {
+            count,
+            ref group_id,
+            work_ms,
+        }) => runtime.block_on(send(&config, count, work_ms, group_id.as_deref())),
+        Some(WorkerCommand::CreateQueue {
+            fifo,
+            max_receive_count,
+            ref name,
+        }) => runtime.block_on(create_queue(&config, name, fifo, max_receive_count)),
         // Answered above, before logging and the runtime.
         Some(WorkerCommand::Drain { pid }) => return app_support::drain_signal::send(pid),
         // `run -- CMD ARGS…`: the worker, with that command as its job (see `job_mode`).
@@ -117,6 +121,11 @@ async fn run(
     let worker = builder
         .build(manager)
         .map_err(|e| Failure::Usage(e.to_string()))?;
+    // A queue that does not exist or cannot be read stops start-up (exit 2) rather than run a
+    // worker whose every receive fails.
+    worker::check_queue(&worker, config.queue_variable())
+        .await
+        .map_err(Failure::Usage)?;
     // One pool for both listeners: header and idle timeouts, one cap on connections.
     let pool = HttpPool::new(config.http_limits(), None);
     if let Some(addr) = config.status_addr() {
@@ -155,17 +164,39 @@ async fn run(
     Ok(())
 }
 
-async fn send(config: &WorkerConfig, count: u32, work_ms: u64) -> Result<(), Failure> {
+/// `queue-consumer send`: `count` demo jobs of `work_ms`, in message group `group_id` (which a
+/// FIFO queue needs).
+async fn send(
+    config: &WorkerConfig,
+    count: u32,
+    work_ms: u64,
+    group_id: Option<&str>,
+) -> Result<(), Failure> {
     let queue_url = config.queue_url().map_err(Failure::Usage)?;
+    if group_id.is_none() && worker::is_fifo(&queue_url) {
+        return Err(Failure::Usage(format!(
+            "{} names a FIFO queue (its name ends .fifo), whose messages go to a message group: \
+             add --group-id NAME",
+            config.queue_variable()
+        )));
+    }
     let sdk_config = ecs::aws_config().await;
     let bodies = vec![work_ms.to_string(); count as usize];
     let region = config.queue_region();
-    let ids = worker::send_jobs(&sdk_config, &queue_url, region.as_deref(), &bodies)
-        .await
-        .map_err(|e| Failure::Runtime(format!("could not send the jobs: {e}")))?;
+    let sent = match group_id {
+        Some(group) => {
+            worker::send_jobs_in_group(&sdk_config, &queue_url, region.as_deref(), group, &bodies)
+                .await
+        }
+        None => worker::send_jobs(&sdk_config, &queue_url, region.as_deref(), &bodies).await,
+    };
+    let ids = sent.map_err(|e| Failure::Runtime(format!("could not send the jobs: {e}")))?;
     println!(
-        "Sent {} jobs of {work_ms} milliseconds to {queue_url}{}",
+        "Sent {} jobs of {work_ms} milliseconds to {queue_url}{}{}",
         ids.len(),
+        group_id
+            .map(|g| format!(" in group {g:?}"))
+            .unwrap_or_default(),
         ids.first()
             .map(|id| format!(" (first: {id})"))
             .unwrap_or_default()
@@ -173,19 +204,25 @@ async fn send(config: &WorkerConfig, count: u32, work_ms: u64) -> Result<(), Fai
     Ok(())
 }
 
-async fn create_queue(config: &WorkerConfig, name: &str) -> Result<(), Failure> {
+/// `queue-consumer create-queue`: queue `name` (FIFO with `fifo`) and its dead-letter queue,
+/// after `max_receive_count` receives.
+async fn create_queue(
+    config: &WorkerConfig,
+    name: &str,
+    fifo: bool,
+    max_receive_count: u32,
+) -> Result<(), Failure> {
     let sdk_config = ecs::aws_config().await;
-    let settings = config.worker_settings();
     let region = config.queue_region();
-    let url = worker::create_queue(
-        &sdk_config,
-        region.as_deref(),
-        name,
-        settings.visibility_timeout,
-        3,
-    )
-    .await
-    .map_err(|e| Failure::Runtime(format!("could not create the queue: {e}")))?;
+    let queue = worker::NewQueue {
+        name: name.to_string(),
+        visibility: config.worker_settings().visibility_timeout,
+        max_receive_count,
+        fifo,
+    };
+    let url = worker::create_queue(&sdk_config, region.as_deref(), &queue)
+        .await
+        .map_err(|e| Failure::Runtime(format!("could not create the queue: {e}")))?;
     println!("{url}");
     Ok(())
 }

@@ -40,6 +40,11 @@ export interface AppConfig {
     readonly acceptableLatencySecs: number;
     /** How long one job takes (Copilot's `msg_processing_time` times the worker concurrency). */
     readonly jobSecs: number;
+    /**
+     * After how many receives without a delete the queue's redrive policy moves a message to the
+     * dead-letter queue (SQS allows 1 to 1000).
+     */
+    readonly maxReceiveCount: number;
   };
   /** The repository root: the Docker build context holding the Dockerfile. */
   readonly repoRoot: string;
@@ -62,6 +67,7 @@ export const CONTEXT_KEYS = [
   'queueConsumerMaxTasks',
   'queueAcceptableLatencySecs',
   'queueJobSecs',
+  'queueMaxReceiveCount',
 ] as const;
 
 function str(node: Node, key: string): string | undefined {
@@ -180,6 +186,7 @@ export function readConfig(node: Node): AppConfig {
       maxTasks: int(node, 'queueConsumerMaxTasks', 10, Math.max(1, queueMin), 1000),
       acceptableLatencySecs: positive(node, 'queueAcceptableLatencySecs', 60, 1, 86_400),
       jobSecs: positive(node, 'queueJobSecs', 2, 0.001, 43_200),
+      maxReceiveCount: int(node, 'queueMaxReceiveCount', 3, 1, 1000),
     },
     repoRoot: findRepoRoot(),
   };

@@ -10,9 +10,11 @@ import { AppConfig } from './config';
  * short name) and ServiceName (METRICS_SERVICE_NAME). Both binaries write the protection
  * manager's Protected, Draining, ProtectionCalls and ProtectionRejections; the server adds
  * Connections, HttpConnections, ChatMessages, ChatDropped (and BackplaneConnected,
- * BackplaneDropped with a chat backplane); the worker JobsInHand, JobsDone, JobsFailed,
- * JobsReturned. Gauges are the value when the line is written, counters what they added since
- * the line before.
+ * BackplaneDropped with a chat backplane); the worker JobsInHand, MessagesReceived,
+ * MessagesRedelivered, JobsDone, JobsFailed, JobsRetried, JobsTimedOut, JobsInvalid, JobsReturned,
+ * ReceiveErrors, DeleteErrors, JobDuration and MessageAge (messages, not receives: README "Health
+ * and status"). Gauges are the value when the line is written, counters what they added since
+ * the line before, durations their mean over the interval in seconds.
  */
 export const EMF_NAMESPACE = 'ECSTaskProtection';
 

@@ -74,9 +74,10 @@ export class QueueConsumerService extends Construct {
       visibilityTimeout: Duration.seconds(60),
       encryption: sqs.QueueEncryption.SQS_MANAGED,
       enforceSSL: true,
-      // A message received 3 times without being deleted (a body that is not a job, a job that
-      // keeps failing) goes to the dead-letter queue instead of looping forever.
-      deadLetterQueue: { queue: this.deadLetterQueue, maxReceiveCount: 3 },
+      // A message received queueMaxReceiveCount times (3 by default) without being deleted (a
+      // body that is not a job, a job that keeps failing) goes to the dead-letter queue instead
+      // of looping forever. The worker reads it at start-up and logs it.
+      deadLetterQueue: { queue: this.deadLetterQueue, maxReceiveCount: config.queueConsumer.maxReceiveCount },
       removalPolicy: RemovalPolicy.DESTROY,
     });
 
@@ -89,14 +90,18 @@ export class QueueConsumerService extends Construct {
     // this role), and, from issue 17 on, the drain watcher's calls: the worker drains on a
     // scale-in or a deployment as the websocket server does (lib/task-role.ts).
     grantTaskProtectionAndDrainWatch(this.taskRole, config, serviceName);
-    // The worker's three SQS calls, on this queue only. DeleteMessageBatch and
-    // ChangeMessageVisibilityBatch have no IAM actions of their own: the single-message actions
-    // authorize them. Written out rather than queue.grantConsumeMessages(), which also grants
-    // sqs:GetQueueAttributes and sqs:GetQueueUrl that the worker does not call.
+    // The worker's four SQS calls, on this queue only. GetQueueAttributes is its check at
+    // start-up (issue 18): a queue that does not exist or that the role may not read stops the
+    // worker with exit code 2 (and the deployment's circuit breaker rolls back) instead of a
+    // task that looks healthy while every receive fails; it also reads the redrive policy.
+    // DeleteMessageBatch and ChangeMessageVisibilityBatch have no IAM actions of their own: the
+    // single-message actions authorize them. Written out rather than
+    // queue.grantConsumeMessages(), which also grants sqs:GetQueueUrl that the worker does not
+    // call.
     this.taskRole.addToPrincipalPolicy(
       new iam.PolicyStatement({
         sid: 'ConsumeOwnQueue',
-        actions: ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:ChangeMessageVisibility'],
+        actions: ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:ChangeMessageVisibility', 'sqs:GetQueueAttributes'],
         resources: [this.queue.queueArn],
       }),
     );
@@ -133,7 +138,9 @@ export class QueueConsumerService extends Construct {
       },
       logging: ecs.LogDrivers.awsLogs({ logGroup: this.logGroup, streamPrefix: serviceName }),
       // The image has no shell: the binary asks its own worker (/healthz on loopback). Unhealthy
-      // once the worker has stopped taking jobs or its receive loop has stalled; ECS replaces it.
+      // once the worker has stopped taking jobs, its receives have failed for a minute
+      // (UNHEALTHY_AFTER_SECS) or its receive loop has stalled; ECS replaces it. (A queue that
+      // does not exist or cannot be read stops the worker at start-up already, with exit 2.)
       healthCheck: {
         command: ['CMD', '/usr/local/bin/queue-consumer', 'health'],
         interval: Duration.seconds(10),

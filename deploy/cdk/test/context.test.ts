@@ -48,6 +48,20 @@ describe('context', () => {
     });
   });
 
+  it('queueMaxReceiveCount sets after how many receives the dead-letter queue takes a message', () => {
+    const redrive = (context: Record<string, unknown>) => {
+      const queues = Object.values(synth(context).template.findResources('AWS::SQS::Queue'));
+      return queues.map((q) => q.Properties.RedrivePolicy).filter((p) => p !== undefined);
+    };
+    assert.deepEqual(redrive({}).map((p) => p.maxReceiveCount), [3], 'the default');
+    assert.deepEqual(redrive({ queueMaxReceiveCount: '5' }).map((p) => p.maxReceiveCount), [5]);
+    assert.deepEqual(redrive({ queueMaxReceiveCount: 1000 }).map((p) => p.maxReceiveCount), [1000], 'SQS\'s largest');
+    assert.throws(
+      () => readConfig(new App({ context: { queueMaxReceiveCount: '0' } }).node),
+      /context queueMaxReceiveCount=0: expected a whole number from 1 to 1000/,
+    );
+  });
+
   it('architecture=X86_64 builds amd64 images and runs X86_64 tasks', () => {
     const { template } = synth({ architecture: 'X86_64' });
     for (const name of ['websocket', 'queue-consumer']) {
@@ -117,6 +131,9 @@ describe('context', () => {
       { websocketMinTasks: '5', websocketMaxTasks: '2' },
       { queueJobSecs: '0' },
       { queueAcceptableLatencySecs: 'soon' },
+      { queueMaxReceiveCount: '0' },
+      { queueMaxReceiveCount: '1001' },
+      { queueMaxReceiveCount: '2.5' },
       { architecture: 'sparc' },
       { taskSubnets: 'isolated' },
       { clusterName: 'no spaces' },

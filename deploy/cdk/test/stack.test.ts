@@ -96,14 +96,14 @@ describe('the websocket task role', () => {
 });
 
 describe('the queue-consumer task role', () => {
-  it('holds the drain watcher\'s ECS statements as the websocket does, and may only receive, delete and hide messages of its own queue', () => {
+  it('holds the drain watcher\'s ECS statements as the websocket does, and may only receive, delete and hide messages of its own queue, and read its attributes', () => {
     const grants = taskRoleGrants(template, 'queue-consumer');
     assert.deepEqual(grants.statements, [
       ...ECS_STATEMENTS('task-protection', 'queue-consumer'),
       {
         Sid: 'ConsumeOwnQueue',
         Effect: 'Allow',
-        Action: ['sqs:ChangeMessageVisibility', 'sqs:DeleteMessage', 'sqs:ReceiveMessage'],
+        Action: ['sqs:ChangeMessageVisibility', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes', 'sqs:ReceiveMessage'],
         Resource: [`\${${queueId}.Arn}`],
         Condition: undefined,
       },

@@ -11,9 +11,8 @@
 //! (and any hold-over).
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt as _;
 use tokio::sync::{watch, OwnedSemaphorePermit};
@@ -25,7 +24,8 @@ use super::handler::{CancelReason, Job, Outcome};
 use super::leases::{DeleteError, LeaseId};
 use super::queue::Received;
 use super::settings::SQS_MAX_INVISIBLE;
-use super::{drain_until, until, Counters, Shared};
+use super::stats::{Counters, Tally};
+use super::{drain_until, until, Shared};
 use crate::protection::{retry_delay, ProtectionGuard};
 use crate::supervise::panic_message;
 
@@ -62,7 +62,8 @@ struct Message {
 /// Starts the job task of a message just received, with its slot. Called in the order the
 /// messages came, so that each takes its turn in its FIFO group in that order.
 pub(super) fn start(s: &Arc<Shared>, received: Received, slot: OwnedSemaphorePermit) {
-    Counters::add(&s.counters.received);
+    s.counters
+        .delivered(received.receive_count, age(received.sent_at));
     let ticket = InHand::new(s);
     let (cancel, cancelled) = watch::channel(None);
     let job = Job::received(&received, cancelled, s.stopping.subscribe());
@@ -84,6 +85,12 @@ pub(super) fn start(s: &Arc<Shared>, received: Received, slot: OwnedSemaphorePer
     tokio::spawn(run(
         ticket, message, job, cancel, checked, slot, protection, turn,
     ));
+}
+
+/// How long ago a message was sent (`SentTimestamp`), when SQS says; 0 if the task's clock is
+/// behind SQS's.
+fn age(sent_at: Option<SystemTime>) -> Option<Duration> {
+    sent_at.map(|t| SystemTime::now().duration_since(t).unwrap_or_default())
 }
 
 /// The handler's check of a message, a panic in it counted as a refusal.
@@ -155,7 +162,7 @@ async fn run(
         received_at,
     } = message;
     tracing::info!("{id} - Received");
-    let lease = s.leases.hold(&id, &receipt);
+    let lease = s.leases.hold(&id, &receipt, receive_count);
     if let Err(e) = checked {
         // Not deleted: visible again after a back-off, until the queue's redrive policy moves it
         // to the dead-letter queue. The rest of its FIFO group in hand goes back (its turn is
@@ -165,7 +172,7 @@ async fn run(
             "{id} - Cannot run it: {e}. {}",
             left_on_the_queue(delay, receive_count)
         );
-        Counters::add(&s.counters.invalid);
+        s.counters.outcome(Tally::Invalid, receive_count);
         s.leases.give_back(lease, delay).await;
         return;
     }
@@ -173,7 +180,7 @@ async fn run(
     let mut stopping = s.stopping.subscribe();
     let mut drain = s.drain.subscribe();
     let not_started = |why: &str| {
-        Counters::add(&s.counters.returned);
+        s.counters.outcome(Tally::Returned, receive_count);
         tracing::info!("{id} - Returned to the queue ({why} before it started)");
     };
     if let Some(turn) = &mut turn {
@@ -194,7 +201,7 @@ async fn run(
         if !previous_deleted {
             // SQS delivers the group again from its earliest message not deleted.
             s.leases.give_back(lease, Duration::ZERO).await;
-            Counters::add(&s.counters.returned);
+            s.counters.outcome(Tally::Returned, receive_count);
             tracing::info!(
                 "{id} - Returned to the queue (an earlier message of group {:?} was not done)",
                 turn.group()
@@ -242,6 +249,7 @@ async fn run(
         _ = tokio::time::sleep_until(deadline) => Err(CancelReason::Timeout),
         outcome = &mut work => Ok(outcome),
     };
+    s.counters.job_duration.record(started.elapsed());
     let outcome = match ended {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(panic)) => {
@@ -257,14 +265,14 @@ async fn run(
                 }
                 CancelReason::DrainDeadline => {
                     s.leases.give_back(lease, Duration::ZERO).await;
-                    Counters::add(&s.counters.returned);
+                    s.counters.outcome(Tally::Returned, receive_count);
                     tracing::info!(
                         "{id} - Returned to the queue (the drain deadline passed before it finished)"
                     );
                 }
                 CancelReason::Timeout => {
                     let delay = failure_backoff(receive_count);
-                    Counters::add(&s.counters.timed_out);
+                    s.counters.outcome(Tally::TimedOut, receive_count);
                     tracing::warn!(
                         "{id} - Timed out after {:.1} s: cancelled{}. {}",
                         started.elapsed().as_secs_f64(),
@@ -308,7 +316,7 @@ async fn run(
         }
         Outcome::RetryAfter(delay) => {
             let delay = delay.min(SQS_MAX_INVISIBLE);
-            Counters::add(&s.counters.retried);
+            s.counters.outcome(Tally::Retried, receive_count);
             tracing::info!(
                 "{id} - Retry asked for: visible again in {:.1} s",
                 delay.as_secs_f64()
@@ -318,7 +326,7 @@ async fn run(
         }
         Outcome::Failed(reason) => {
             let delay = failure_backoff(receive_count);
-            Counters::add(&s.counters.failed);
+            s.counters.outcome(Tally::Failed, receive_count);
             tracing::warn!(
                 "{id} - Failed: {reason}. {}",
                 left_on_the_queue(delay, receive_count)
@@ -334,11 +342,12 @@ async fn run(
 async fn delete(s: &Shared, id: &str, lease: LeaseId) -> bool {
     match s.leases.delete(lease).await {
         Ok(()) => {
+            // A success counts on whichever delivery it comes (stats::counts).
             Counters::add(&s.counters.done);
             true
         }
         Err(e) => {
-            s.counters.delete_failures.fetch_add(1, Ordering::Relaxed);
+            Counters::add(&s.counters.delete_failures);
             match e {
                 // Logged once for every job by the deleter.
                 DeleteError::Permanent(_) => {

@@ -26,6 +26,8 @@ struct Lease {
     id: String,
     /// The receipt handle of the receive that handed it to us.
     receipt: String,
+    /// SQS's receive count of that receive.
+    receive_count: u32,
 }
 
 /// A held message's key.
@@ -98,14 +100,16 @@ impl Leases {
         leases
     }
 
-    /// Holds a message just received (its visibility is extended from now on).
-    pub(crate) fn hold(&self, id: &str, receipt: &str) -> LeaseId {
+    /// Holds a message just received, delivered for the `receive_count`th time (its visibility
+    /// is extended from now on).
+    pub(crate) fn hold(&self, id: &str, receipt: &str, receive_count: u32) -> LeaseId {
         let key = LeaseId(self.next.fetch_add(1, Ordering::Relaxed));
         self.lock().insert(
             key,
             Lease {
                 id: id.to_string(),
                 receipt: receipt.to_string(),
+                receive_count,
             },
         );
         key
@@ -133,10 +137,10 @@ impl Leases {
         }
     }
 
-    /// Makes every held message visible again at once, 10 to a call (shutdown); returns how many
-    /// SQS took back.
-    pub(crate) async fn give_back_all(&self) -> usize {
-        let mut returned = 0;
+    /// Makes every held message visible again at once, 10 to a call (shutdown); returns the
+    /// receive counts of those SQS took back.
+    pub(crate) async fn give_back_all(&self) -> Vec<u32> {
+        let mut returned = Vec::new();
         let all: Vec<Lease> = self.lock().drain().map(|(_, l)| l).collect();
         let _serial = self.visibility_calls.lock().await;
         for chunk in all.chunks(SQS_BATCH) {
@@ -149,7 +153,7 @@ impl Leases {
                     for (lease, outcome) in chunk.iter().zip(outcomes) {
                         match outcome {
                             Ok(()) => {
-                                returned += 1;
+                                returned.push(lease.receive_count);
                                 tracing::info!("{} - Returned to the queue", lease.id);
                             }
                             Err(why) => tracing::warn!(

@@ -35,6 +35,13 @@
 //! The worker drains ([`Worker::follow_watcher`], [`Worker::begin_drain`]): it takes no new jobs,
 //! lets the ones in hand finish, and releases protection as the last one ends.
 //!
+//! [`Worker::check_queue`] reads the queue's attributes before the first job: a queue that does
+//! not exist, or that the task role may not read, is then an error at start-up rather than a
+//! worker that looks healthy while every receive fails. While it runs, [`Worker::health`] turns
+//! unhealthy once receives have failed for [`WorkerSettings::unhealthy_after`] (a minute), so
+//! that ECS replaces a task that cannot take jobs. [`Worker::status`] counts messages, not
+//! receives: a message delivered 3 times counts once (see [`WorkerStatus`]).
+//!
 //! # A handler
 //!
 //! An async function (or closure) of a [`Job`] is a handler; so is any type that implements
@@ -100,10 +107,12 @@
 mod drain;
 mod groups;
 mod handler;
+mod health;
 mod jobs;
 mod leases;
 mod queue;
 mod settings;
+mod stats;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,16 +129,20 @@ use crate::protection::{
 };
 use drain::DrainState;
 use groups::Groups;
+use health::HealthView;
 use leases::Leases;
 use queue::{Queue, SQS_BATCH};
+use stats::{Counters, Tally};
 
 /// The attribute a [`Handler`] implementation needs (`#[async_trait] impl Handler for …`),
 /// re-exported so that it need not be a dependency of its own.
 pub use async_trait::async_trait;
 pub use drain::DrainKind;
 pub use handler::{CancelReason, Handler, Job, Outcome};
-pub use queue::SqsError;
+pub use health::Unhealthy;
+pub use queue::{check_group_id, QueueInfo, SqsError};
 pub use settings::WorkerSettings;
+pub use stats::Timing;
 
 #[cfg(doc)]
 use crate::protection::ProtectionGuard;
@@ -144,6 +157,16 @@ pub const PROTECTION_DEFAULTS: Settings = Settings::DEFAULT
     .with_refresh_percent(80);
 
 /// A snapshot of the worker, for a status endpoint.
+///
+/// The outcome counts are of **messages, not receives**. SQS delivers a message again after a
+/// failure, a retry, a return to the queue or a lapse of its visibility, and says how many times
+/// it has (`ApproximateReceiveCount`). A message counts as received on its first delivery, and
+/// its later deliveries as `redelivered`; it counts as `done` on whichever delivery its job
+/// succeeds; any other outcome counts on its first delivery only (the outcome of its first
+/// attempt). So 8 bad messages received 3 times each are `invalid: 8`, `received: 8`,
+/// `redelivered: 16`. The rule rests on SQS's count, not on this worker's memory, so the counts
+/// of every worker of a queue add up to each message once. Errors count events: each failed
+/// receive call, each done job whose delete failed.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct WorkerStatus {
@@ -156,27 +179,41 @@ pub struct WorkerStatus {
     /// Messages in hand now: waiting for their turn or for protection, running, or being
     /// deleted.
     pub in_hand: usize,
-    /// Messages received since start-up.
+    /// Messages received since start-up: first deliveries (receive count 1).
     pub received: u64,
-    /// Jobs done and deleted.
+    /// Deliveries of messages SQS had delivered before (receive count 2 or more): retries after
+    /// a failure, a retry asked for, a return to the queue, a lapse of visibility.
+    pub redelivered: u64,
+    /// Messages done and deleted (on whichever delivery).
     pub done: u64,
-    /// Messages the handler's [`check`](Handler::check) refused (left on the queue for its
-    /// dead-letter queue).
+    /// Messages the handler's [`check`](Handler::check) refused on their first delivery: not
+    /// jobs (unreadable). Left on the queue for its dead-letter queue.
     pub invalid: u64,
-    /// Jobs that failed (the handler said so, or panicked): left on the queue, retried after a
-    /// back-off.
+    /// Messages whose job failed on their first delivery (the handler said so, or panicked):
+    /// left on the queue, retried after a back-off.
     pub failed: u64,
-    /// Jobs whose handler asked for a retry after a delay.
+    /// Messages whose handler asked for a retry after a delay on their first delivery.
     pub retried: u64,
-    /// Jobs cancelled at their timeout: left on the queue, retried after a back-off.
+    /// Messages whose job was cancelled at its timeout on their first delivery: left on the
+    /// queue, retried after a back-off.
     pub timed_out: u64,
-    /// Messages returned to the queue unfinished (shutdown, drain, an earlier message of their
-    /// FIFO group not done).
+    /// Messages returned to the queue unfinished on their first delivery (shutdown, drain, an
+    /// earlier message of their FIFO group not done).
     pub returned: u64,
     /// Jobs done whose message could not be deleted (it comes back: at-least-once delivery).
     pub delete_failures: u64,
-    /// Receives that failed.
+    /// Receive calls that failed.
     pub receive_errors: u64,
+    /// How long handlers ran: every run, cancelled ones included.
+    pub job_duration: Timing,
+    /// How long messages waited in the queue before their first delivery (from their
+    /// `SentTimestamp`; 0 if this task's clock is behind SQS's).
+    pub message_age: Timing,
+    /// Whether [`Worker::health`] says the worker is sound.
+    pub healthy: bool,
+    /// Why not, when not: `shutting_down`, `deletes_failing`, `receives_failing`,
+    /// `not_receiving`.
+    pub unhealthy_reason: Option<Unhealthy>,
     /// The last receive error of the current streak, `None` once receiving works.
     pub last_receive_error: Option<String>,
     /// The permanent error deletes fail with (the queue is gone, the task role may not delete),
@@ -191,27 +228,6 @@ pub struct WorkerStatus {
     pub drain_reason: Option<String>,
     /// The protection manager's state.
     pub protection: ProtectionStatus,
-}
-
-/// The running tallies behind [`WorkerStatus`].
-#[derive(Debug, Default)]
-struct Counters {
-    received: AtomicU64,
-    done: AtomicU64,
-    invalid: AtomicU64,
-    failed: AtomicU64,
-    retried: AtomicU64,
-    timed_out: AtomicU64,
-    returned: AtomicU64,
-    delete_failures: AtomicU64,
-    receive_errors: AtomicU64,
-}
-
-impl Counters {
-    /// Adds one to `counter`.
-    fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 /// What the receive loop, the jobs and the status share.
@@ -239,6 +255,9 @@ struct Shared {
     /// When the receive loop last started a receive (for the health check).
     last_poll: Mutex<Instant>,
     last_receive_error: Mutex<Option<SqsError>>,
+    /// When the current streak of failed receives began (for the health check); `None` once a
+    /// receive works.
+    failing_since: Mutex<Option<Instant>>,
 }
 
 /// An SQS queue worker built around a [`Handler`] (see the [module](self)). Cheap to clone.
@@ -363,6 +382,7 @@ impl WorkerBuilder {
             counters: Counters::default(),
             last_poll: Mutex::new(Instant::now()),
             last_receive_error: Mutex::new(None),
+            failing_since: Mutex::new(None),
         });
         if let Some(deadline) = shared.settings.drain_deadline {
             tokio::spawn(drain::enforce_deadline(Arc::downgrade(&shared), deadline));
@@ -390,12 +410,14 @@ impl Worker {
         let s = &self.shared;
         let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let drain = s.drain.borrow().clone();
+        let health = self.health();
         WorkerStatus {
             queue: s.queue.url().to_string(),
             fifo: s.queue.is_fifo(),
             concurrency: s.settings.concurrency,
             in_hand: *s.in_hand.borrow(),
             received: count(&s.counters.received),
+            redelivered: count(&s.counters.redelivered),
             done: count(&s.counters.done),
             invalid: count(&s.counters.invalid),
             failed: count(&s.counters.failed),
@@ -404,6 +426,10 @@ impl Worker {
             returned: count(&s.counters.returned),
             delete_failures: count(&s.counters.delete_failures),
             receive_errors: count(&s.counters.receive_errors),
+            job_duration: s.counters.job_duration.read(),
+            message_age: s.counters.message_age.read(),
+            healthy: health.is_ok(),
+            unhealthy_reason: health.err(),
             last_receive_error: lock(&s.last_receive_error).as_ref().map(|e| e.to_string()),
             last_delete_error: s.leases.deletes_failing().map(|e| e.to_string()),
             stopping: *s.stopping.borrow(),
@@ -414,17 +440,50 @@ impl Worker {
     }
 
     /// Whether the worker is sound: not shutting down, able to delete (no permanent delete
-    /// error), and receiving (a receive started within the last long poll plus a minute) unless
-    /// every slot is busy or it is draining (a failing health check would have ECS stop the task
-    /// and cut its jobs short).
-    pub fn is_healthy(&self) -> bool {
+    /// error), and, unless it is draining (a failing health check would have ECS stop the task
+    /// and cut its jobs short), receiving: its receives have not all failed for
+    /// [`WorkerSettings::unhealthy_after`] (a minute), and one started within the last long poll
+    /// plus that long unless every slot is busy.
+    ///
+    /// # Errors
+    ///
+    /// Why it is not sound.
+    pub fn health(&self) -> Result<(), Unhealthy> {
         let s = &self.shared;
-        if *s.stopping.borrow() || s.leases.deletes_failing().is_some() {
-            return false;
-        }
-        let polled_lately =
-            lock(&s.last_poll).elapsed() < s.settings.receive_wait + Duration::from_secs(60);
-        polled_lately || s.slots.available_permits() == 0 || s.drain.borrow().is_draining()
+        let view = HealthView {
+            stopping: *s.stopping.borrow(),
+            deletes_failing: s.leases.deletes_failing().is_some(),
+            draining: s.drain.borrow().is_draining(),
+            slot_free: s.slots.available_permits() > 0,
+            last_poll: *lock(&s.last_poll),
+            failing_since: *lock(&s.failing_since),
+        };
+        health::assess(
+            &view,
+            Instant::now(),
+            s.settings.receive_wait,
+            s.settings.unhealthy_after,
+        )
+    }
+
+    /// Whether [`health`](Self::health) says the worker is sound.
+    pub fn is_healthy(&self) -> bool {
+        self.health().is_ok()
+    }
+
+    /// Reads the queue's attributes (`GetQueueAttributes`; the task role needs
+    /// `sqs:GetQueueAttributes` on the queue), to learn before the first job that the queue
+    /// exists and this worker may read it, and what it is: FIFO or not, its redrive policy.
+    /// Call it before [`run`](Self::run) to stop at start-up on a queue URL that names no queue
+    /// (or a queue of another Region) or a task role without access, rather than run a worker
+    /// whose every receive fails.
+    ///
+    /// # Errors
+    ///
+    /// SQS's answer, in SQS's words (`queue not found: sqs:GetQueueAttributes: …`);
+    /// [`SqsError::is_permanent`] tells a wrong queue or role from a passing fault.
+    pub async fn check_queue(&self) -> Result<QueueInfo, SqsError> {
+        self.shared.queue.attributes().await
     }
 
     /// Takes and runs jobs until `signal` resolves, then shuts down in order: no more receives,
@@ -470,10 +529,10 @@ impl Worker {
         if s.leases.len() > 0 {
             let returned = tokio::time::timeout(Duration::from_secs(5), s.leases.give_back_all())
                 .await
-                .unwrap_or(0);
-            s.counters
-                .returned
-                .fetch_add(returned as u64, Ordering::Relaxed);
+                .unwrap_or_default();
+            for receive_count in returned {
+                s.counters.outcome(Tally::Returned, receive_count);
+            }
         }
         // The cancelled jobs' handlers may clean up meanwhile.
         let grace = s.settings.cancel_grace.max(Duration::from_secs(2));
@@ -487,21 +546,62 @@ impl Worker {
 
 /// Sends `bodies` to the queue at `queue_url` (in `region` when given, else the region the URL
 /// names, else `sdk_config`'s), 10 to a call; returns the message IDs. For a standard queue: a
-/// FIFO queue needs a message group.
+/// FIFO queue needs a message group ([`send_jobs_in_group`]).
 ///
 /// # Errors
 ///
-/// The first call SQS refused, in SQS's words.
+/// The first call SQS refused, in SQS's words; a FIFO queue (no call is made).
 pub async fn send_jobs(
     sdk_config: &SdkConfig,
     queue_url: &str,
     region: Option<&str>,
     bodies: &[String],
 ) -> Result<Vec<String>, SqsError> {
-    let queue = Queue::new(sdk_config, queue_url, region);
+    if queue::is_fifo(queue_url) {
+        return Err(SqsError::new(
+            crate::protection::ErrorKind::InvalidRequest,
+            "a FIFO queue (its name ends .fifo) takes messages in a message group: use send_jobs_in_group",
+        ));
+    }
+    send(&Queue::new(sdk_config, queue_url, region), bodies, None).await
+}
+
+/// Like [`send_jobs`], in message group `group_id`: on a FIFO queue, the group whose messages
+/// are worked on one at a time, in the order sent. Each message gets a deduplication ID of its
+/// own, so identical bodies are distinct jobs (content-based deduplication, if the queue has it
+/// on, would keep one of them within SQS's 5-minute window). On a standard queue the group is
+/// passed on as it is (SQS's fair queues use it).
+///
+/// # Errors
+///
+/// A group ID SQS would refuse (1 to 128 letters, digits and punctuation; no call is made), or
+/// the first call SQS refused, in SQS's words.
+pub async fn send_jobs_in_group(
+    sdk_config: &SdkConfig,
+    queue_url: &str,
+    region: Option<&str>,
+    group_id: &str,
+    bodies: &[String],
+) -> Result<Vec<String>, SqsError> {
+    queue::check_group_id(group_id)
+        .map_err(|e| SqsError::new(crate::protection::ErrorKind::InvalidRequest, e))?;
+    send(
+        &Queue::new(sdk_config, queue_url, region),
+        bodies,
+        Some(group_id),
+    )
+    .await
+}
+
+/// Sends `bodies` to `queue` 10 to a call, in `group` when given.
+async fn send(
+    queue: &Queue,
+    bodies: &[String],
+    group: Option<&str>,
+) -> Result<Vec<String>, SqsError> {
     let mut ids = Vec::with_capacity(bodies.len());
     for chunk in bodies.chunks(SQS_BATCH) {
-        ids.extend(queue.send(chunk).await?);
+        ids.extend(queue.send(chunk, group).await?);
     }
     Ok(ids)
 }
@@ -536,6 +636,7 @@ async fn receive_loop(s: Arc<Shared>) {
     let mut stopping = s.stopping.subscribe();
     let mut drain = s.drain.subscribe();
     let mut failures = 0u32;
+    let mut told_unhealthy = false;
     loop {
         if drain.borrow_and_update().is_draining() {
             tokio::select! {
@@ -580,10 +681,12 @@ async fn receive_loop(s: Arc<Shared>) {
                     permits.len()
                 );
                 let recovered = lock(&s.last_receive_error).take().is_some();
+                *lock(&s.failing_since) = None;
                 if recovered {
                     tracing::info!("Receiving from the queue works again");
                 }
                 failures = 0;
+                told_unhealthy = false;
                 // The slots are handed out in the order the messages came, so that a FIFO
                 // group's turns follow it.
                 permits.reverse();
@@ -619,6 +722,15 @@ async fn receive_loop(s: Arc<Shared>) {
                     }
                     *last = Some(error);
                 }
+                let since = *lock(&s.failing_since).get_or_insert_with(Instant::now);
+                if !told_unhealthy && since.elapsed() >= s.settings.unhealthy_after {
+                    told_unhealthy = true;
+                    tracing::error!(
+                        "Every receive has failed for {:.0} s: the worker is unhealthy (/healthz \
+                         answers 503, so that ECS replaces this task) until a receive works",
+                        since.elapsed().as_secs_f64()
+                    );
+                }
                 tokio::select! {
                     _ = until(&mut stopping) => return,
                     _ = drain_until(&mut drain, DrainState::is_draining) => {}
@@ -634,7 +746,7 @@ fn receive_hint(error: &SqsError) -> &'static str {
     use crate::protection::ErrorKind;
     match error.kind() {
         ErrorKind::AccessDenied => {
-            ". Hint: the task role needs sqs:ReceiveMessage, sqs:DeleteMessage and sqs:ChangeMessageVisibility on the queue"
+            ". Hint: the task role needs sqs:ReceiveMessage, sqs:DeleteMessage, sqs:ChangeMessageVisibility and sqs:GetQueueAttributes on the queue"
         }
         ErrorKind::NotFound => ". Hint: check the worker's queue URL and its Region",
         _ => "",

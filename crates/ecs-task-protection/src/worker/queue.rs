@@ -2,7 +2,9 @@
 //! deletes in batches of up to 10, and sends. SDK errors become [`SqsError`]s whose kind says
 //! what happened, whose message names the IAM action, and whose wording names SQS (not ECS, whose
 //! errors share the same classification). A queue whose URL ends `.fifo` is a FIFO queue: its
-//! receives also ask for each message's group.
+//! receives also ask for each message's group, and its sends name a group and a deduplication
+//! ID. [`QueueInfo`] is what the queue's attributes say, read once at start-up to check the
+//! queue.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -12,7 +14,7 @@ use aws_sdk_sqs::config::timeout::TimeoutConfig;
 use aws_sdk_sqs::config::Region;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
-    MessageSystemAttributeName, SendMessageBatchRequestEntry,
+    MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 
 use aws_sdk_sqs::config::http::HttpResponse;
@@ -50,7 +52,7 @@ impl SqsError {
     /// Whether trying the same call again cannot help: the queue does not exist, the task role
     /// may not make the call, or SQS refused the request as such. Throttling, server errors,
     /// timeouts and unreachable endpoints pass, and are worth retrying.
-    pub(crate) fn is_permanent(&self) -> bool {
+    pub fn is_permanent(&self) -> bool {
         matches!(
             self.kind,
             ErrorKind::NotFound
@@ -98,6 +100,82 @@ where
 pub(crate) const SQS_BATCH: usize = 10;
 /// The longest long poll SQS allows.
 pub(crate) const SQS_MAX_WAIT: Duration = Duration::from_secs(20);
+
+/// What SQS says about a queue ([`Worker::check_queue`](super::Worker::check_queue)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueInfo {
+    /// Whether it is a FIFO queue.
+    pub fifo: bool,
+    /// Whether a FIFO queue deduplicates messages by their body's hash when the sender gives no
+    /// deduplication ID.
+    pub content_based_deduplication: bool,
+    /// The queue's own visibility timeout (the worker sets its own at each receive).
+    pub visibility_timeout: Option<Duration>,
+    /// After how many receives its redrive policy moves a message to the dead-letter queue;
+    /// `None`: no redrive policy, so a message that keeps failing is retried until the queue's
+    /// retention period ends.
+    pub max_receive_count: Option<u32>,
+    /// The dead-letter queue's ARN, with a redrive policy.
+    pub dead_letter_queue: Option<String>,
+}
+
+impl QueueInfo {
+    /// Reads the attributes SQS answered (`GetQueueAttributes`, `All`).
+    pub(crate) fn from_attributes(attributes: &HashMap<QueueAttributeName, String>) -> Self {
+        let get = |name: QueueAttributeName| attributes.get(&name).map(String::as_str);
+        let yes =
+            |name: QueueAttributeName| get(name).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let redrive = get(QueueAttributeName::RedrivePolicy)
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok());
+        let max_receive_count = redrive.as_ref().and_then(|p| {
+            let n = &p["maxReceiveCount"];
+            // SQS writes it as a string; a number is read too.
+            n.as_u64()
+                .or_else(|| n.as_str().and_then(|s| s.trim().parse().ok()))
+                .and_then(|n| u32::try_from(n).ok())
+        });
+        Self {
+            fifo: yes(QueueAttributeName::FifoQueue),
+            content_based_deduplication: yes(QueueAttributeName::ContentBasedDeduplication),
+            visibility_timeout: get(QueueAttributeName::VisibilityTimeout)
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_secs),
+            max_receive_count,
+            dead_letter_queue: redrive
+                .as_ref()
+                .and_then(|p| p["deadLetterTargetArn"].as_str())
+                .map(str::to_string),
+        }
+    }
+}
+
+/// The longest message group ID (and deduplication ID) SQS takes.
+const SQS_MAX_ID: usize = 128;
+
+/// Checks a FIFO message group ID as SQS would: 1 to 128 characters, letters, digits and
+/// punctuation (``!"#$%&'()*+,-./:;<=>?@[\]^_`{|}~``), no spaces.
+pub fn check_group_id(group: &str) -> Result<(), String> {
+    if group.is_empty() || group.len() > SQS_MAX_ID {
+        return Err(format!(
+            "a message group ID is 1 to {SQS_MAX_ID} characters, not {}",
+            group.len()
+        ));
+    }
+    match group.chars().find(|c| !c.is_ascii_graphic()) {
+        Some(c) => Err(format!(
+            "a message group ID holds letters, digits and punctuation only, not {c:?}"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A deduplication ID of its own for each message a FIFO send makes: 32 random hex digits, so
+/// that identical bodies sent within SQS's 5-minute deduplication interval are distinct jobs
+/// (content-based deduplication would keep one of them).
+fn dedup_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
 
 /// One message as received.
 #[derive(Debug, Clone)]
@@ -298,16 +376,45 @@ impl Queue {
         Ok(per_entry(receipts.len(), failed))
     }
 
-    /// Sends up to 10 messages; returns their message IDs, or the first entry's failure.
-    pub(crate) async fn send(&self, bodies: &[String]) -> Result<Vec<String>, SqsError> {
+    /// Reads the queue's attributes: whether it exists and this worker may read it, and what it
+    /// is (FIFO, its redrive policy).
+    pub(crate) async fn attributes(&self) -> Result<QueueInfo, SqsError> {
+        let output = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::All)
+            .send()
+            .await
+            .map_err(|e| classify(&e, "sqs:GetQueueAttributes"))?;
+        Ok(QueueInfo::from_attributes(
+            output.attributes().unwrap_or(&HashMap::new()),
+        ))
+    }
+
+    /// Sends up to 10 messages, in message group `group` when given (a FIFO queue needs one;
+    /// each message then gets a deduplication ID of its own); returns their message IDs, or the
+    /// first entry's failure.
+    pub(crate) async fn send(
+        &self,
+        bodies: &[String],
+        group: Option<&str>,
+    ) -> Result<Vec<String>, SqsError> {
         let batch = bodies
             .iter()
             .enumerate()
             .map(|(i, body)| {
-                SendMessageBatchRequestEntry::builder()
+                let entry = SendMessageBatchRequestEntry::builder()
                     .id(i.to_string())
-                    .message_body(body)
-                    .build()
+                    .message_body(body);
+                match group {
+                    Some(group) if self.fifo => entry
+                        .message_group_id(group)
+                        .message_deduplication_id(dedup_id()),
+                    Some(group) => entry.message_group_id(group),
+                    None => entry,
+                }
+                .build()
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| SqsError::new(ErrorKind::InvalidRequest, e.to_string()))?;
@@ -428,6 +535,64 @@ mod tests {
             "https://sqs.us-east-1.amazonaws.com/123456789012/jobs"
         ));
         assert!(!is_fifo("http://127.0.0.1:4566/123456789012/fifo"));
+    }
+
+    #[test]
+    fn queue_info_reads_the_redrive_policy_and_fifo_attributes() {
+        let attrs = |pairs: &[(QueueAttributeName, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        let info = QueueInfo::from_attributes(&attrs(&[
+            (QueueAttributeName::VisibilityTimeout, "60"),
+            (
+                QueueAttributeName::RedrivePolicy,
+                r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:123456789012:jobs-dlq","maxReceiveCount":"5"}"#,
+            ),
+        ]));
+        assert_eq!(info.max_receive_count, Some(5));
+        assert_eq!(
+            info.dead_letter_queue.as_deref(),
+            Some("arn:aws:sqs:us-east-1:123456789012:jobs-dlq")
+        );
+        assert_eq!(info.visibility_timeout, Some(Duration::from_secs(60)));
+        assert!(!info.fifo && !info.content_based_deduplication);
+        let info = QueueInfo::from_attributes(&attrs(&[
+            (QueueAttributeName::FifoQueue, "true"),
+            (QueueAttributeName::ContentBasedDeduplication, "true"),
+            (
+                QueueAttributeName::RedrivePolicy,
+                r#"{"maxReceiveCount":3}"#,
+            ),
+        ]));
+        assert!(info.fifo && info.content_based_deduplication);
+        assert_eq!(info.max_receive_count, Some(3), "a number is read too");
+        let none = QueueInfo::from_attributes(&HashMap::new());
+        assert_eq!(
+            (none.max_receive_count, none.dead_letter_queue),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn a_group_id_is_what_sqs_takes_and_dedup_ids_differ() {
+        for good in ["g", "tenant-42", "a.b:c/d_e", &"x".repeat(128)] {
+            assert_eq!(check_group_id(good), Ok(()), "{good}");
+        }
+        for bad in ["", "two words", "é", &"x".repeat(129), "tab\there"] {
+            assert!(check_group_id(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            check_group_id(r"back\slash"),
+            Ok(()),
+            "a backslash is punctuation"
+        );
+        let (a, b) = (dedup_id(), dedup_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.len() <= SQS_MAX_ID && a.chars().all(|c| c.is_ascii_hexdigit()));
     }
 
     #[test]

@@ -59,11 +59,18 @@ pub struct WorkerSettings {
     /// the worker stops waiting for it and drops it (5 s by default). Its message is back on the
     /// queue already.
     pub cancel_grace: Duration,
+    /// How long receives may fail in a row before [`Worker::is_healthy`](super::Worker::is_healthy)
+    /// turns false; also how long past a long poll the receive loop may go without starting a
+    /// receive (while it has a free slot and is not draining) before it does (1 s..=1 h; a
+    /// minute by default). A container health check that fails makes ECS replace the task, and a
+    /// deployment whose new tasks never turn healthy rolls back.
+    pub unhealthy_after: Duration,
 }
 
 impl WorkerSettings {
     /// The defaults: 1 job at a time, 60 s visibility, 20 s long polls, 20 s shutdown timeout,
-    /// 2 s protection wait, 15 minute drain deadline, no job timeout, 5 s cancel grace.
+    /// 2 s protection wait, 15 minute drain deadline, no job timeout, 5 s cancel grace, unhealthy
+    /// after a minute of failing receives.
     pub const DEFAULT: WorkerSettings = WorkerSettings {
         concurrency: 1,
         visibility_timeout: Duration::from_secs(60),
@@ -73,6 +80,7 @@ impl WorkerSettings {
         drain_deadline: Some(Duration::from_secs(15 * 60)),
         job_timeout: None,
         cancel_grace: Duration::from_secs(5),
+        unhealthy_after: Duration::from_secs(60),
     };
 
     /// With `concurrency` jobs at once.
@@ -120,6 +128,12 @@ impl WorkerSettings {
     /// With this cancel grace.
     pub const fn with_cancel_grace(mut self, grace: Duration) -> Self {
         self.cancel_grace = grace;
+        self
+    }
+
+    /// With this health window.
+    pub const fn with_unhealthy_after(mut self, window: Duration) -> Self {
+        self.unhealthy_after = window;
         self
     }
 
@@ -182,6 +196,13 @@ impl WorkerSettings {
             "job_timeout",
             "None or > 0",
             self.job_timeout,
+        )?;
+        check(
+            self.unhealthy_after >= Duration::from_secs(1)
+                && self.unhealthy_after <= Duration::from_secs(3600),
+            "unhealthy_after",
+            "1 s..=1 h",
+            self.unhealthy_after,
         )
     }
 }
@@ -239,6 +260,14 @@ mod tests {
                 WorkerSettings::DEFAULT.with_job_timeout(Some(Duration::ZERO)),
                 "job_timeout",
             ),
+            (
+                WorkerSettings::DEFAULT.with_unhealthy_after(Duration::from_millis(999)),
+                "unhealthy_after",
+            ),
+            (
+                WorkerSettings::DEFAULT.with_unhealthy_after(secs(3601)),
+                "unhealthy_after",
+            ),
         ] {
             assert_eq!(settings.validate().map_err(|e| e.name), Err(name));
         }
@@ -248,6 +277,7 @@ mod tests {
                 .with_visibility_timeout(secs(43_200))
                 .with_drain_deadline(None)
                 .with_job_timeout(Some(secs(1)))
+                .with_unhealthy_after(secs(1))
                 .validate(),
             Ok(())
         );

@@ -6,8 +6,8 @@
 //!   handler the worker runs by default;
 //! * `status`: `/healthz` and `/status`; [`metrics`]: the worker's numbers as metric samples;
 //!   [`on_sigusr1`]: an operator's drain;
-//! * `sqs`: the SQS calls of the `create-queue` command, and the shape of a queue URL and of a
-//!   Region, checked at start-up.
+//! * `sqs`: the SQS calls of the `create-queue` command, the queue's check at start-up
+//!   ([`check_queue`]), and the shape of a queue URL and of a Region, checked at start-up.
 
 mod demo;
 mod sqs;
@@ -18,17 +18,22 @@ use app_support::metrics::{self, Sample};
 
 pub use demo::DemoJob;
 pub use ecs_task_protection::worker::{
-    send_jobs, DrainKind, Worker, WorkerSettings, PROTECTION_DEFAULTS,
+    send_jobs, send_jobs_in_group, DrainKind, Worker, WorkerSettings, PROTECTION_DEFAULTS,
 };
-pub use sqs::create as create_queue;
+pub use sqs::{check_queue, create as create_queue, is_fifo, NewQueue};
 pub use status::serve_status;
 
 pub(crate) use sqs::{check_queue_url, check_region};
 
-/// The worker's numbers for [`app_support::metrics`]: `JobsInHand`, `JobsDone`, `JobsFailed`
-/// (jobs that failed or timed out, and messages that are not jobs: all left on the queue for a
-/// retry, then its dead-letter queue), `JobsReturned` (handed back unfinished: shutdown, drain),
-/// and the protection manager's (`Draining` among them).
+/// The worker's numbers for [`app_support::metrics`], counted as [`WorkerStatus`] counts them:
+/// messages, not receives (a message delivered 3 times is received once and redelivered twice,
+/// and its outcome counts once). `JobsInHand` (a gauge: the CDK app counts the tasks by its
+/// samples), `MessagesReceived`, `MessagesRedelivered`, the outcomes (`JobsDone`, `JobsFailed`,
+/// `JobsRetried`, `JobsTimedOut`, `JobsInvalid`, `JobsReturned`), the errors (`ReceiveErrors`,
+/// `DeleteErrors`), the durations (`JobDuration`, `MessageAge`: summaries), and the protection
+/// manager's (`Draining` among them).
+///
+/// [`WorkerStatus`]: ecs_task_protection::worker::WorkerStatus
 pub fn metrics(worker: &Worker) -> Vec<Sample> {
     let status = worker.status();
     let mut samples = vec![
@@ -39,6 +44,18 @@ pub fn metrics(worker: &Worker) -> Vec<Sample> {
             status.in_hand as f64,
         ),
         Sample::counter(
+            "MessagesReceived",
+            "messages_received",
+            "Messages received for the first time",
+            status.received,
+        ),
+        Sample::counter(
+            "MessagesRedelivered",
+            "messages_redelivered",
+            "Deliveries of messages delivered before (retries, returns, lapsed visibility)",
+            status.redelivered,
+        ),
+        Sample::counter(
             "JobsDone",
             "jobs_done",
             "Jobs done and deleted",
@@ -47,14 +64,58 @@ pub fn metrics(worker: &Worker) -> Vec<Sample> {
         Sample::counter(
             "JobsFailed",
             "jobs_failed",
-            "Jobs that failed or timed out, and messages that are not jobs (left for a retry, then the dead-letter queue)",
-            status.failed + status.timed_out + status.invalid,
+            "Messages whose job failed (or panicked) on their first delivery: retried after a back-off, then the dead-letter queue",
+            status.failed,
+        ),
+        Sample::counter(
+            "JobsRetried",
+            "jobs_retried",
+            "Messages whose job asked for a retry after a delay on their first delivery",
+            status.retried,
+        ),
+        Sample::counter(
+            "JobsTimedOut",
+            "jobs_timed_out",
+            "Messages whose job was cancelled at its timeout on their first delivery",
+            status.timed_out,
+        ),
+        Sample::counter(
+            "JobsInvalid",
+            "jobs_invalid",
+            "Messages that are not jobs (unreadable), on their first delivery: left for the dead-letter queue",
+            status.invalid,
         ),
         Sample::counter(
             "JobsReturned",
             "jobs_returned",
-            "Messages handed back to the queue unfinished (shutdown, drain deadline)",
+            "Messages handed back to the queue unfinished on their first delivery (shutdown, drain deadline)",
             status.returned,
+        ),
+        Sample::counter(
+            "ReceiveErrors",
+            "receive_errors",
+            "Receive calls that failed",
+            status.receive_errors,
+        ),
+        Sample::counter(
+            "DeleteErrors",
+            "delete_errors",
+            "Jobs done whose message could not be deleted (it is delivered again)",
+            status.delete_failures,
+        ),
+        Sample::summary(
+            "JobDuration",
+            "job_duration_seconds",
+            "How long jobs ran, in seconds",
+            status.job_duration.sum_seconds,
+            status.job_duration.count,
+        ),
+        Sample::summary(
+            "MessageAge",
+            "message_age_seconds",
+            "How long messages waited in the queue before their first delivery, in seconds",
+            status.message_age.sum_seconds,
+            status.message_age.count,
         ),
     ];
     samples.extend(metrics::protection_samples(&status.protection));

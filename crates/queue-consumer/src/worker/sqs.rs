@@ -1,7 +1,8 @@
 //! The queue consumer's own SQS calls besides taking jobs: creating a queue for local
-//! experiments (`queue-consumer create-queue`), and the shape of a queue URL and of a Region,
-//! checked at start-up (the settings refuse a malformed one with exit code 2). Errors are the
-//! library's [`SqsError`]s, in SQS's words.
+//! experiments (`queue-consumer create-queue`, standard or FIFO, with a dead-letter queue), the
+//! check at start-up that the queue exists and may be read ([`check_queue`]), and the shape of a
+//! queue URL and of a Region (the settings refuse a malformed one with exit code 2). Errors are
+//! the library's [`SqsError`]s, in SQS's words.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use aws_sdk_sqs::config::Region;
 
 use ecs_task_protection::ecs::classify_sdk_error;
 use ecs_task_protection::protection::{BackendError, ErrorKind};
-use ecs_task_protection::worker::SqsError;
+use ecs_task_protection::worker::{SqsError, Worker};
 
 /// Classifies an SDK error of an SQS call of IAM action `action` (e.g. `sqs:CreateQueue`).
 fn classify<E>(
@@ -23,16 +24,46 @@ where
     classify_sdk_error(err, action).into()
 }
 
-/// Creates queue `name` in `sdk_config`'s Region (or `region`), hiding received messages for
-/// `visibility`, with a dead-letter queue `<name>-dlq` that takes a message after
-/// `dead_letter_after` receives; returns the queue's URL. For local experiments (a queue that
-/// exists with the same settings is fine); in AWS, the deployment creates the queue.
+/// A queue for [`create`] to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewQueue {
+    /// Its name (`.fifo` is added to a FIFO queue's name if it lacks it).
+    pub name: String,
+    /// How long a received message stays hidden.
+    pub visibility: Duration,
+    /// After how many receives its dead-letter queue takes a message (1..=1000).
+    pub max_receive_count: u32,
+    /// A FIFO queue (also when the name ends `.fifo`), with content-based deduplication on, so
+    /// that senders that give no deduplication ID are taken too.
+    pub fifo: bool,
+}
+
+impl NewQueue {
+    /// Whether it is a FIFO queue.
+    fn is_fifo(&self) -> bool {
+        self.fifo || self.name.ends_with(".fifo")
+    }
+
+    /// The queue's name and its dead-letter queue's: `NAME` and `NAME-dlq`, or `NAME.fifo` and
+    /// `NAME-dlq.fifo` (a FIFO queue's dead-letter queue is a FIFO queue too).
+    fn names(&self) -> (String, String) {
+        let base = self.name.strip_suffix(".fifo").unwrap_or(&self.name);
+        if self.is_fifo() {
+            (format!("{base}.fifo"), format!("{base}-dlq.fifo"))
+        } else {
+            (base.to_string(), format!("{base}-dlq"))
+        }
+    }
+}
+
+/// Creates `queue` in `sdk_config`'s Region (or `region`), with a dead-letter queue
+/// (`<name>-dlq`, 14 days' retention) that takes a message after `queue.max_receive_count`
+/// receives; returns the queue's URL. For local experiments (a queue that exists with the same
+/// settings is fine); in AWS, the deployment creates the queue.
 pub async fn create(
     sdk_config: &SdkConfig,
     region: Option<&str>,
-    name: &str,
-    visibility: Duration,
-    dead_letter_after: u32,
+    queue: &NewQueue,
 ) -> Result<String, SqsError> {
     use aws_sdk_sqs::types::QueueAttributeName;
     let mut config = aws_sdk_sqs::config::Builder::from(sdk_config);
@@ -41,13 +72,16 @@ pub async fn create(
     }
     let client = aws_sdk_sqs::Client::from_conf(config.build());
     let created = |e| classify(&e, "sqs:CreateQueue");
-    let dlq = client
+    let (name, dlq_name) = queue.names();
+    let fifo = queue.is_fifo();
+    let mut dlq = client
         .create_queue()
-        .queue_name(format!("{name}-dlq"))
-        .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
-        .send()
-        .await
-        .map_err(created)?;
+        .queue_name(dlq_name)
+        .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600");
+    if fifo {
+        dlq = dlq.attributes(QueueAttributeName::FifoQueue, "true");
+    }
+    let dlq = dlq.send().await.map_err(created)?;
     let dlq_url = dlq.queue_url().unwrap_or_default();
     let dlq_arn = client
         .get_queue_attributes()
@@ -66,20 +100,88 @@ pub async fn create(
         })?;
     let redrive = serde_json::json!({
         "deadLetterTargetArn": dlq_arn,
-        "maxReceiveCount": dead_letter_after.to_string(),
+        "maxReceiveCount": queue.max_receive_count.to_string(),
     });
-    let queue = client
+    let mut create = client
         .create_queue()
         .queue_name(name)
         .attributes(
             QueueAttributeName::VisibilityTimeout,
-            visibility.as_secs().to_string(),
+            queue.visibility.as_secs().to_string(),
         )
-        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
-        .send()
-        .await
-        .map_err(created)?;
-    Ok(queue.queue_url().unwrap_or_default().to_string())
+        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string());
+    if fifo {
+        create = create
+            .attributes(QueueAttributeName::FifoQueue, "true")
+            .attributes(QueueAttributeName::ContentBasedDeduplication, "true");
+    }
+    let created_queue = create.send().await.map_err(created)?;
+    Ok(created_queue.queue_url().unwrap_or_default().to_string())
+}
+
+/// Whether the queue at `url` is a FIFO queue: its name ends `.fifo`.
+pub fn is_fifo(url: &str) -> bool {
+    url.trim_end_matches('/').ends_with(".fifo")
+}
+
+/// Checks at start-up, before the first job, that the worker's queue exists and this worker may
+/// read it ([`Worker::check_queue`]: `GetQueueAttributes`), and logs what it is. `variable` names
+/// the setting the URL came from (`QUEUE_URL` or `COPILOT_QUEUE_URI`).
+///
+/// # Errors
+///
+/// A queue that does not exist, or that the task role may not read, or a request SQS refuses as
+/// such: the message (for exit code 2) names `variable` and the IAM action. A passing fault (SQS
+/// unreachable, throttled, a server error) is logged and let through: the receive loop retries,
+/// and `/healthz` answers 503 if receives keep failing.
+pub async fn check_queue(worker: &Worker, variable: &str) -> Result<(), String> {
+    let url = worker.status().queue;
+    match worker.check_queue().await {
+        Ok(info) => {
+            let kind = if info.fifo {
+                "a FIFO queue"
+            } else {
+                "a standard queue"
+            };
+            match info.max_receive_count {
+                Some(n) => tracing::info!(
+                    "Queue: {kind}; its redrive policy moves a message to the dead-letter queue \
+                     after {n} receives"
+                ),
+                None => tracing::warn!(
+                    "Queue: {kind} with no redrive policy: a message whose job keeps failing is \
+                     retried until the queue's retention period ends; give the queue a \
+                     dead-letter queue (a redrive policy with a maxReceiveCount)"
+                ),
+            }
+            Ok(())
+        }
+        Err(e) if e.is_permanent() => {
+            let hint = match e.kind() {
+                ErrorKind::NotFound => format!(
+                    ". Check {variable} (and QUEUE_REGION): the queue must exist, in that Region"
+                ),
+                ErrorKind::AccessDenied => ". The task role needs sqs:GetQueueAttributes, \
+                     sqs:ReceiveMessage, sqs:ChangeMessageVisibility and sqs:DeleteMessage on \
+                     the queue"
+                    .to_string(),
+                _ => String::new(),
+            };
+            // SQS's own message may end with a period; the hint brings its own.
+            let said = e.to_string();
+            let said = said.trim_end_matches('.');
+            Err(format!(
+                "cannot use the queue in {variable} ({url}): {said}{hint}"
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(
+                "Cannot check the queue in {variable} yet ({e}); starting anyway: receives are \
+                 retried, and /healthz answers 503 if they keep failing"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// What a queue URL looks like, for error messages.
@@ -169,6 +271,30 @@ pub(crate) fn check_region(region: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fifo_queue_and_its_dead_letter_queue_are_both_named_fifo() {
+        let queue = |name: &str, fifo| NewQueue {
+            name: name.into(),
+            visibility: Duration::from_secs(60),
+            max_receive_count: 3,
+            fifo,
+        };
+        assert_eq!(
+            queue("jobs", false).names(),
+            ("jobs".into(), "jobs-dlq".into())
+        );
+        for (name, fifo) in [("jobs", true), ("jobs.fifo", true), ("jobs.fifo", false)] {
+            assert!(queue(name, fifo).is_fifo(), "{name} {fifo}");
+            assert_eq!(
+                queue(name, fifo).names(),
+                ("jobs.fifo".into(), "jobs-dlq.fifo".into()),
+                "{name} {fifo}"
+            );
+        }
+        assert!(is_fifo("http://127.0.0.1:4566/123456789012/jobs.fifo"));
+        assert!(!is_fifo("http://127.0.0.1:4566/123456789012/jobs"));
+    }
 
     #[test]
     fn a_queue_url_must_have_the_shape_of_one() {

@@ -1,6 +1,8 @@
 //! The worker's own small HTTP endpoint, for ECS's container health check (through
 //! `queue-consumer health`, since the image has no shell) and for people: `GET /healthz` (200
-//! `ok`, or 503 while shutting down or when receiving has stalled) and `GET /status` (JSON).
+//! `ok`, or 503 with the reason while shutting down, while deletes fail for good, once receives
+//! have failed for `UNHEALTHY_AFTER_SECS`, or when receiving has stalled) and `GET /status`
+//! (JSON).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -27,10 +29,13 @@ pub fn serve_status(
 }
 
 async fn health(State(worker): State<Worker>) -> Response {
-    if worker.is_healthy() {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not taking jobs\n").into_response()
+    match worker.health() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        )
+            .into_response(),
     }
 }
 
