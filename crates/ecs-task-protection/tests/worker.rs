@@ -540,6 +540,19 @@ async fn a_handler_that_ignores_its_cancellation_is_let_go_after_the_grace_and_t
     w.stop().await;
 }
 
+/// A handler that records each job, waits until it is cancelled, and answers `Done` (too late to
+/// count).
+struct DoneWhenCancelled(Calls);
+
+#[ecs_task_protection::worker::async_trait]
+impl ecs_task_protection::worker::Handler for DoneWhenCancelled {
+    async fn handle(&self, job: Job) -> Outcome {
+        let i = self.0.start(&job);
+        job.cancelled().await;
+        self.0.end(i, &job, Outcome::Done)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_cancels_a_running_job_after_the_shutdown_timeout_and_returns_its_message() {
     let Some(moto) = Moto::start("shutdown_cancel").await else {
@@ -549,17 +562,7 @@ async fn shutdown_cancels_a_running_job_after_the_shutdown_timeout_and_returns_i
     let (queue, _) = moto.queue("shutdown", 60, None).await;
     let id = moto.send(&queue, "long").await;
     let calls = Calls::default();
-    let handler = {
-        let calls = calls.clone();
-        move |job: Job| {
-            let calls = calls.clone();
-            async move {
-                let i = calls.start(&job);
-                job.cancelled().await;
-                calls.end(i, &job, Outcome::Done)
-            }
-        }
-    };
+    let handler = DoneWhenCancelled(calls.clone());
     let w = Running::start(
         &moto,
         &agent,
@@ -592,17 +595,7 @@ async fn the_drain_deadline_cancels_a_running_job_and_returns_its_message() {
     let (queue, _) = moto.queue("drain", 60, None).await;
     let id = moto.send(&queue, "long").await;
     let calls = Calls::default();
-    let handler = {
-        let calls = calls.clone();
-        move |job: Job| {
-            let calls = calls.clone();
-            async move {
-                let i = calls.start(&job);
-                job.cancelled().await;
-                calls.end(i, &job, Outcome::Done)
-            }
-        }
-    };
+    let handler = DoneWhenCancelled(calls.clone());
     let w = Running::start(
         &moto,
         &agent,

@@ -71,6 +71,23 @@ fn protect_calls(agent: &StandInAgent) -> usize {
         .count()
 }
 
+/// The first message (id, body) that reaches dead-letter queue `dlq` within `limit`; fails with
+/// the worker's output otherwise.
+async fn dead_lettered(moto: &Moto, dlq: &str, w: &Proc, limit: Duration) -> (String, String) {
+    let start = std::time::Instant::now();
+    loop {
+        let got = moto.receive(dlq, Duration::from_secs(1), 1).await;
+        if let Some(m) = got.first() {
+            return m.clone();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "not in the dead-letter queue:\n{}",
+            w.output.tail(20)
+        );
+    }
+}
+
 async fn wait_depth(moto: &Moto, queue: &str, depth: (u64, u64)) {
     let start = std::time::Instant::now();
     while moto.depth(queue).await != depth {
@@ -275,18 +292,7 @@ async fn an_unreadable_body_is_never_deleted_and_ends_in_the_dead_letter_queue()
     let id = moto.send(&queue, "abc").await;
     let w = worker(&queue, moto.endpoint(), &agent, &[]);
     w.output.wait_for("- Cannot run it", 2, LIMIT).await;
-    let start = std::time::Instant::now();
-    let moved = loop {
-        let got = moto.receive(&dlq, Duration::from_secs(1), 1).await;
-        if let Some(m) = got.first() {
-            break m.clone();
-        }
-        assert!(
-            start.elapsed() < LIMIT,
-            "not in the dead-letter queue:\n{}",
-            w.output.tail(20)
-        );
-    };
+    let moved = dead_lettered(&moto, &dlq, &w, LIMIT).await;
     assert_eq!(moved, (id, "abc".to_string()));
     assert_eq!(w.output.count("- Done"), 0);
     assert_eq!(
@@ -1127,18 +1133,7 @@ async fn a_failing_job_command_is_never_deleted_and_ends_in_the_dead_letter_queu
         &[("JOB_COMMAND", &command), ("PATH", "/usr/bin:/bin")],
     );
     w.output.wait_for("exited with status 3", 2, LIMIT).await;
-    let start = std::time::Instant::now();
-    let moved = loop {
-        let got = moto.receive(&dlq, Duration::from_secs(1), 1).await;
-        if let Some(m) = got.first() {
-            break m.clone();
-        }
-        assert!(
-            start.elapsed() < LIMIT * 2,
-            "not in the dead-letter queue:\n{}",
-            w.output.tail(20)
-        );
-    };
+    let moved = dead_lettered(&moto, &dlq, &w, LIMIT * 2).await;
     assert_eq!(moved, (id, "doomed".to_string()));
     assert_eq!(w.output.count("- Done"), 0, "never deleted");
     assert!(w.output.count("- stderr: no") >= 2);

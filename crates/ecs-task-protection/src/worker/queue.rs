@@ -333,13 +333,7 @@ impl Queue {
             .send()
             .await
             .map_err(|e| classify(&e, "sqs:ChangeMessageVisibility"))?;
-        let failed = output.failed().iter().map(|f| {
-            (
-                f.id().to_string(),
-                format!("{}: {}", f.code(), f.message().unwrap_or("")),
-            )
-        });
-        Ok(per_entry(entries.len(), failed))
+        Ok(per_entry(entries.len(), failed_entries(output.failed())))
     }
 
     /// Deletes up to 10 received messages. The outer error is the call's; the inner ones are
@@ -367,13 +361,7 @@ impl Queue {
             .send()
             .await
             .map_err(|e| classify(&e, "sqs:DeleteMessage"))?;
-        let failed = output.failed().iter().map(|f| {
-            (
-                f.id().to_string(),
-                format!("{}: {}", f.code(), f.message().unwrap_or("")),
-            )
-        });
-        Ok(per_entry(receipts.len(), failed))
+        Ok(per_entry(receipts.len(), failed_entries(output.failed())))
     }
 
     /// Reads the queue's attributes: whether it exists and this worker may read it, and what it
@@ -447,6 +435,18 @@ impl Queue {
 /// Whether the queue at `url` is a FIFO queue: its name ends `.fifo`.
 pub(crate) fn is_fifo(url: &str) -> bool {
     url.trim_end_matches('/').ends_with(".fifo")
+}
+
+/// A batch call's failed entries as (entry id, `code: message`).
+fn failed_entries(
+    failed: &[aws_sdk_sqs::types::BatchResultErrorEntry],
+) -> impl Iterator<Item = (String, String)> + '_ {
+    failed.iter().map(|f| {
+        (
+            f.id().to_string(),
+            format!("{}: {}", f.code(), f.message().unwrap_or("")),
+        )
+    })
 }
 
 /// `n` entries' outcomes from a batch answer's failures (entry ids are the indexes sent).
