@@ -719,6 +719,15 @@ async fn every_critical_task_that_dies_ends_the_process_with_status_1_and_one_er
             with(server_env(), std::slice::from_ref(&backplane)),
         ),
         (SERVER, "drain watcher", with(server_env(), &on_the_api)),
+        (SERVER, "drain follower", with(server_env(), &on_the_api)),
+        (SERVER, "drain deadline", server_env()),
+        (SERVER, "SIGUSR1 listener", server_env()),
+        (
+            SERVER,
+            "protected time limit",
+            with(server_env(), &[("MAX_PROTECTED_MINUTES", "60".into())]),
+        ),
+        (SERVER, "rejection relay", server_env()),
         (SERVER, "metrics endpoint", with(server_env(), &metrics())),
         (SERVER, "EMF metrics writer", with(server_env(), &metrics())),
         (
@@ -730,6 +739,13 @@ async fn every_critical_task_that_dies_ends_the_process_with_status_1_and_one_er
         (&worker_bin, "visibility keeper", worker_env(free_port())),
         (&worker_bin, "delete loop", worker_env(free_port())),
         (&worker_bin, "status endpoint", worker_env(free_port())),
+        (
+            &worker_bin,
+            "drain follower",
+            with(worker_env(free_port()), &on_the_api),
+        ),
+        (&worker_bin, "drain deadline", worker_env(free_port())),
+        (&worker_bin, "SIGUSR1 listener", worker_env(free_port())),
         (
             &worker_bin,
             "metrics endpoint",

@@ -14,12 +14,13 @@ use super::hub::DrainKind;
 use super::Hub;
 use ecs_task_protection::ecs::drain_watch::{Replacement, ReplacementKind};
 use ecs_task_protection::protection::ProtectionEvent;
+use ecs_task_protection::supervise;
 
 /// Drains on SIGUSR1 (an operator's request, e.g. `websocket drain` through
 /// `copilot svc exec`). Not reversible.
 pub fn on_sigusr1(hub: &Arc<Hub>, mut signal: DrainSignal) {
     let hub = Arc::downgrade(hub);
-    tokio::spawn(async move {
+    supervise::spawn_may_end("SIGUSR1 listener", async move {
         while signal.recv().await {
             let Some(hub) = hub.upgrade() else { return };
             hub.begin_drain("operator request (SIGUSR1)", false);
@@ -32,7 +33,7 @@ pub fn on_sigusr1(hub: &Arc<Hub>, mut signal: DrainSignal) {
 /// ([`DrainKind::ScaleIn`]).
 pub fn follow_watcher(hub: &Arc<Hub>, mut reasons: watch::Receiver<Option<Replacement>>) {
     let hub = Arc::downgrade(hub);
-    tokio::spawn(async move {
+    supervise::spawn_may_end("drain follower", async move {
         loop {
             let reason = reasons.borrow_and_update().clone();
             {
@@ -67,7 +68,7 @@ pub fn evict_after(hub: &Arc<Hub>, deadline: Duration) {
     let weak = Arc::downgrade(hub);
     let mut state = hub.watch_state();
     let manager = hub.manager().clone();
-    tokio::spawn(async move {
+    supervise::spawn_may_end("drain deadline", async move {
         loop {
             let bounded = |s: &super::ServerState| s.draining.as_ref().is_some_and(|d| d.bounded());
             if state.wait_for(bounded).await.is_err() {
@@ -100,12 +101,10 @@ pub fn after_protected_for(hub: &Arc<Hub>, limit: Duration) {
     let events = hub.manager().subscribe();
     let since =
         hub.manager().status().state == ecs_task_protection::protection::StateLabel::Protected;
-    tokio::spawn(lifetime_limit(
-        Arc::downgrade(hub),
-        events,
-        limit,
-        since.then(Instant::now),
-    ));
+    supervise::spawn_may_end(
+        "protected time limit",
+        lifetime_limit(Arc::downgrade(hub), events, limit, since.then(Instant::now)),
+    );
 }
 
 async fn lifetime_limit(

@@ -242,10 +242,10 @@ impl Hub {
             room_busy: Throttle::new(Duration::from_secs(10)),
             backplane: OnceLock::new(),
         });
-        tokio::spawn(relay_rejections(
-            Arc::downgrade(&hub),
-            hub.manager.subscribe(),
-        ));
+        ecs_task_protection::supervise::spawn_may_end(
+            "rejection relay",
+            relay_rejections(Arc::downgrade(&hub), hub.manager.subscribe()),
+        );
         hub
     }
 

@@ -173,7 +173,7 @@ impl Worker {
     /// Outside a tokio runtime.
     pub fn follow_watcher(&self, mut replacements: watch::Receiver<Option<Replacement>>) {
         let shared = Arc::downgrade(&self.shared);
-        tokio::spawn(async move {
+        crate::supervise::spawn_may_end("drain follower", async move {
             loop {
                 let replacement = replacements.borrow_and_update().clone();
                 {

@@ -385,7 +385,10 @@ impl WorkerBuilder {
             failing_since: Mutex::new(None),
         });
         if let Some(deadline) = shared.settings.drain_deadline {
-            tokio::spawn(drain::enforce_deadline(Arc::downgrade(&shared), deadline));
+            crate::supervise::spawn_may_end(
+                "drain deadline",
+                drain::enforce_deadline(Arc::downgrade(&shared), deadline),
+            );
         }
         Ok(Worker { shared })
     }

@@ -130,7 +130,7 @@ pub fn metrics(worker: &Worker) -> Vec<Sample> {
 /// Outside a tokio runtime.
 pub fn on_sigusr1(worker: &Worker, mut signal: DrainSignal) {
     let worker = worker.clone();
-    tokio::spawn(async move {
+    ecs_task_protection::supervise::spawn_may_end("SIGUSR1 listener", async move {
         while signal.recv().await {
             worker.begin_drain("operator request (SIGUSR1)", DrainKind::Final);
         }
