@@ -775,7 +775,10 @@ async fn every_critical_task_that_dies_ends_the_process_with_status_1_and_one_er
         ),
     ];
     for (task, proc) in &mut running {
-        let status = proc.wait_exit(Duration::from_secs(30)).await.unwrap();
+        let status = match proc.wait_exit(Duration::from_secs(30)).await {
+            Ok(status) => status,
+            Err(e) => panic!("{e}; output:\n{}", proc.output.tail(30)),
+        };
         let errors = error_lines(proc);
         assert_eq!(
             status.code(),
