@@ -9,9 +9,9 @@ The worker starts this program once per message, without a shell:
 * what it prints goes to the worker's log, a line at a time, with the message ID;
 * exit status 0 deletes the message; any other status is a failure: the message comes back after a
   back-off, and after the queue's maxReceiveCount it goes to the dead-letter queue;
-* when the worker must stop the job (shutdown, a drain deadline, the job's timeout) it gets
-  SIGTERM, then SIGKILL if it is still running SHUTDOWN_TIMEOUT_SECS later, and the message goes
-  back to the queue. A job can therefore run more than once: make it safe to repeat.
+* when the worker must stop the job it gets SIGTERM, then SIGKILL if it is still running
+  SHUTDOWN_TIMEOUT_SECS later at the worker's own shutdown, or 4.5 s later for a drain deadline
+  or the job's timeout; either way the message goes back to the queue. A job can therefore run more than once: make it safe to repeat.
 
 This one counts the words of {"text": "..."}.
 """
