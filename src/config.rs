@@ -145,7 +145,7 @@ pub struct Config {
 
     /// Most WebSocket clients at once; further upgrades get HTTP 503.
     #[arg(long, env = "MAX_CONNECTIONS", value_name = "MAX_CONNECTIONS",
-          default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+          default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=crate::server::backplane::MAX_TASK_CONNECTIONS as i64))]
     pub max_connections: u32,
 
     /// Largest text message a client may send, in bytes; a larger one closes that client with

@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use ecs_task_protection::protection::retry_delay;
+
 /// The first wait.
 pub const FIRST: Duration = Duration::from_millis(500);
 /// The longest wait.
@@ -41,9 +43,8 @@ impl Backoff {
 
     /// The next wait, with `jitter` in 0..1 (a random number in production).
     pub fn next_with(&mut self, jitter: f64) -> Duration {
-        let full = FIRST.saturating_mul(1u32 << self.attempt.min(16)).min(MAX);
         self.attempt = self.attempt.saturating_add(1);
-        full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+        retry_delay(self.attempt, FIRST, MAX, jitter)
     }
 
     /// The next wait, jittered.

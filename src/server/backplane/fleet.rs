@@ -84,16 +84,19 @@ pub(super) fn value(count: usize, expires: u64) -> String {
 pub(super) fn read(fields: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>, now: u64) -> Reading {
     let mut reading = Reading::default();
     for (field, value) in fields {
-        let Ok(task) = String::from_utf8(field.clone()) else {
-            reading.bad.push((field, Bad::Name));
-            continue;
+        let task = match String::from_utf8(field) {
+            Ok(task) => task,
+            Err(e) => {
+                reading.bad.push((e.into_bytes(), Bad::Name));
+                continue;
+            }
         };
         match judge(&value, now) {
             Ok(Some(count)) => {
                 reading.live.insert(task, count);
             }
-            Ok(None) => reading.expired.push(field),
-            Err(bad) => reading.bad.push((field, bad)),
+            Ok(None) => reading.expired.push(task.into_bytes()),
+            Err(bad) => reading.bad.push((task.into_bytes(), bad)),
         }
     }
     reading

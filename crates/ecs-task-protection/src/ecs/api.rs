@@ -173,8 +173,12 @@ fn interpret(
 
 /// Whether two task references name the same task (full ARNs, or an ARN and a bare task ID).
 fn same_task(a: &str, b: &str) -> bool {
-    let id = |s: &str| s.rsplit('/').next().unwrap_or(s).to_string();
-    a == b || (!a.is_empty() && !b.is_empty() && id(a) == id(b))
+    a == b || (!a.is_empty() && !b.is_empty() && task_id(a) == task_id(b))
+}
+
+/// The task ID: the last part of its ARN (`…:task/CLUSTER/ID`); a bare ID is itself.
+pub(super) fn task_id(arn: &str) -> &str {
+    arn.rsplit('/').next().unwrap_or(arn)
 }
 
 #[cfg(test)]

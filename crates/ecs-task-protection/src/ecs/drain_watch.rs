@@ -30,12 +30,13 @@
 //! The answer is published on a [`watch`] channel as `Some(`[`Replacement`]`)` (or `None`); the
 //! server drains while it is `Some`. The watcher never stops the task itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_ecs::types::{Deployment, DesiredStatus, Service, Task};
 use tokio::sync::watch;
 
+use super::api::task_id;
 use super::fleet::{self, Fleet, FleetTask, ScaleIn};
 use super::identity::TaskIdentity;
 use super::sdk::{
@@ -728,7 +729,9 @@ impl FleetState {
         loads: Option<&TaskLoads>,
     ) -> Result<Fleet, BackendError> {
         let arns = list_tasks(client, id, service_name).await?;
-        self.described.retain(|arn, _| arns.contains(arn));
+        let listed: HashSet<&str> = arns.iter().map(String::as_str).collect();
+        self.described
+            .retain(|arn, _| listed.contains(arn.as_str()));
         let unknown: Vec<String> = arns
             .iter()
             .filter(|arn| {
@@ -756,7 +759,7 @@ impl FleetState {
             })
             .collect();
         let mut protection = HashMap::new();
-        let mut gone = Vec::new();
+        let mut gone = HashSet::new();
         for chunk in arns.chunks(TASKS_PER_CALL) {
             let (answered, missing) = task_protection(client, id, chunk).await?;
             protection.extend(answered);
@@ -775,11 +778,6 @@ impl FleetState {
             .collect();
         Ok(Fleet { desired, tasks })
     }
-}
-
-/// The task ID: the last part of its ARN (`…:task/CLUSTER/ID`).
-fn task_id(arn: &str) -> &str {
-    arn.rsplit('/').next().unwrap_or(arn)
 }
 
 /// Runs `request` with the watcher's call timeout, classifying its error for IAM action `action`.
@@ -986,15 +984,7 @@ async fn describe_service(
         .customize()
         .config_override(region_override(client, id)?)
         .send();
-    let output = tokio::time::timeout(CALL_TIMEOUT, request)
-        .await
-        .map_err(|_| {
-            BackendError::new(
-                ErrorKind::Timeout,
-                format!("{DESCRIBE_SERVICES_ACTION}: no answer within {CALL_TIMEOUT:?}"),
-            )
-        })?
-        .map_err(|e| classify_sdk_error(&e, DESCRIBE_SERVICES_ACTION))?;
+    let output = call(DESCRIBE_SERVICES_ACTION, request).await?;
     if let Some(failure) = output.failures().first() {
         let mut error = super::ecs_failure(failure.reason(), failure.detail());
         error.message = format!(

@@ -98,18 +98,18 @@ impl Job {
         self
     }
 
-    /// A job as the worker received it.
+    /// A job as the worker received it (its body and attributes moved, not copied).
     pub(super) fn received(
-        message: &super::queue::Received,
+        message: super::queue::Received,
         cancel: watch::Receiver<Option<CancelReason>>,
         stopping: watch::Receiver<bool>,
     ) -> Self {
         Self {
-            body: message.body.clone(),
-            message_id: message.id.clone(),
+            body: message.body,
+            message_id: message.id,
             receive_count: message.receive_count,
-            attributes: message.attributes.clone(),
-            group_id: message.group_id.clone(),
+            attributes: message.attributes,
+            group_id: message.group_id,
             sent_at: message.sent_at,
             cancel,
             stopping,

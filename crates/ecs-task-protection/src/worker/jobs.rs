@@ -61,27 +61,27 @@ struct Message {
 
 /// Starts the job task of a message just received, with its slot. Called in the order the
 /// messages came, so that each takes its turn in its FIFO group in that order.
-pub(super) fn start(s: &Arc<Shared>, received: Received, slot: OwnedSemaphorePermit) {
+pub(super) fn start(s: &Arc<Shared>, mut received: Received, slot: OwnedSemaphorePermit) {
     s.counters
         .delivered(received.receive_count, age(received.sent_at));
     let ticket = InHand::new(s);
-    let (cancel, cancelled) = watch::channel(None);
-    let job = Job::received(&received, cancelled, s.stopping.subscribe());
-    let checked = check(s, &job);
     let turn = received
         .group_id
         .as_deref()
         .filter(|_| s.queue.is_fifo())
         .map(|group| s.groups.join(group));
-    // Taken here rather than in the job's task, so that protection the last job left lingering
-    // is still held when this one claims it.
-    let protection = checked.is_ok().then(|| s.manager.guard());
     let message = Message {
-        id: received.id,
-        receipt: received.receipt,
+        id: received.id.clone(),
+        receipt: std::mem::take(&mut received.receipt),
         receive_count: received.receive_count,
         received_at: received.received_at,
     };
+    let (cancel, cancelled) = watch::channel(None);
+    let job = Job::received(received, cancelled, s.stopping.subscribe());
+    let checked = check(s, &job);
+    // Taken here rather than in the job's task, so that protection the last job left lingering
+    // is still held when this one claims it.
+    let protection = checked.is_ok().then(|| s.manager.guard());
     tokio::spawn(run(
         ticket, message, job, cancel, checked, slot, protection, turn,
     ));

@@ -140,8 +140,8 @@ pub use async_trait::async_trait;
 pub use drain::DrainKind;
 pub use handler::{CancelReason, Handler, Job, Outcome};
 pub use health::Unhealthy;
-pub use queue::{check_group_id, QueueInfo, SqsError};
-pub use settings::WorkerSettings;
+pub use queue::{check_group_id, is_fifo, QueueInfo, SqsError};
+pub use settings::{WorkerSettings, SQS_MAX_INVISIBLE};
 pub use stats::Timing;
 
 #[cfg(doc)]

@@ -433,7 +433,7 @@ impl Queue {
 }
 
 /// Whether the queue at `url` is a FIFO queue: its name ends `.fifo`.
-pub(crate) fn is_fifo(url: &str) -> bool {
+pub fn is_fifo(url: &str) -> bool {
     url.trim_end_matches('/').ends_with(".fifo")
 }
 

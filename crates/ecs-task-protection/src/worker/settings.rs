@@ -8,7 +8,7 @@ use crate::protection::SettingsError;
 
 /// The longest SQS keeps a message hidden: a message's visibility can be extended to at most 12
 /// hours after it was received, and no visibility timeout may be longer.
-pub(crate) const SQS_MAX_INVISIBLE: Duration = Duration::from_secs(12 * 60 * 60);
+pub const SQS_MAX_INVISIBLE: Duration = Duration::from_secs(12 * 60 * 60);
 
 /// The most jobs a worker runs at once.
 const MAX_CONCURRENCY: usize = 100;
@@ -174,7 +174,7 @@ impl WorkerSettings {
         )?;
         check(
             self.receive_wait >= Duration::from_secs(1)
-                && self.receive_wait <= Duration::from_secs(20),
+                && self.receive_wait <= super::queue::SQS_MAX_WAIT,
             "receive_wait",
             "1 s..=20 s",
             self.receive_wait,

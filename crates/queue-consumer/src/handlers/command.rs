@@ -193,11 +193,6 @@ impl CommandHandler {
         }
     }
 
-    /// The command it runs.
-    pub fn command(&self) -> &JobCommand {
-        &self.command
-    }
-
     /// Starts the child for `job`: its own process group, stdin, stdout and stderr piped, the
     /// worker's environment plus the job's variables.
     fn spawn(&self, job: &Job) -> io::Result<Child> {

@@ -30,7 +30,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The longest `Retry-After` taken as it is: SQS hides a message for at most 12 hours.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(12 * 60 * 60);
+pub const MAX_RETRY_AFTER: Duration = ecs_task_protection::worker::SQS_MAX_INVISIBLE;
 
 /// The most of a response body that is read to keep the connection: a longer body is dropped
 /// with its connection.
@@ -85,11 +85,6 @@ impl JobUrl {
         }
         Ok(Self(url))
     }
-
-    /// The URL.
-    pub fn url(&self) -> &Url {
-        &self.0
-    }
 }
 
 impl fmt::Display for JobUrl {
@@ -127,11 +122,6 @@ impl HttpHandler {
             url,
             timeout,
         })
-    }
-
-    /// The endpoint.
-    pub fn url(&self) -> &JobUrl {
-        &self.url
     }
 
     /// The request's headers for `job`.

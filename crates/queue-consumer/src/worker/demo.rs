@@ -6,11 +6,7 @@
 
 use std::time::Duration;
 
-use ecs_task_protection::worker::{async_trait, Handler, Job, Outcome};
-
-/// The longest job SQS can keep hidden from other workers: a message's visibility can be extended
-/// to at most 12 hours after it was received.
-pub(crate) const SQS_MAX_INVISIBLE: Duration = Duration::from_secs(12 * 60 * 60);
+use ecs_task_protection::worker::{async_trait, Handler, Job, Outcome, SQS_MAX_INVISIBLE};
 
 /// The sample's demo job as a [`Handler`]: sleeps for the milliseconds the body says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,10 +17,11 @@ use app_support::drain_signal::DrainSignal;
 use app_support::metrics::{self, Sample};
 
 pub use demo::DemoJob;
+pub use ecs_task_protection::worker::is_fifo;
 pub use ecs_task_protection::worker::{
     send_jobs, send_jobs_in_group, DrainKind, Worker, WorkerSettings, PROTECTION_DEFAULTS,
 };
-pub use sqs::{check_queue, create as create_queue, is_fifo, NewQueue};
+pub use sqs::{check_queue, create as create_queue, NewQueue};
 pub use status::serve_status;
 
 pub(crate) use sqs::{check_queue_url, check_region};

@@ -119,11 +119,6 @@ pub async fn create(
     Ok(created_queue.queue_url().unwrap_or_default().to_string())
 }
 
-/// Whether the queue at `url` is a FIFO queue: its name ends `.fifo`.
-pub fn is_fifo(url: &str) -> bool {
-    url.trim_end_matches('/').ends_with(".fifo")
-}
-
 /// Checks at start-up, before the first job, that the worker's queue exists and this worker may
 /// read it ([`Worker::check_queue`]: `GetQueueAttributes`), and logs what it is. `variable` names
 /// the setting the URL came from (`QUEUE_URL` or `COPILOT_QUEUE_URI`).
@@ -271,6 +266,7 @@ pub(crate) fn check_region(region: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ecs_task_protection::worker::is_fifo;
 
     #[test]
     fn a_fifo_queue_and_its_dead_letter_queue_are_both_named_fifo() {
