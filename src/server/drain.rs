@@ -10,9 +10,8 @@ use tokio::time::Instant;
 
 use app_support::drain_signal::DrainSignal;
 
-use super::hub::DrainKind;
 use super::Hub;
-use ecs_task_protection::ecs::drain_watch::{Replacement, ReplacementKind};
+use ecs_task_protection::ecs::drain_watch::Replacement;
 use ecs_task_protection::protection::ProtectionEvent;
 use ecs_task_protection::supervise;
 
@@ -30,7 +29,7 @@ pub fn on_sigusr1(hub: &Arc<Hub>, mut signal: DrainSignal) {
 
 /// Follows the drain watcher: drains (reversibly) while it reports a reason, stops when it
 /// reports none. A deployment's drain is bounded by the drain deadline; a scale-in's is not
-/// ([`DrainKind::ScaleIn`]).
+/// ([`DrainKind::ScaleIn`](super::DrainKind::ScaleIn)).
 pub fn follow_watcher(hub: &Arc<Hub>, mut reasons: watch::Receiver<Option<Replacement>>) {
     let hub = Arc::downgrade(hub);
     supervise::spawn_may_end("drain follower", async move {
@@ -39,7 +38,7 @@ pub fn follow_watcher(hub: &Arc<Hub>, mut reasons: watch::Receiver<Option<Replac
             {
                 let Some(hub) = hub.upgrade() else { return };
                 match reason {
-                    Some(r) => hub.begin_drain_as(&r.reason, drain_kind(r.kind)),
+                    Some(r) => hub.begin_drain_as(&r.reason, r.kind.into()),
                     None => hub.end_drain(),
                 }
             }
@@ -50,17 +49,9 @@ pub fn follow_watcher(hub: &Arc<Hub>, mut reasons: watch::Receiver<Option<Replac
     });
 }
 
-/// The kind of drain a replacement calls for.
-fn drain_kind(kind: ReplacementKind) -> DrainKind {
-    match kind {
-        ReplacementKind::ScaleIn => DrainKind::ScaleIn,
-        _ => DrainKind::Reversible,
-    }
-}
-
 pub use app_support::config::DEFAULT_DRAIN_DEADLINE as DEFAULT_DEADLINE;
 
-/// Bounds every drain but a scale-in's ([`DrainKind::ScaleIn`]) to `deadline`: protection is never
+/// Bounds every drain but a scale-in's ([`DrainKind::ScaleIn`](super::DrainKind::ScaleIn)) to `deadline`: protection is never
 /// asked for past it (the manager's deadline), and once it passes the remaining clients are
 /// closed with 1001 and protection is released. A reversible drain that ends sooner, or turns
 /// into a scale-in's, lifts the deadline.

@@ -90,54 +90,7 @@ pub struct ServerState {
     pub rejection_streak: u64,
 }
 
-/// What kind of drain it is: whether it ends by itself, and whether the drain deadline
-/// (`DRAIN_DEADLINE_SECS`) applies to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DrainKind {
-    /// Ends only with the process (an operator's request, `MAX_PROTECTED_MINUTES`); bounded by
-    /// the deadline.
-    Final,
-    /// Ends by itself when its cause goes away (a deployment the drain watcher saw); bounded by
-    /// the deadline, so one client cannot hold a deployment back for long.
-    Reversible,
-    /// ECS cannot reach the service's desired count without this task (a scale-in with every
-    /// other task busy): ends by itself when its cause goes away, and never closes a client.
-    /// Protection holds until the last client leaves, as it would without a drain; the drain
-    /// only stops new clients from arriving, so that the task empties and ECS can stop it.
-    ScaleIn,
-}
-
-/// Why the server is draining.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Drain {
-    /// The reason, for the log: `<cause>` or `<cause>: <details>`. Only the cause is shown to
-    /// clients and in `/status` ([`public_reason`](Self::public_reason)).
-    pub reason: Arc<str>,
-    /// What kind of drain it is.
-    pub kind: DrainKind,
-}
-
-impl Drain {
-    /// Whether the drain ends by itself when its cause goes away (the drain watcher's
-    /// observations); an operator's request does not.
-    pub fn reversible(&self) -> bool {
-        self.kind != DrainKind::Final
-    }
-
-    /// Whether the drain deadline applies: every drain but a scale-in's.
-    pub fn bounded(&self) -> bool {
-        self.kind != DrainKind::ScaleIn
-    }
-
-    /// The cause alone (the text before the first `": "`), for clients and `/status`: details
-    /// such as deployment IDs and task definition ARNs (which carry the account ID) stay in the
-    /// log.
-    pub fn public_reason(&self) -> &str {
-        self.reason
-            .split_once(": ")
-            .map_or(&*self.reason, |(cause, _)| cause)
-    }
-}
+pub use ecs_task_protection::ecs::drain_watch::{Drain, DrainKind};
 
 /// A chat message in the room. Server notices do not go through the room: they follow
 /// [`ServerState`], so that each client is told once.
@@ -307,16 +260,10 @@ impl Hub {
     /// new cause.
     pub fn begin_drain_as(&self, reason: &str, kind: DrainKind) {
         let started = self.state.send_if_modified(|s| {
-            match &s.draining {
-                Some(current) if current.kind == DrainKind::Final || current.kind == kind => {
-                    return false
-                }
-                _ => {}
+            if !Drain::starts(s.draining.as_ref(), kind) {
+                return false;
             }
-            s.draining = Some(Drain {
-                reason: Arc::from(reason),
-                kind,
-            });
+            s.draining = Some(Drain::new(reason, kind));
             true
         });
         if started {

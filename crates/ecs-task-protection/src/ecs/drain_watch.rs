@@ -31,6 +31,7 @@
 //! server drains while it is `Some`. The watcher never stops the task itself.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_ecs::types::{Deployment, DesiredStatus, Service, Task};
@@ -85,6 +86,85 @@ impl Replacement {
             kind,
             reason: reason.into(),
         }
+    }
+}
+
+/// What kind of drain a program is in: whether it ends by itself, and whether a drain deadline
+/// applies to it. The WebSocket server's and the queue worker's drains follow the same rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DrainKind {
+    /// The program's own request (an operator's signal, a longest protected time): ends only
+    /// with the process; bounded by the deadline.
+    Final,
+    /// A deployment the drain watcher saw: ends when the watcher no longer sees it (the
+    /// deployment finished elsewhere or was rolled back); bounded by the deadline, so that one
+    /// piece of work cannot hold a deployment back for long.
+    Reversible,
+    /// A scale-in that needs this task gone ([`ReplacementKind::ScaleIn`]): ends when the
+    /// watcher no longer sees it, and is never bounded. Protection holds until the last piece
+    /// of work ends, as it would without a drain; the drain only stops new work from arriving,
+    /// so that the task empties and ECS can stop it.
+    ScaleIn,
+}
+
+impl From<ReplacementKind> for DrainKind {
+    /// The kind of drain a replacement the watcher reports calls for.
+    fn from(kind: ReplacementKind) -> Self {
+        match kind {
+            ReplacementKind::ScaleIn => DrainKind::ScaleIn,
+            _ => DrainKind::Reversible,
+        }
+    }
+}
+
+/// Why a program is draining.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Drain {
+    /// `<cause>` or `<cause>: <details>`, for the log. Only the cause is for others to see
+    /// ([`public_reason`](Self::public_reason)).
+    pub reason: Arc<str>,
+    /// What kind of drain it is.
+    pub kind: DrainKind,
+}
+
+impl Drain {
+    /// A drain of `kind` for `reason`.
+    pub fn new(reason: &str, kind: DrainKind) -> Self {
+        Self {
+            reason: Arc::from(reason),
+            kind,
+        }
+    }
+
+    /// Whether a drain of `kind`, asked for while `current` is in progress, takes its place. An
+    /// operator's ([`DrainKind::Final`]) stays whatever comes after it, and a drain of the kind in
+    /// progress is kept (with its deadline); another kind replaces the current one: a deployment
+    /// that begins during a scale-in's drain brings its deadline, a scale-in after a
+    /// deployment's lifts it.
+    pub fn starts(current: Option<&Drain>, kind: DrainKind) -> bool {
+        !matches!(current, Some(d) if d.kind == DrainKind::Final || d.kind == kind)
+    }
+
+    /// Whether the drain ends by itself when its cause goes away (the drain watcher's
+    /// observations); an operator's request does not.
+    pub fn reversible(&self) -> bool {
+        self.kind != DrainKind::Final
+    }
+
+    /// Whether the drain deadline applies: every drain but a scale-in's.
+    pub fn bounded(&self) -> bool {
+        self.kind != DrainKind::ScaleIn
+    }
+
+    /// The cause alone (the text before the first `": "`), for clients and status pages: details
+    /// such as deployment IDs and task definition ARNs (which carry the account ID) stay in the
+    /// log.
+    pub fn public_reason(&self) -> &str {
+        self.reason
+            .split_once(": ")
+            .map_or(&*self.reason, |(cause, _)| cause)
     }
 }
 

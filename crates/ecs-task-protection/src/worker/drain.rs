@@ -17,46 +17,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Shared, Worker};
-use crate::ecs::drain_watch::{Replacement, ReplacementKind};
-
-/// What kind of drain it is: whether it ends by itself, and whether the drain deadline applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DrainKind {
-    /// An operator's request (a signal, say): ends only with the process ([`Worker::end_drain`]
-    /// does not end it); bounded by the deadline.
-    Final,
-    /// A deployment the drain watcher saw: ends when the watcher no longer sees it (the
-    /// deployment finished elsewhere or was rolled back); bounded by the deadline.
-    Reversible,
-    /// A scale-in that needs this task gone: ends when the watcher no longer sees it; never
-    /// bounded, so its jobs finish.
-    ScaleIn,
-}
-
-/// Why the worker is draining.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Drain {
-    /// `<cause>` or `<cause>: <details>`, for the log.
-    pub(crate) reason: Arc<str>,
-    /// What kind of drain it is.
-    pub(crate) kind: DrainKind,
-}
-
-impl Drain {
-    /// Whether the drain deadline applies: every drain but a scale-in's.
-    pub(crate) fn bounded(&self) -> bool {
-        self.kind != DrainKind::ScaleIn
-    }
-
-    /// The cause alone (the text before the first `": "`), for `/status`: details such as
-    /// deployment IDs and task definition ARNs (which carry the account ID) stay in the log.
-    pub(crate) fn public_reason(&self) -> &str {
-        self.reason
-            .split_once(": ")
-            .map_or(&*self.reason, |(cause, _)| cause)
-    }
-}
+pub use crate::ecs::drain_watch::DrainKind;
+use crate::ecs::drain_watch::{Drain, Replacement};
 
 /// The worker's drain state, which the receive loop and every job follow.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,28 +40,23 @@ impl DrainState {
     /// that begins during a scale-in's drain brings its deadline; a scale-in after a
     /// deployment's lifts it.
     pub(crate) fn begin(&self, reason: &str, kind: DrainKind) -> Option<DrainState> {
-        match &self.draining {
-            Some(current) if current.kind == DrainKind::Final || current.kind == kind => None,
-            _ => {
-                let draining = Drain {
-                    reason: Arc::from(reason),
-                    kind,
-                };
-                let same_stretch = self.bounded() && draining.bounded();
-                Some(DrainState {
-                    draining: Some(draining),
-                    evicting: false,
-                    episode: self.episode + u64::from(!same_stretch),
-                })
-            }
+        if !Drain::starts(self.draining.as_ref(), kind) {
+            return None;
         }
+        let draining = Drain::new(reason, kind);
+        let same_stretch = self.bounded() && draining.bounded();
+        Some(DrainState {
+            draining: Some(draining),
+            evicting: false,
+            episode: self.episode + u64::from(!same_stretch),
+        })
     }
 
     /// The state once the drain watcher no longer sees a cause, or `None` when nothing changes:
     /// the watcher's drains end, an operator's does not.
     pub(crate) fn end(&self) -> Option<DrainState> {
         match &self.draining {
-            Some(d) if d.kind != DrainKind::Final => Some(DrainState {
+            Some(d) if d.reversible() => Some(DrainState {
                 draining: None,
                 evicting: false,
                 episode: self.episode,
@@ -116,14 +73,6 @@ impl DrainState {
     /// Whether the worker is draining.
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.is_some()
-    }
-}
-
-/// The kind of drain a replacement the watcher reports calls for.
-pub(crate) fn kind_for(kind: ReplacementKind) -> DrainKind {
-    match kind {
-        ReplacementKind::ScaleIn => DrainKind::ScaleIn,
-        _ => DrainKind::Reversible,
     }
 }
 
@@ -179,7 +128,7 @@ impl Worker {
                 {
                     let Some(s) = shared.upgrade() else { return };
                     match replacement {
-                        Some(r) => begin(&s, &r.reason, kind_for(r.kind)),
+                        Some(r) => begin(&s, &r.reason, r.kind.into()),
                         None => end(&s),
                     }
                 }
@@ -252,6 +201,7 @@ pub(super) async fn enforce_deadline(shared: Weak<Shared>, deadline: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ecs::drain_watch::ReplacementKind;
 
     fn draining(kind: DrainKind) -> DrainState {
         DrainState::default().begin("cause: details", kind).unwrap()
@@ -351,7 +301,13 @@ mod tests {
 
     #[test]
     fn a_replacement_maps_to_its_drain() {
-        assert_eq!(kind_for(ReplacementKind::ScaleIn), DrainKind::ScaleIn);
-        assert_eq!(kind_for(ReplacementKind::Deployment), DrainKind::Reversible);
+        assert_eq!(
+            DrainKind::from(ReplacementKind::ScaleIn),
+            DrainKind::ScaleIn
+        );
+        assert_eq!(
+            DrainKind::from(ReplacementKind::Deployment),
+            DrainKind::Reversible
+        );
     }
 }
