@@ -132,12 +132,9 @@ pub struct Config {
     #[command(flatten)]
     pub metrics: MetricsArgs,
 
-    /// How often (seconds, jittered ±10 %) to ask ECS whether this task is being replaced (a
-    /// deployment to another task definition, or a scale-in); 0 turns the watcher off. Needs the
-    /// task metadata endpoint; off on the local backend.
-    #[arg(long, env = "DRAIN_WATCH_INTERVAL_SECS", value_name = "DRAIN_WATCH_INTERVAL_SECS",
-          default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
-    pub drain_watch_interval_secs: u64,
+    /// The drain watcher and the drain deadline.
+    #[command(flatten)]
+    pub drain: app_support::config::DrainArgs,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -183,14 +180,6 @@ pub struct Config {
           default_value_t = SessionLimits::DEFAULT.room_deliveries_per_sec,
           value_parser = clap::value_parser!(u32).range(0..=i64::from(ROOM_DELIVERIES_MAX)))]
     pub chat_room_deliveries_per_sec: u32,
-
-    /// Once draining, close the clients still connected after this many seconds (with 1001, so
-    /// the page reconnects to another task) and release protection; protection is never asked for
-    /// past this deadline. 0 keeps them (and protection) until they leave, which lets one idle
-    /// client hold a deployment back for as long as it stays.
-    #[arg(long, env = "DRAIN_DEADLINE_SECS", value_name = "DRAIN_DEADLINE_SECS",
-          default_value_t = crate::server::drain::DEFAULT_DEADLINE.as_secs(), value_parser = clap::value_parser!(u64).range(0..=172_800))]
-    pub drain_deadline_secs: u64,
 
     /// Start draining once protection has been held without a break for this many minutes, so
     /// that a server that is never empty still lets a deployment replace it. 0 turns it off.
@@ -262,12 +251,12 @@ impl Config {
 
     /// How often the drain watcher looks, or `None` when it is off.
     pub fn drain_watch_interval(&self) -> Option<Duration> {
-        seconds(self.drain_watch_interval_secs)
+        self.drain.watch_interval()
     }
 
     /// How long a drain may last before the remaining clients are closed, or `None` for never.
     pub fn drain_deadline(&self) -> Option<Duration> {
-        seconds(self.drain_deadline_secs)
+        self.drain.deadline()
     }
 
     /// How long protection may be held without a break before the server drains, or `None`.
@@ -328,7 +317,7 @@ mod tests {
         );
         assert_eq!(
             c.drain_deadline(),
-            Some(crate::server::drain::DEFAULT_DEADLINE)
+            Some(app_support::config::DEFAULT_DRAIN_DEADLINE)
         );
         assert_eq!(c.max_protected(), None);
         assert_eq!(c.http_limits(), HttpLimits::DEFAULT);

@@ -49,8 +49,6 @@ pub fn follow_watcher(hub: &Arc<Hub>, mut reasons: watch::Receiver<Option<Replac
     });
 }
 
-pub use app_support::config::DEFAULT_DRAIN_DEADLINE as DEFAULT_DEADLINE;
-
 /// Bounds every drain but a scale-in's ([`DrainKind::ScaleIn`](super::DrainKind::ScaleIn)) to `deadline`: protection is never
 /// asked for past it (the manager's deadline), and once it passes the remaining clients are
 /// closed with 1001 and protection is released. A reversible drain that ends sooner, or turns

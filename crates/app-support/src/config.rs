@@ -18,8 +18,41 @@ use ecs_task_protection::protection::{Settings, DURATION_MINUTES};
 
 /// How long a drain lasts at most by default (`DRAIN_DEADLINE_SECS`): 15 minutes, long enough
 /// for most game rounds and jobs to end on their own, short enough that one idle client cannot
-/// hold a deployment or a scale-in back for long.
+/// hold a deployment back for long. A scale-in's drain has no deadline.
 pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(15 * 60);
+
+/// The drain settings both programs share: how often to ask ECS whether the task is being
+/// replaced, and how long a bounded drain may last.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DrainArgs {
+    /// How often (seconds, jittered ±10 %) to ask ECS whether this task is being replaced (a
+    /// deployment, or a scale-in that needs this task gone); while it is, no new work is taken. 0
+    /// turns the watcher off. Needs the task metadata endpoint; off on the local backend.
+    #[arg(long, env = "DRAIN_WATCH_INTERVAL_SECS", value_name = "DRAIN_WATCH_INTERVAL_SECS",
+          default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub drain_watch_interval_secs: u64,
+
+    /// Once a deployment's or an operator's drain has lasted this many seconds, the work still
+    /// in hand is let go (clients closed with 1001, so that the page reconnects elsewhere; jobs
+    /// back to the queue) and protection is released; protection is never asked for past this
+    /// deadline. A scale-in's drain is never cut short. 0: never (one idle client, or one long
+    /// job, then holds a deployment back for as long as it lasts).
+    #[arg(long, env = "DRAIN_DEADLINE_SECS", value_name = "DRAIN_DEADLINE_SECS",
+          default_value_t = DEFAULT_DRAIN_DEADLINE.as_secs(), value_parser = clap::value_parser!(u64).range(0..=172_800))]
+    pub drain_deadline_secs: u64,
+}
+
+impl DrainArgs {
+    /// How often the drain watcher looks, or `None` when it is off.
+    pub fn watch_interval(&self) -> Option<Duration> {
+        seconds(self.drain_watch_interval_secs)
+    }
+
+    /// How long a bounded drain may last, or `None` for never.
+    pub fn deadline(&self) -> Option<Duration> {
+        seconds(self.drain_deadline_secs)
+    }
+}
 
 /// How the server reaches ECS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -112,3 +112,9 @@ pub mod protection;
 pub mod supervise;
 #[cfg(feature = "sqs")]
 pub mod worker;
+
+/// Locks `m`, poisoned or not: a panic while one of the crate's locks was held leaves plain data
+/// behind (counts, tables of leases), so the rest of the program keeps going with it.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

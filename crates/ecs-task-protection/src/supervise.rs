@@ -71,11 +71,7 @@ struct Shared {
 static INSTALLED: Mutex<Option<Arc<Shared>>> = Mutex::new(None);
 
 fn installed() -> Option<Arc<Shared>> {
-    INSTALLED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .map(Arc::clone)
+    crate::lock(&INSTALLED).as_ref().map(Arc::clone)
 }
 
 /// The binary's view of its critical tasks. Cheap to clone.
@@ -100,7 +96,7 @@ impl Supervisor {
             first: watch::channel(None).0,
             standing_down: AtomicBool::new(false),
         });
-        *INSTALLED.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&shared));
+        *crate::lock(&INSTALLED) = Some(Arc::clone(&shared));
         Self { shared }
     }
 

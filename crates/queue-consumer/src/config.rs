@@ -71,19 +71,9 @@ pub struct WorkerConfig {
           default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=110))]
     pub shutdown_timeout_secs: u64,
 
-    /// How often (seconds, jittered ±10 %) to ask ECS whether this task is being replaced (a
-    /// deployment, or a scale-in); while it is, no new jobs are taken. 0 turns the watcher off.
-    /// Needs the task metadata endpoint; off on the local backend.
-    #[arg(long, env = "DRAIN_WATCH_INTERVAL_SECS", value_name = "DRAIN_WATCH_INTERVAL_SECS",
-          default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
-    pub drain_watch_interval_secs: u64,
-
-    /// Once a deployment's (or an operator's) drain has lasted this many seconds, the jobs still
-    /// running go back to the queue and protection is released. A scale-in's drain is never cut
-    /// short. 0: never (a long job then holds a deployment back until it ends).
-    #[arg(long, env = "DRAIN_DEADLINE_SECS", value_name = "DRAIN_DEADLINE_SECS",
-          default_value_t = app_support::config::DEFAULT_DRAIN_DEADLINE.as_secs(), value_parser = clap::value_parser!(u64).range(0..=172_800))]
-    pub drain_deadline_secs: u64,
+    /// The drain watcher and the drain deadline.
+    #[command(flatten)]
+    pub drain: app_support::config::DrainArgs,
 
     /// Seconds one job may run before it is cancelled and its message retried after a back-off
     /// (counted as timed out). 0: no limit of the worker's own (SQS's 12 hours still apply).
@@ -271,7 +261,7 @@ impl WorkerConfig {
             .with_receive_wait(Duration::from_secs(self.receive_wait_secs))
             .with_shutdown_timeout(Duration::from_secs(self.shutdown_timeout_secs))
             .with_protection_wait(Duration::from_millis(self.protection_wait_ms))
-            .with_drain_deadline(seconds(self.drain_deadline_secs))
+            .with_drain_deadline(self.drain.deadline())
             .with_job_timeout(seconds(self.job_timeout_secs))
             .with_unhealthy_after(Duration::from_secs(self.unhealthy_after_secs))
     }
@@ -284,7 +274,7 @@ impl WorkerConfig {
 
     /// How often the drain watcher looks, or `None` when it is off.
     pub fn drain_watch_interval(&self) -> Option<Duration> {
-        seconds(self.drain_watch_interval_secs)
+        self.drain.watch_interval()
     }
 
     /// Where the status endpoint listens, or `None` when it is off.

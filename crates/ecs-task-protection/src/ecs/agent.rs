@@ -94,14 +94,19 @@ fn transport_error(e: reqwest::Error) -> BackendError {
         ErrorKind::Unreachable
     };
     // reqwest's Display omits the cause ("error sending request"); include the chain.
+    BackendError::new(kind, error_chain(&e))
+}
+
+/// `e` and each of its sources, joined with `": "`.
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
+    let mut source = e.source();
     while let Some(s) = source {
         message.push_str(": ");
         message.push_str(&s.to_string());
         source = s.source();
     }
-    BackendError::new(kind, message)
+    message
 }
 
 #[derive(Deserialize)]
@@ -206,7 +211,8 @@ fn parse_time(text: &str) -> Result<SystemTime, BackendError> {
         })
 }
 
-fn snippet(body: &[u8]) -> String {
+/// The start of `body` (200 characters at most), for an error message.
+pub(super) fn snippet(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let mut s: String = text.chars().take(200).collect();
     if text.chars().count() > 200 {

@@ -171,21 +171,21 @@ async fn fetch_task_identity(
     let response = client.get(&url).send().await.map_err(|e| {
         config_error(format!(
             "cannot read the task metadata endpoint {url}: {}",
-            error_chain(&e)
+            super::agent::error_chain(&e)
         ))
     })?;
     let status = response.status();
     let body = response.bytes().await.map_err(|e| {
         config_error(format!(
             "cannot read the task metadata endpoint {url}: {}",
-            error_chain(&e)
+            super::agent::error_chain(&e)
         ))
     })?;
     if !status.is_success() {
-        let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
         return Err(config_error(format!(
-            "the task metadata endpoint {url} answered HTTP {}: {text}",
-            status.as_u16()
+            "the task metadata endpoint {url} answered HTTP {}: {}",
+            status.as_u16(),
+            super::agent::snippet(&body)
         )));
     }
     parse_task_metadata(&body)
@@ -203,17 +203,6 @@ fn task_url(metadata_uri: &str) -> Result<String, BackendError> {
 
 fn config_error(message: impl Into<String>) -> BackendError {
     BackendError::new(ErrorKind::Config, message)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    message
 }
 
 /// Where the task's identity comes from: given by the operator, or read from the task metadata

@@ -49,7 +49,7 @@ impl ProtectionBackend for LocalBackend {
         enabled: bool,
         expires_in_minutes: u32,
     ) -> Result<ProtectionState, BackendError> {
-        let mut slot = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = crate::lock(&self.state);
         if enabled {
             tracing::debug!(
                 "local backend: would call ECS UpdateTaskProtection(protectionEnabled=true, expiresInMinutes={expires_in_minutes})"
@@ -65,7 +65,7 @@ impl ProtectionBackend for LocalBackend {
     }
 
     async fn get_protection(&self) -> Result<ProtectionState, BackendError> {
-        let slot = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = crate::lock(&self.state);
         Ok(self.current(&slot))
     }
 }

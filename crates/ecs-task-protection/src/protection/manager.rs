@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::backend::{BackendError, ErrorKind, ProtectionBackend, ProtectionState};
 use super::policy::{self, Decision, EcsState, Settings};
+use crate::lock;
 
 /// The name of the reconciler task, in logs and in [`crate::supervise`]'s reports.
 pub const RECONCILER: &str = "task protection reconciler";
@@ -415,11 +416,6 @@ async fn confirmation(
             return Err(AcquireError::Shutdown);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding these locks leaves plain data behind; keep going.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The reconciler: the only code that calls the backend. It owns everything the policy needs

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::lock;
 use tokio::sync::oneshot;
 
 /// The last message in hand of each group: its ticket, and how to learn whether it was deleted.
@@ -93,10 +94,6 @@ impl Drop for Turn {
             tails.remove(&self.group);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

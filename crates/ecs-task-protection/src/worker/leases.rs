@@ -192,24 +192,18 @@ impl Leases {
 
     /// The permanent error deletes fail with, while they do (a delete call that works clears it).
     pub(crate) fn deletes_failing(&self) -> Option<SqsError> {
-        self.failing_for_good
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        crate::lock(&self.failing_for_good).clone()
     }
 
     /// Records the outcome of a delete call: `Some(permanent error)` or `None` (it worked).
     /// Returns the error it replaces.
     fn set_failing(&self, error: Option<SqsError>) -> Option<SqsError> {
-        let mut slot = self
-            .failing_for_good
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut slot = crate::lock(&self.failing_for_good);
         std::mem::replace(&mut *slot, error)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<LeaseId, Lease>> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.held)
     }
 
     /// The receipts of `leases` that are still held.

@@ -144,6 +144,7 @@ pub use queue::{check_group_id, is_fifo, QueueInfo, SqsError};
 pub use settings::{WorkerSettings, SQS_MAX_INVISIBLE};
 pub use stats::Timing;
 
+use crate::lock;
 #[cfg(doc)]
 use crate::protection::ProtectionGuard;
 
@@ -625,10 +626,6 @@ async fn drain_until(
     what: impl FnMut(&DrainState) -> bool,
 ) {
     let _ = drain.wait_for(what).await;
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Receives while there are free slots, until stopping; each message becomes a job task.

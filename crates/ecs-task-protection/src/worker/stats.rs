@@ -65,7 +65,7 @@ pub(crate) struct Timer(Mutex<(u64, Duration, Duration)>);
 impl Timer {
     /// Adds one observation.
     pub(crate) fn record(&self, d: Duration) {
-        let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = crate::lock(&self.0);
         t.0 += 1;
         t.1 += d;
         t.2 = t.2.max(d);
@@ -73,7 +73,7 @@ impl Timer {
 
     /// What it has seen so far.
     pub(crate) fn read(&self) -> Timing {
-        let (count, sum, max) = *self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (count, sum, max) = *crate::lock(&self.0);
         Timing {
             count,
             sum_seconds: sum.as_secs_f64(),
